@@ -20,12 +20,17 @@ class ClassGroupAccuracy(L.Callback):
 
     Args:
         prefix: logged-name prefix.
+
+    Attributes:
+        per_class_accuracy: after each validation epoch, ``{head: FloatTensor[C]}`` on the CPU
+            (NaN for classes without validation samples), e.g. for per-class plots.
     """
 
     def __init__(self, prefix: str = "val") -> None:
         self.prefix = prefix
         self._correct: dict[str, Tensor] = {}
         self._total: Tensor | None = None
+        self.per_class_accuracy: dict[str, Tensor] = {}
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._correct, self._total = {}, None
@@ -55,6 +60,7 @@ class ClassGroupAccuracy(L.Callback):
         for name, correct in self._correct.items():
             correct = trainer.strategy.reduce(correct.float(), reduce_op="sum")
             per_class = correct / total.clamp_min(1)
+            self.per_class_accuracy[name] = torch.where(total > 0, per_class, torch.nan).cpu()
             pl_module.log(f"{self.prefix}/acc_{name}", correct.sum() / total.sum().clamp_min(1))
             for group, members in groups.items():
                 if members:

@@ -154,6 +154,9 @@ class TotalVariation(LogitDivergence):
 class CrossEntropy(LossTerm):
     """Supervised cross-entropy of the student against ``batch.labels``, mean over valid labels.
 
+    When the batch carries ``soft_labels`` (mixup/cutmix targets ``[B, C]``, rows summing to 1),
+    the cross-entropy is taken against them instead: mean over samples of −Σ_c y_c log q_c.
+
     Args:
         ignore_index: label value that does not count.
         label_smoothing: as in ``torch.nn.functional.cross_entropy``.
@@ -161,7 +164,8 @@ class CrossEntropy(LossTerm):
         sources: overrides of where the logits and labels come from.
     """
 
-    default_sources: ClassVar[dict[str, str]] = {"logits": "student.logits", "labels": "batch.labels"}
+    default_sources: ClassVar[dict[str, str]] = {"logits": "student.logits", "labels": "batch.labels",
+                                                 "soft_labels": "batch.soft_labels"}
 
     def __init__(self, ignore_index: int = -100, label_smoothing: float = 0.0, weight: float = 1.0,
                  sources: dict[str, str] | None = None) -> None:
@@ -169,8 +173,11 @@ class CrossEntropy(LossTerm):
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
 
-    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """Args: logits ``[..., C]``; labels ``[...]`` integer. Returns a 0-dim float32 tensor."""
+    def forward(self, logits: Tensor, labels: Tensor, soft_labels: Tensor | None = None) -> Tensor:
+        """Args: logits ``[..., C]``; labels ``[...]`` integer; soft_labels ``[..., C]`` (optional,
+        used instead of ``labels``). Returns a 0-dim float32 tensor."""
+        if soft_labels is not None:
+            return -(soft_labels.float() * torch.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
         return cross_entropy(logits, labels, self.ignore_index, self.label_smoothing)
 
 

@@ -38,8 +38,9 @@ class Data(L.LightningDataModule):
 
 def test_group_accuracies_per_head():
     module = DistillationModule(student=FixedHeads(), losses={"ce": CrossEntropy()})
+    callback = ClassGroupAccuracy()
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[ClassGroupAccuracy()])
+                        callbacks=[callback])
     metrics = trainer.validate(module, datamodule=Data(), verbose=False)[0]
     assert metrics["val/acc_cls"] == pytest.approx(0.5)
     assert metrics["val/acc_cls_head"] == pytest.approx(1.0) and metrics["val/acc_cls_tail"] == pytest.approx(0.0)
@@ -49,3 +50,6 @@ def test_group_accuracies_per_head():
     expected = (avg.argmax(-1) == LABELS).float()
     assert metrics["val/acc_avg"] == pytest.approx(float(expected.mean()))
     assert metrics["val/acc_avg_tail"] == pytest.approx(float(expected[2:].mean()))
+    torch.testing.assert_close(callback.per_class_accuracy["cls"], torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    torch.testing.assert_close(callback.per_class_accuracy["dist"], torch.tensor([0.0, 1.0, 1.0, 1.0]))
+    torch.testing.assert_close(callback.per_class_accuracy["avg"], expected)

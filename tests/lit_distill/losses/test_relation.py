@@ -9,6 +9,7 @@ import torch
 
 from lit_distill import ConfigError
 from lit_distill.losses import TRG, contextual_relation, global_contrastive, local_graph_kl
+from lit_distill.losses.relation import align_token_grids, as_tokens, sample_tokens
 
 
 def reference_local(s, t, k, sigma):
@@ -74,7 +75,43 @@ def test_trg_term_trains_its_projectors_and_leaves_the_teacher_alone():
 
 def test_trg_rejects_mismatched_grids_and_bad_hyperparameters():
     term = TRG(student_dim=4, teacher_dim=4)
-    with pytest.raises(ValueError, match="same batch and token counts"):
+    with pytest.raises(ValueError, match="square grids"):
         term(torch.randn(2, 8, 4), torch.randn(2, 9, 4))
+    with pytest.raises(ValueError, match="same batch and token counts"):
+        sample_tokens(torch.randn(2, 8, 4), torch.randn(2, 9, 4), 4)
     with pytest.raises(ConfigError, match="sigma"):
         TRG(student_dim=4, teacher_dim=4, sigma=0.0)
+
+
+def test_feature_maps_become_row_major_tokens():
+    fmap = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)  # [B, C, H, W]
+    tokens = as_tokens(fmap)
+    assert tokens.shape == (2, 4, 3)
+    for b in range(2):
+        for h in range(2):
+            for w in range(2):
+                torch.testing.assert_close(tokens[b, 2 * h + w], fmap[b, :, h, w])
+
+
+def test_finer_grid_is_average_pooled_to_the_coarser_one():
+    g = torch.Generator().manual_seed(3)
+    student = torch.randn(2, 16, 5, generator=g)  # a 4x4 ViT grid, row-major
+    teacher_map = torch.randn(2, 7, 2, 2, generator=g)  # a CNN's 2x2 map
+    s, t = align_token_grids(student, teacher_map)
+    assert s.shape == (2, 4, 5) and t.shape == (2, 4, 7)
+    grid = student.reshape(2, 4, 4, 5)
+    for i, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):  # each coarse cell = mean of its 2x2 block
+        expected = grid[:, 2 * r:2 * r + 2, 2 * c:2 * c + 2].reshape(2, 4, 5).mean(1)
+        torch.testing.assert_close(s[:, i], expected)
+    torch.testing.assert_close(t, as_tokens(teacher_map))
+    s2, t2 = align_token_grids(teacher_map.flatten(2).transpose(1, 2), student)  # the other way round
+    assert s2.shape == (2, 4, 7) and t2.shape == (2, 4, 5)
+
+
+def test_trg_term_accepts_a_cnn_feature_map_teacher():
+    torch.manual_seed(0)
+    term = TRG(student_dim=6, teacher_dim=10, num_tokens=4, k=3, projection_dim=8)
+    student = torch.randn(3, 64, 6, requires_grad=True)  # 8x8 patch tokens
+    loss = term(student, torch.randn(3, 10, 4, 4))  # a 4x4 map with 10 channels
+    loss.backward()
+    assert torch.isfinite(loss) and student.grad.abs().sum() > 0
