@@ -55,6 +55,7 @@ from torchvision import transforms as T
 
 from datamodules.long_tail import GROUPS, balanced_split, class_groups, long_tail_counts  # noqa: F401
 from datamodules.records import epoch_sampler
+from lit_distill.checkpointing import ResumableDataLoader
 from lit_distill.errors import ConfigError, MissingPathError
 from lit_distill.models.image import IMAGENET_MEAN, IMAGENET_STD
 
@@ -449,7 +450,7 @@ class ImageClassificationDataModule(LightningDataModule):
         collate = (ImageCollator(self.num_classes, hp.mixup_alpha, hp.cutmix_alpha, hp.mix_switch_prob,
                                  teacher_sees_mix=hp.teacher_view == "strong")
                    if train else ImageCollator(self.num_classes))
-        return DataLoader(dataset, batch_size=hp.batch_size, sampler=epoch_sampler(self.trainer, dataset, shuffle, hp.seed),
+        return ResumableDataLoader(dataset, batch_size=hp.batch_size, sampler=epoch_sampler(self.trainer, dataset, shuffle, hp.seed),
                           collate_fn=collate, num_workers=hp.num_workers,
                           persistent_workers=hp.num_workers > 0)
 
