@@ -166,17 +166,25 @@ class ResumableDataLoader(DataLoader):
     Lightning saves ``state_dict()`` of every training loader that has one and calls
     ``load_state_dict`` before resuming; the batches already trained on in the interrupted
     epoch are then skipped by the sampler (a :class:`ResumableSampler`), so no sample is
-    loaded twice or missed. Loaders are built with ``batch_size`` and ``sampler``.
+    loaded twice or missed. Loaders are built with ``batch_size`` and a ``ResumableSampler``;
+    when Lightning rebuilds one around its own batch sampler (e.g. for ``predict``), it is a
+    plain loader again and its state is empty.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(self.sampler, ResumableSampler):
-            raise TypeError("ResumableDataLoader needs a ResumableSampler as its sampler")
         self._yielded = 0
         self._epoch_of_iter = 0
 
+    @property
+    def resumable(self) -> bool:
+        """Whether this loader can skip into an epoch (it samples with a ResumableSampler)."""
+        return isinstance(self.sampler, ResumableSampler) and self.batch_size is not None
+
     def __iter__(self) -> Iterator[Any]:
+        if not self.resumable:
+            yield from super().__iter__()
+            return
         self._epoch_of_iter = self.sampler.epoch
         self._yielded = self.sampler.pending_skip() // self.batch_size
         for batch in super().__iter__():
@@ -185,12 +193,12 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         """``{"epoch", "batches"}``: the epoch being iterated and the batches handed out in it."""
-        return {"epoch": self._epoch_of_iter, "batches": self._yielded}
+        return {"epoch": self._epoch_of_iter, "batches": self._yielded} if self.resumable else {}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Skip the batches already trained on when the saved epoch is iterated again.
 
         A state saved after the epoch's last batch skips nothing: the next epoch starts afresh.
         """
-        if 0 < state["batches"] < len(self):
+        if self.resumable and state and 0 < state["batches"] < len(self):
             self.sampler.skip_next(state["batches"] * self.batch_size, state["epoch"])

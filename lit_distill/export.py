@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import zipfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,28 @@ def build_student(checkpoint: dict[str, Any]) -> ModelAdapter:
     return student
 
 
+def load_checkpoint_file(path: str, field: str) -> dict[str, Any]:
+    """Load a ``fit`` checkpoint with ``weights_only=True`` (no code runs while unpickling).
+
+    Raises:
+        ConfigError: naming ``field`` when the file is missing, truncated, not a checkpoint,
+            or needs arbitrary unpickling (a checkpoint that was not written by lit_distill).
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"{field}: no file '{path}'")
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"{field}: '{path}' is not a readable checkpoint (truncated or not written by "
+                          "torch.save); use another one, e.g. an earlier last.ckpt or best-*.ckpt")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt archives and refused globals come in many types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{field}: '{path}' cannot be loaded safely (weights_only=True): {first}") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"{field}: '{path}' holds no 'state_dict'; it is not a Lightning checkpoint")
+    return checkpoint
+
+
 def export_checkpoint(ckpt_path: str, out_dir: str, tokenizer: str | None = None) -> str:
     """Export the student of ``ckpt_path`` to ``out_dir``; returns ``out_dir``.
 
@@ -48,9 +71,7 @@ def export_checkpoint(ckpt_path: str, out_dir: str, tokenizer: str | None = None
         tokenizer: tokenizer to save beside the model; default: the training
             datamodule's ``tokenizer`` recorded in the checkpoint, if any.
     """
-    if not os.path.isfile(ckpt_path):
-        raise ConfigError(f"export --ckpt: no file '{ckpt_path}'")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint_file(ckpt_path, "export --ckpt")
     student = build_student(checkpoint)
     student.export(out_dir)
     tokenizer = tokenizer or _data_tokenizer(checkpoint)

@@ -78,10 +78,10 @@ def _callbacks_yaml(arm: str, epochs: int, trg: dict) -> str:
 
 
 def _fit_args(arm: str, config: Path, imbalance: int, seed: int, epochs: int, width: int, depth: int,
-              root: Path, teacher_ckpt: Path | None, trg: dict) -> list[str]:
+              patch: int, root: Path, teacher_ckpt: Path | None, trg: dict) -> list[str]:
     override = root / "callbacks.yaml"
     override.write_text(_callbacks_yaml(arm, epochs, trg))
-    kwargs = "{img_size: 32, patch_size: 4" + (f", embed_dim: {width}, depth: {depth}, num_heads: 3}}"
+    kwargs = f"{{img_size: 32, patch_size: {patch}" + (f", embed_dim: {width}, depth: {depth}, num_heads: 3}}"
                                                if width else "}")
     args = ["fit", "--config", str(config), "--config", str(override),
             f"--seed_everything={seed}", f"--trainer.max_epochs={epochs}",
@@ -122,7 +122,7 @@ def run_one(job: dict) -> dict:
     config = TEACHER_CONFIG if arm == "teacher" else ARMS[arm]
     teacher_ckpt = Path(job["teacher"]) if job.get("teacher") else None
     args = _fit_args(arm, config, job["imbalance"], job["seed"], job["epochs"], job["width"], job["depth"],
-                     root, teacher_ckpt, job.get("trg", {}))
+                     job.get("patch", 4), root, teacher_ckpt, job.get("trg", {}))
     start = time.time()
     cli = run_cli(args)
     seconds = time.time() - start
@@ -176,7 +176,8 @@ def _summary(results: list[dict], imbalances: list[int], arms: list[str]) -> lis
 
 def _markdown(rows: list[dict], teachers: list[dict], meta: dict) -> str:
     lines = [f"Balanced validation accuracy (%), mean ± std over {meta['seeds']} seeds, "
-             f"{meta['epochs']} epochs per run, ViT width {meta['width']} depth {meta['depth']}.", "",
+             f"{meta['epochs']} epochs per run, ViT width {meta['width']} depth {meta['depth']} "
+             f"patch {meta.get('patch', 4)}.", "",
              "| IF | student | overall | head | medium | tail |", "|---|---|---|---|---|---|"]
     fmt = lambda r, k: "–" if math.isnan(r[k]) else f"{100 * r[k]:.1f} ± {100 * r[k + '_std']:.1f}"  # noqa: E731
     for r in rows:
@@ -221,17 +222,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-epochs", type=int, default=40)
     parser.add_argument("--width", type=int, default=96, help="ViT width (0 = DeiT-tiny's 192/12)")
     parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--patch", type=int, default=8, help="ViT patch size on 32 px images")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel, one thread each")
     parser.add_argument("--work-dir", default=None, help="run directories (default: a temp dir)")
     parser.add_argument("--out", default=str(REPO / "docs" / "experiments" / "vision_lt"))
     parser.add_argument("--trg-sweep", action="store_true", help="compare TRG settings (IF 100, seed 0)")
-    parser.add_argument("--merge", action="store_true",
-                        help="add these runs to the existing --out JSON (replacing the same arm/IF/seed)")
+    parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                        help="no training: merge the runs of these result files into --out")
     args = parser.parse_args(argv)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="vision_lt_"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    common = {"epochs": args.epochs, "width": args.width, "depth": args.depth}
+    common = {"epochs": args.epochs, "width": args.width, "depth": args.depth, "patch": args.patch}
+    if args.combine:
+        _write(out, *_combine([json.loads(Path(f).read_text()) for f in args.combine]))
+        return
 
     imbalances = [100] if args.trg_sweep else args.imbalance
     teacher_jobs = [{"arm": "teacher", "imbalance": i, "seed": 0, "epochs": args.teacher_epochs, "width": 0,
@@ -254,21 +259,34 @@ def main(argv: list[str] | None = None) -> None:
              "root": str(work / f"{arm}_if{i}_s{s}")}
             for i in imbalances for s in args.seeds for arm in args.arms]
     results = _pool_map(jobs, args.workers)
-    if args.merge and out.with_suffix(".json").exists():
-        new = {(r["arm"], r["imbalance"], r["seed"]) for r in results}
-        previous = json.loads(out.with_suffix(".json").read_text())
-        results += [r for r in previous["runs"] if (r["arm"], r["imbalance"], r["seed"]) not in new]
-        imbalances = sorted({r["imbalance"] for r in results})
-        args.arms = [a for a in ARMS if any(r["arm"] == a for r in results)]
-        teachers = [t for t in previous["teachers"] if t["imbalance"] not in ckpt] + teachers
-    rows = _summary(results, imbalances, args.arms)
     meta = {**common, "seeds": len(args.seeds), "teacher_epochs": args.teacher_epochs,
-            "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])}
+            "commands": [" ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])]}
+    _write(out, meta, results, teachers)
+
+
+def _combine(files: list[dict]) -> tuple[dict, list[dict], list[dict]]:
+    """One result set from several (later files win for the same arm/IF/seed)."""
+    runs: dict[tuple, dict] = {}
+    teachers: dict[int, dict] = {}
+    for data in files:
+        runs.update({(r["arm"], r["imbalance"], r["seed"]): r for r in data["runs"]})
+        teachers.update({t["imbalance"]: t for t in data["teachers"]})
+    meta = dict(files[0]["meta"])
+    meta["commands"] = [c for data in files for c in data["meta"].get("commands", [])]
+    meta["seeds"] = max(len({r["seed"] for r in runs.values() if r["arm"] == arm})
+                        for arm in {r["arm"] for r in runs.values()})
+    return meta, list(runs.values()), list(teachers.values())
+
+
+def _write(out: Path, meta: dict, results: list[dict], teachers: list[dict]) -> None:
+    imbalances = sorted({r["imbalance"] for r in results})
+    arms = [a for a in ARMS if any(r["arm"] == a for r in results)]
+    rows = _summary(results, imbalances, arms)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": rows, "teachers": teachers,
                                                     "runs": results}, indent=2) + "\n")
     table = _markdown(rows, teachers, meta)
     out.with_suffix(".table.md").write_text(table)
-    _plot(rows, teachers, out.with_suffix(".png"))
+    _plot(rows, sorted(teachers, key=lambda t: t["imbalance"]), out.with_suffix(".png"))
     print(table)
 
 

@@ -43,6 +43,11 @@ class LogitDivergence(LossTerm):
     def __init__(self, temperature: float = 1.0, chunk_size: int | None = None, padded_vocab: bool = False,
                  weight: float = 1.0, sources: dict[str, str] | None = None) -> None:
         super().__init__(weight, sources)
+        name = type(self).__name__
+        if temperature is not None and not temperature > 0:
+            raise ConfigError(f"{name}.temperature: must be > 0 (it divides the logits), got {temperature}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ConfigError(f"{name}.chunk_size: must be a positive number of positions or null, got {chunk_size}")
         self.padded_vocab = padded_vocab
         self.options: dict[str, Any] = {"chunk_size": chunk_size}
         if temperature is not None:

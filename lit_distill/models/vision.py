@@ -105,8 +105,11 @@ class TimmModel(ImageModelAdapter):
         data_cfg = resolve_data_config({}, model=module)
         patch_embed = getattr(module, "patch_embed", None)
         fixed = getattr(patch_embed, "img_size", None)
+        # a ViT without dynamic_img_size only takes its own resolution
+        strict_size = None
         if fixed is not None and not getattr(patch_embed, "dynamic_img_size", False):
             default_size: Any = fixed
+            strict_size = tuple(int(v) for v in fixed)
         else:
             default_size = data_cfg["input_size"] if pretrained else None
         super().__init__(input_size if input_size is not None else default_size,
@@ -115,6 +118,7 @@ class TimmModel(ImageModelAdapter):
         self.module = module
         self.name = name
         self.model_kwargs = kwargs
+        self.fixed_size: tuple[int, int] | None = strict_size
         self.distilled = hasattr(module, "head_dist")
         if checkpoint is not None:
             self._load_checkpoint(module, checkpoint)
@@ -126,6 +130,12 @@ class TimmModel(ImageModelAdapter):
 
     def run(self, pixel_values: Tensor) -> ModelOutput:
         m = self.module
+        if self.fixed_size is not None and tuple(pixel_values.shape[-2:]) != self.fixed_size:
+            h, w = self.fixed_size
+            raise ConfigError(
+                f"TimmModel '{self.name}' takes {h}x{w} images but got "
+                f"{pixel_values.shape[-2]}x{pixel_values.shape[-1]}: set the data's image_size "
+                f"(data.init_args.image_size) to {h}, or model_kwargs.img_size to the data's size")
         feats = m.forward_features(pixel_values)
         features: dict[str, Tensor] = {}
         if self.distilled and getattr(m, "num_prefix_tokens", 0) >= 2:  # DeiT: CLS and DIST tokens

@@ -1,0 +1,89 @@
+"""Feature distillation: match intermediate representations, through a learned projector.
+
+The student's features ``[..., Ds]`` are mapped to the teacher's width ``Dt`` by a linear
+projector that belongs to the student side (optimised and checkpointed with it) whenever
+``student_dim`` and ``teacher_dim`` are given; without one the widths must already agree.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_distill.contracts import LossTerm
+from lit_distill.errors import ConfigError
+
+
+def feature_mse(student: Tensor, teacher: Tensor, mask: Tensor | None = None, normalize: bool = False) -> Tensor:
+    """Mean squared error between features, averaged over the feature width and valid positions.
+
+    Args:
+        student: ``[..., D]`` (already in the teacher's width).
+        teacher: ``[..., D]`` (no gradient flows into it).
+        mask: bool ``[...]``, True where a position counts (None: all count).
+        normalize: L2-normalise both sides over ``D`` first (a scale-free comparison).
+
+    Returns:
+        0-dim float32 tensor: Σ_valid mean_D (s − t)² / #valid (0 when nothing is valid).
+    """
+    s, t = student.float(), teacher.detach().float()
+    if normalize:
+        s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
+    per_position = (s - t).pow(2).mean(-1)
+    if mask is None:
+        return per_position.mean()
+    mask = mask.to(per_position.dtype)
+    return (per_position * mask).sum() / mask.sum().clamp_min(1)
+
+
+class FeatureMSE(LossTerm):
+    """MSE between a student and a teacher feature, e.g. last hidden states of two LMs.
+
+    Args:
+        student_dim: width of the student's feature; with ``teacher_dim``, a learned linear
+            projector maps the student to the teacher's width.
+        teacher_dim: width of the teacher's feature.
+        normalize: compare L2-normalised features.
+        weight: multiplier of this term in the total loss.
+        sources: where the features come from, e.g.
+            ``{student_features: student.hidden_states.6, teacher_features: teacher.hidden_states.12}``.
+    """
+
+    default_sources: ClassVar[dict[str, str]] = {
+        "student_features": "student.hidden_states.-1", "teacher_features": "teacher.hidden_states.-1",
+        "mask": "batch.loss_mask"}
+
+    def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None, normalize: bool = False,
+                 weight: float = 1.0, sources: dict[str, str] | None = None) -> None:
+        super().__init__(weight, sources)
+        if (student_dim is None) != (teacher_dim is None):
+            raise ConfigError("FeatureMSE: give both student_dim and teacher_dim (for a projector) or neither")
+        if student_dim is not None and min(student_dim, teacher_dim) < 1:
+            raise ConfigError(f"FeatureMSE: widths must be positive, got student_dim={student_dim}, "
+                              f"teacher_dim={teacher_dim}")
+        self.projector = nn.Linear(student_dim, teacher_dim, bias=False) if student_dim is not None else None
+        self.normalize = normalize
+
+    def forward(self, student_features: Tensor, teacher_features: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Args: ``[..., Ds]`` and ``[..., Dt]`` features, mask ``[...]``. Returns a 0-dim tensor."""
+        ds, dt = student_features.shape[-1], teacher_features.shape[-1]
+        if self.projector is not None:
+            if ds != self.projector.in_features or dt != self.projector.out_features:
+                raise ConfigError(f"FeatureMSE: the projector maps {self.projector.in_features} -> "
+                                  f"{self.projector.out_features} but the features are {ds} (student, "
+                                  f"{self.sources['student_features']}) and {dt} (teacher); set "
+                                  f"student_dim: {ds} and teacher_dim: {dt}")
+            student_features = self.projector(student_features.to(self.projector.weight.dtype))
+        elif ds != dt:
+            raise ConfigError(f"FeatureMSE: student width {ds} ({self.sources['student_features']}) != teacher "
+                              f"width {dt} ({self.sources['teacher_features']}) and there is no projector; "
+                              f"set student_dim: {ds} and teacher_dim: {dt} to learn one")
+        if student_features.shape[:-1] != teacher_features.shape[:-1]:
+            raise ConfigError(f"FeatureMSE: student positions {tuple(student_features.shape[:-1])} != teacher "
+                              f"positions {tuple(teacher_features.shape[:-1])}; compare features of one layout")
+        return feature_mse(student_features, teacher_features, mask, self.normalize)
+
+
+__all__ = ["FeatureMSE", "feature_mse"]
