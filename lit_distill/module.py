@@ -10,12 +10,14 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 from torchmetrics import MeanMetric
 
 from lit_distill.contracts import LossTerm, ModelOutput, batch_size, side_inputs, valid_count
 from lit_distill.errors import ConfigError
 from lit_distill.losses.terms import cross_entropy
 from lit_distill.models.torch_module import as_adapter
+from lit_distill.sharding import ShardingConfig, is_sharded, shard_distillation_module
 from lit_distill.teacher import Teacher
 
 _RESERVED = {"loss", "student_ce", "teacher_ce"}
@@ -49,6 +51,11 @@ class DistillationModule(L.LightningModule):
             parameters only; the teacher is never optimised).
         scheduler: learning-rate scheduler class and arguments, or None.
         scheduler_interval: step the scheduler every optimizer ``step`` or ``epoch``.
+        sharding: how ``configure_model`` shards student, teacher and loss-term
+            parameters with FSDP2 when ``trainer.strategy`` is
+            ``ModelParallelStrategy`` (block names, mixed-precision dtypes; see
+            ``lit_distill.sharding``). Ignored under other strategies; None uses
+            the defaults.
     """
 
     def __init__(
@@ -59,6 +66,7 @@ class DistillationModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["step", "epoch"] = "step",
+        sharding: ShardingConfig | None = None,
     ) -> None:
         super().__init__()
         # Under LightningCLI the hyperparameters are the config (class paths), which
@@ -77,6 +85,7 @@ class DistillationModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
+        self.sharding = sharding
         self._check_losses()
         self._teacher_needed = any(term.reads_teacher for term in self.losses.values())
         self._window_count: Tensor | None = None
@@ -105,6 +114,11 @@ class DistillationModule(L.LightningModule):
                     and term.sources.get("teacher_logits") == "teacher.logits":
                 term.check_vocab(self.student.output_size, self.teacher.output_size, field)
 
+    def configure_model(self) -> None:
+        """Shard with FSDP2 under ``ModelParallelStrategy`` (see ``lit_distill.sharding``); else nothing."""
+        if self.device_mesh is not None:
+            shard_distillation_module(self, self.device_mesh, self.sharding)
+
     def on_fit_start(self) -> None:
         if self.teacher is not None:
             # The teacher is in eval mode on purpose; Lightning's generic warning about
@@ -130,8 +144,10 @@ class DistillationModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         student_out, teacher_out = self(batch, run_teacher=self._teacher_needed)
-        if not self._teacher_checked and teacher_out is not None:
-            _check_finite(teacher_out)
+        if not self._teacher_checked:  # once: these checks synchronise with the host
+            if teacher_out is not None:
+                _check_finite(teacher_out)
+            self._check_masks(batch, student_out, teacher_out)
             self._teacher_checked = True
         total, values = self.compute_losses(batch, student_out, teacher_out)
         count = valid_count(batch)
@@ -144,6 +160,22 @@ class DistillationModule(L.LightningModule):
         # Weighted by its own valid count; on_before_optimizer_step divides by the
         # step's global count (see the class docstring).
         return total * count
+
+    def _check_masks(self, batch: dict[str, Any], student_out: ModelOutput, teacher_out: ModelOutput | None) -> None:
+        """Fail on a first batch whose masks leave nothing to compare (the loss would be 0)."""
+        mask = batch.get("loss_mask")
+        if isinstance(mask, Tensor) and not bool(mask.any()):
+            raise ConfigError("batch.loss_mask: the first training batch has no position to train on (all "
+                              "False); check the data (e.g. responses cut off by data.init_args.max_length)")
+        for name, term in self.losses.items():
+            path = term.sources.get("mask")
+            if path is None or (path.startswith("batch.") and path[6:] not in batch):
+                continue
+            term_mask = term.gather(student_out, teacher_out, batch).get("mask")
+            if isinstance(term_mask, Tensor) and term_mask.dtype == torch.bool and not bool(term_mask.any()):
+                raise ConfigError(f"model.init_args.losses.{name}.sources.mask: '{path}' is all False on the "
+                                  "first training batch, so the term compares nothing; point it at a mask "
+                                  "with valid positions")
 
     def _logging_step(self) -> bool:
         """Log training values only on the steps the loggers write (``log_every_n_steps``).
@@ -163,7 +195,8 @@ class DistillationModule(L.LightningModule):
         # Lightning already divided each micro-batch loss by accumulate_grad_batches and
         # data parallelism averaged over ranks; undo both and divide by the true count.
         factor = (self.trainer.accumulate_grad_batches * self.trainer.world_size) / global_count.clamp_min(1)
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        # Under FSDP2 the gradients are DTensors (this process's shard); scale the shards.
+        grads = [_local(p.grad) for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if grads:
             torch._foreach_mul_(grads, factor)
         self._window_count = None
@@ -213,17 +246,26 @@ class DistillationModule(L.LightningModule):
 
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.teacher is not None and not self.teacher.in_checkpoint:
+        # A sharded run (FSDP2) resumes by loading into the whole module, teacher included,
+        # so its checkpoints keep the teacher's shards; `python -m lit_distill.consolidate`
+        # drops them for single-process use.
+        if self.teacher is not None and not self.teacher.in_checkpoint and not is_sharded(self.student):
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith("teacher.")]:
                 del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The teacher was rebuilt from its own config; keep its weights on load.
-        if self.teacher is not None:
+        # (A sharded checkpoint's state was loaded by the strategy already: no state_dict here.)
+        if self.teacher is not None and "state_dict" in checkpoint:
             state = checkpoint["state_dict"]
             for key, value in self.teacher.state_dict(prefix="teacher.").items():
                 state.setdefault(key, value)
+
+
+def _local(tensor: Tensor) -> Tensor:
+    """The local shard of a DTensor (the tensor itself otherwise), for in-place updates."""
+    return tensor._local_tensor if isinstance(tensor, DTensor) else tensor
 
 
 def _check_finite(out: ModelOutput) -> None:

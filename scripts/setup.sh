@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=()  # Debian packages the project needs (none yet)
+APT_PACKAGES=(slurm-wlm munge)  # Debian packages the project needs (slurm-wlm, munge: the real SLURM test)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
