@@ -1,22 +1,38 @@
-"""Peak extra memory and wall time of ``forward_kl`` forward+backward: one shot vs chunked.
+"""Peak extra memory and wall time of forward KL forward+backward from hidden states × LM heads.
 
 Usage::
 
-    python bench/loss_memory.py [--vocab 131072 --tokens 4096 --chunk-size 1024 --repeats 3]
+    python bench/loss_memory.py [--vocab 131072 --tokens 4096 --student-dim 256 --teacher-dim 512
+                                 --chunk-size 1024 --fused-chunk-size 256 --repeats 3 --threads 1]
     python bench/loss_memory.py --quick          # tiny sizes, a smoke test
 
-Float32 logits ``[tokens, vocab]``; the student requires grad, the teacher does not.
+Inputs: float32 last hidden states ``[tokens, D]`` and LM heads ``[vocab, D]`` of a
+student (hidden states and head require grad) and a teacher (constants). Three paths,
+each producing the loss and the gradients of the student's hidden states and head:
+
+- ``naive``: materialise both ``[tokens, vocab]`` logits, ``forward_kl`` in one shot.
+- ``chunked``: materialise both logits, ``forward_kl(chunk_size=...)``.
+- ``fused``: ``fused_forward_kl`` (logits only ever exist one chunk at a time).
+
 Peak memory is measured above the baseline taken after the inputs are allocated
-(and includes the student's ``.grad``, which both paths must produce):
+(and includes the gradients ``.grad`` of the student's hidden states and head, which
+every path must produce):
 
 - CUDA: ``torch.cuda.max_memory_allocated`` minus ``memory_allocated`` before the step.
 - CPU: process RSS (``/proc/self/status``), sampled by a background thread every
   ~1 ms; where the kernel allows resetting the high-water mark
   (``/proc/self/clear_refs``), ``VmHWM`` is read too and the larger is kept.
 
-Prints one JSON object: device, sizes, ``naive`` and ``chunked`` ``{peak_mb, seconds}``
-(peak over repeats, median time), their ratios (chunked / naive), and whether
-values and gradients of the two paths match (rtol 1e-5).
+Time: wall seconds, and on CPU also the CPU seconds of the measuring thread
+(``time.thread_time``; with ``--threads 1`` all compute runs in that thread), which is
+what to compare on a machine shared with other work: wall time there mostly measures
+the neighbours.
+
+Prints one JSON object: device, sizes, ``naive``, ``chunked`` and ``fused``
+``{peak_mb, seconds, cpu_seconds}`` (peak over repeats, median times; the paths run
+interleaved, in an order that rotates every round), their ratios against naive,
+and whether values and gradients of each path match naive's (rtol 1e-5 on the value,
+1e-4 on the gradients).
 """
 
 from __future__ import annotations
@@ -31,7 +47,7 @@ import time
 
 import torch
 
-from lit_distill.losses import forward_kl
+from lit_distill.losses import forward_kl, fused_forward_kl
 
 MB = 2**20
 
@@ -87,84 +103,126 @@ class _PeakRSS:
             self.peak = max(self.peak, _status_kb("VmHWM") * 1024)
 
 
-def _step(student: torch.Tensor, teacher: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
-    loss = forward_kl(student, teacher, chunk_size=chunk_size)
+def _step(inputs: dict[str, torch.Tensor], path: str, chunk_size: int) -> torch.Tensor:
+    hs, ws, ht, wt = inputs["hs"], inputs["ws"], inputs["ht"], inputs["wt"]
+    if path == "fused":
+        loss = fused_forward_kl(hs, ws, ht, wt, chunk_size=chunk_size)
+    else:
+        with torch.no_grad():
+            teacher_logits = ht @ wt.T
+        loss = forward_kl(hs @ ws.T, teacher_logits, chunk_size=None if path == "naive" else chunk_size)
     loss.backward()
     return loss.detach()
 
 
-def _measure(student, teacher, chunk_size, device) -> tuple[float, float, torch.Tensor]:
-    """One forward+backward: (peak extra MiB, seconds, loss); leaves ``student.grad`` set."""
-    student.grad = None
+def _clear_grads(inputs: dict[str, torch.Tensor]) -> None:
+    for x in inputs.values():
+        x.grad = None
+
+
+def _measure(inputs, path, chunk_size, device) -> tuple[float, float, torch.Tensor]:
+    """One forward+backward: (peak extra MiB, (wall s, CPU s of this thread or None), loss);
+    leaves the student's ``.grad`` set."""
+    _clear_grads(inputs)
     _release_freed_memory()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         start = time.perf_counter()
-        loss = _step(student, teacher, chunk_size)
+        loss = _step(inputs, path, chunk_size)
         torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        return (torch.cuda.max_memory_allocated() - base) / MB, seconds, loss
+        return (torch.cuda.max_memory_allocated() - base) / MB, (seconds, None), loss
     with _PeakRSS() as rss:
-        start = time.perf_counter()
-        loss = _step(student, teacher, chunk_size)
-        seconds = time.perf_counter() - start
-    return (rss.peak - rss.baseline) / MB, seconds, loss
+        start, cpu_start = time.perf_counter(), time.thread_time()
+        loss = _step(inputs, path, chunk_size)
+        seconds, cpu_seconds = time.perf_counter() - start, time.thread_time() - cpu_start
+    return (rss.peak - rss.baseline) / MB, (seconds, cpu_seconds), loss
 
 
-def _run(student, teacher, chunk_size, device, repeats) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    peaks, times = [], []
-    for _ in range(repeats):
-        peak, seconds, loss = _measure(student, teacher, chunk_size, device)
-        peaks.append(peak)
-        times.append(seconds)
-    grad, student.grad = student.grad, None
-    stats = {"peak_mb": round(max(peaks), 1), "seconds": round(statistics.median(times), 3),
-             "seconds_all": [round(t, 3) for t in times]}
-    return stats, loss, grad
+def _run_all(inputs, chunk_sizes: dict[str, int | None], device, repeats) -> dict[str, tuple]:
+    """Every path ``repeats`` times, interleaved (the order rotates each round, so drifting
+    machine load hits every path alike): ``{path: (stats, loss, [grad hs, grad ws])}``."""
+    paths = list(chunk_sizes)
+    peaks: dict[str, list[float]] = {p: [] for p in paths}
+    times: dict[str, list[float]] = {p: [] for p in paths}
+    cpu: dict[str, list[float]] = {p: [] for p in paths}
+    last: dict[str, tuple] = {}
+    for round_ in range(repeats):
+        for path in paths[round_ % len(paths):] + paths[:round_ % len(paths)]:
+            peak, (seconds, cpu_seconds), loss = _measure(inputs, path, chunk_sizes[path], device)
+            peaks[path].append(peak)
+            times[path].append(seconds)
+            if cpu_seconds is not None:
+                cpu[path].append(cpu_seconds)
+            last[path] = (loss, [inputs["hs"].grad, inputs["ws"].grad])
+            _clear_grads(inputs)
+    stats = {p: {"peak_mb": round(max(peaks[p]), 1), "seconds": round(statistics.median(times[p]), 3),
+                 "seconds_all": [round(t, 3) for t in times[p]]} for p in paths}
+    for p in paths:
+        if cpu[p]:
+            stats[p].update(cpu_seconds=round(statistics.median(cpu[p]), 3),
+                            cpu_seconds_all=[round(t, 3) for t in cpu[p]])
+    return {p: (stats[p], *last[p]) for p in paths}
+
+
+def _matches(loss, grads, loss_ref, grads_ref) -> bool:
+    return bool(torch.allclose(loss, loss_ref, rtol=1e-5, atol=0) and all(
+        torch.allclose(a, b, rtol=1e-4, atol=1e-9) for a, b in zip(grads, grads_ref, strict=True)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vocab", type=int, default=131072)
     parser.add_argument("--tokens", type=int, default=4096)
-    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--student-dim", type=int, default=256)
+    parser.add_argument("--teacher-dim", type=int, default=512)
+    parser.add_argument("--chunk-size", type=int, default=1024, help="chunk of the chunked path")
+    parser.add_argument("--fused-chunk-size", type=int, default=256, help="chunk of the fused path")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (vocab 4096, 256 tokens)")
     args = parser.parse_args()
     if args.quick:
-        args.vocab, args.tokens, args.chunk_size, args.repeats = 4096, 256, 64, 2
+        args.vocab, args.tokens, args.chunk_size, args.fused_chunk_size, args.repeats = 4096, 256, 64, 32, 2
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    warm = torch.randn(8, 64, device=device, requires_grad=True)  # one-time setup costs
-    for chunk in (None, 4):
-        _step(warm, torch.randn(8, 64, device=device), chunk)
+    warm = {"hs": torch.randn(8, 4, device=device, requires_grad=True),  # one-time setup costs
+            "ws": torch.randn(64, 4, device=device, requires_grad=True),
+            "ht": torch.randn(8, 4, device=device), "wt": torch.randn(64, 4, device=device)}
+    for path in ("naive", "chunked", "fused"):
+        _step(warm, path, 4)
 
     gen = torch.Generator(device=device).manual_seed(0)
-    shape = (args.tokens, args.vocab)
-    student = torch.randn(shape, generator=gen, device=device).mul_(2).requires_grad_()
-    teacher = torch.randn(shape, generator=gen, device=device).mul_(2)
+    n, v, ds, dt = args.tokens, args.vocab, args.student_dim, args.teacher_dim
+    # scaled so that the logits have standard deviation 2, as in an LM's output
+    inputs = {"hs": torch.randn(n, ds, generator=gen, device=device).requires_grad_(),
+              "ws": torch.randn(v, ds, generator=gen, device=device).mul_(2 / ds**0.5).requires_grad_(),
+              "ht": torch.randn(n, dt, generator=gen, device=device),
+              "wt": torch.randn(v, dt, generator=gen, device=device).mul_(2 / dt**0.5)}
 
-    naive, loss_naive, grad_naive = _run(student, teacher, None, device, args.repeats)
-    chunked, loss_chunked, grad_chunked = _run(student, teacher, args.chunk_size, device, args.repeats)
-    values_match = torch.allclose(loss_chunked, loss_naive, rtol=1e-5, atol=0)
-    grads_match = all(  # block by block: a full-size allclose would need several [N, V] temporaries
-        torch.allclose(a, b, rtol=1e-5, atol=1e-12)
-        for a, b in zip(grad_chunked.split(256), grad_naive.split(256), strict=True))
+    results = _run_all(inputs, {"naive": None, "chunked": args.chunk_size, "fused": args.fused_chunk_size},
+                       device, args.repeats)
+    (naive, loss_naive, grads_naive), (chunked, loss_chunked, grads_chunked), (fused, loss_fused, grads_fused) = (
+        results["naive"], results["chunked"], results["fused"])
     print(json.dumps({
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "vocab": args.vocab,
-        "tokens": args.tokens,
-        "chunk_size": args.chunk_size,
-        "input_mb_each": round(student.numel() * student.element_size() / MB, 1),
-        "naive": naive,
-        "chunked": chunked,
-        "peak_ratio": round(chunked["peak_mb"] / naive["peak_mb"], 4),
-        "time_ratio": round(chunked["seconds"] / naive["seconds"], 4),
-        "values_match": bool(values_match and grads_match),
-        "loss": {"naive": loss_naive.item(), "chunked": loss_chunked.item()},
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "vocab": v, "tokens": n, "student_dim": ds, "teacher_dim": dt,
+        "chunk_size": args.chunk_size, "fused_chunk_size": args.fused_chunk_size,
+        "logits_mb_each": round(n * v * 4 / MB, 1),
+        "naive": naive, "chunked": chunked, "fused": fused,
+        "chunked_peak_ratio": round(chunked["peak_mb"] / naive["peak_mb"], 4),
+        "fused_peak_ratio": round(fused["peak_mb"] / naive["peak_mb"], 4),
+        "time_ratios": {f"{p}_{kind}": round(r[key] / naive[key], 4)
+                        for p, r in (("chunked", chunked), ("fused", fused))
+                        for kind, key in (("wall", "seconds"), ("cpu", "cpu_seconds")) if key in r},
+        "values_match": {"chunked": _matches(loss_chunked, grads_chunked, loss_naive, grads_naive),
+                         "fused": _matches(loss_fused, grads_fused, loss_naive, grads_naive)},
+        "loss": {"naive": loss_naive.item(), "chunked": loss_chunked.item(), "fused": loss_fused.item()},
     }))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Callable
@@ -10,9 +11,10 @@ from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from datamodules.local_corpus import split_documents
+from lit_distill.checkpointing import ResumableDataLoader, ResumableSampler
 from lit_distill.errors import ConfigError, MissingPathError
 
 EXPECTED_DATA = "expected a .txt/.jsonl file or a directory of them"
@@ -70,7 +72,7 @@ def read_records(
     return records
 
 
-def epoch_sampler(trainer, dataset, shuffle: bool, seed: int) -> DistributedSampler:
+def epoch_sampler(trainer, dataset, shuffle: bool, seed: int) -> ResumableSampler:
     """A sampler whose order is a pure function of (seed, epoch, world size, rank).
 
     Lightning calls ``set_epoch`` every epoch (with the restored epoch after
@@ -78,7 +80,8 @@ def epoch_sampler(trainer, dataset, shuffle: bool, seed: int) -> DistributedSamp
     one. With N processes, rank r takes every N-th index of the same permutation,
     so N processes with batch B see the same global batches as one process with
     batch N*B. Lightning keeps a ``DistributedSampler`` as it is instead of
-    wrapping it.
+    wrapping it. It is a :class:`~lit_distill.checkpointing.ResumableSampler`, so a
+    :class:`~lit_distill.checkpointing.ResumableDataLoader` resumes mid-epoch exactly.
 
     Args:
         trainer: the attached trainer (None outside fit: one process).
@@ -87,7 +90,7 @@ def epoch_sampler(trainer, dataset, shuffle: bool, seed: int) -> DistributedSamp
         seed: base seed of the permutations.
     """
     world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-    return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+    return ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
 
 
 class RecordsDataModule(LightningDataModule):
@@ -101,6 +104,22 @@ class RecordsDataModule(LightningDataModule):
     """
 
     skip_reason = "whose response does not fit in max_length tokens"
+
+    def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's, but a datamodule nested in another one (``CachedTeacherDataModule.data``)
+        records its own arguments: LightningCLI hands every datamodule the outer ``data`` config."""
+        from pydoc import locate
+
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+        given, frame = _given_hyperparameters.get(), inspect.currentframe().f_back
+        nested = given is not None and "_class_path" in given and locate(given["_class_path"]) is not type(self)
+        token = _given_hyperparameters.set(None) if nested else None
+        try:
+            super().save_hyperparameters(*args, frame=frame, **kwargs)
+        finally:
+            if token is not None:
+                _given_hyperparameters.reset(token)
 
     def check_paths(self) -> None:
         """Fail early on arguments that cannot work (before any tokenizer is loaded)."""
@@ -149,15 +168,15 @@ class RecordsDataModule(LightningDataModule):
             rank_zero_warn(f"skipped {n_skipped} prompt/response pair(s) {self.num_skipped} "
                            f"{self.skip_reason.replace('max_length', f'max_length={hp.max_length}')}")
 
-    def _sampler(self, dataset: list, shuffle: bool) -> DistributedSampler:
+    def _sampler(self, dataset: list, shuffle: bool) -> ResumableSampler:
         return epoch_sampler(self.trainer, dataset, shuffle, self.hparams.seed)
 
     def _loader(self, dataset: list | None, shuffle: bool) -> DataLoader:
-        """A plain DataLoader over ``dataset`` with the rank-aware, epoch-seeded sampler."""
+        """A DataLoader over ``dataset`` with the rank-aware, epoch-seeded, resumable sampler."""
         if dataset is None:
             raise RuntimeError("call setup() before requesting dataloaders")
         hp = self.hparams
-        return DataLoader(dataset, batch_size=hp.batch_size, sampler=self._sampler(dataset, shuffle),
+        return ResumableDataLoader(dataset, batch_size=hp.batch_size, sampler=self._sampler(dataset, shuffle),
                           collate_fn=self.collate_fn(), num_workers=hp.num_workers,
                           persistent_workers=hp.num_workers > 0)
 

@@ -36,6 +36,12 @@ class HFCausalLM(ModelAdapter):
         attn_implementation: e.g. ``sdpa``, ``eager``, ``flash_attention_2``.
         output_hidden_states: also return every layer's hidden states.
         hooks: module paths whose outputs are recorded as features.
+        compute_logits: False skips the LM head: ``logits`` is None and ``features``
+            hold ``last_hidden_state`` ``[B, L, D]`` (after the final norm), the head's
+            ``lm_head.weight`` ``[V, D]`` and, if it has one, ``lm_head.bias`` ``[V]``,
+            for fused losses (``lit_distill.losses.FusedForwardKL``) that never build
+            full ``[B, L, V]`` logits. Only for models whose logits are exactly
+            ``hidden @ weight.T + bias`` (no soft-capping or logit scale).
     """
 
     def __init__(
@@ -50,6 +56,7 @@ class HFCausalLM(ModelAdapter):
         attn_implementation: str | None = None,
         output_hidden_states: bool = False,
         hooks: list[str] | None = None,
+        compute_logits: bool = True,
     ) -> None:
         super().__init__(hooks)
         if (path is None) == (config is None):
@@ -67,6 +74,9 @@ class HFCausalLM(ModelAdapter):
         else:
             self.module = _build_from_config(dict(config), vocab_size, pad_token_id, torch_dtype,
                                              attn_implementation)
+        self.compute_logits = compute_logits
+        if not compute_logits:
+            _check_plain_head(self.module)
         self._install_hooks()
 
     @property
@@ -75,8 +85,21 @@ class HFCausalLM(ModelAdapter):
         return embeddings.weight.shape[0] if embeddings is not None else self.module.config.vocab_size
 
     def run(self, **inputs: Any) -> ModelOutput:
+        if not self.compute_logits:
+            return self._run_without_head(inputs)
         out = self.module(**inputs, output_hidden_states=self.output_hidden_states, use_cache=False)
         return ModelOutput(logits=out.logits,
+                           hidden_states=out.hidden_states if self.output_hidden_states else None)
+
+    def _run_without_head(self, inputs: dict[str, Any]) -> ModelOutput:
+        """The base model only; the head's parameters are handed to the loss as features."""
+        out = self.module.base_model(**inputs, output_hidden_states=self.output_hidden_states,
+                                     use_cache=False)
+        head = self.module.get_output_embeddings()
+        features = {"last_hidden_state": out.last_hidden_state, "lm_head.weight": head.weight}
+        if getattr(head, "bias", None) is not None:
+            features["lm_head.bias"] = head.bias
+        return ModelOutput(logits=None, features=features,
                            hidden_states=out.hidden_states if self.output_hidden_states else None)
 
     def export(self, out_dir: str) -> None:
@@ -84,6 +107,24 @@ class HFCausalLM(ModelAdapter):
         self.module.save_pretrained(out_dir)
         if self.path is not None and os.path.isdir(self.path):
             copy_tokenizer(self.path, out_dir)
+
+
+# Config fields of architectures whose logits are not a plain linear map of the last hidden state.
+_LOGIT_TRANSFORMS = {"final_logit_softcapping": None, "logit_scale": 1.0, "logits_scaling": 1.0}
+
+
+def _check_plain_head(module) -> None:
+    """Fail early when ``compute_logits: false`` cannot reproduce the model's logits."""
+    head = module.get_output_embeddings()
+    if head is None or not hasattr(head, "weight") or module.base_model is module:
+        raise ConfigError(f"HFCausalLM.compute_logits: {type(module).__name__} has no separate linear "
+                          "LM head (get_output_embeddings); keep compute_logits: true")
+    for name, neutral in _LOGIT_TRANSFORMS.items():
+        value = getattr(module.config, name, neutral)
+        if value is not None and value != neutral:
+            raise ConfigError(f"HFCausalLM.compute_logits: {type(module).__name__} transforms its logits "
+                              f"after the head ({name}={value}); fused losses would compute other "
+                              "logits, keep compute_logits: true")
 
 
 # "name" or "org/name": what the hub accepts; anything else is taken as a local path.

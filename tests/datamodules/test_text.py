@@ -277,11 +277,13 @@ def test_shuffle_false_keeps_file_order(tok_dir, tmp_path):
     assert train == [b["labels"].tolist() for b in dm.val_dataloader()]
 
 
-def test_dataloaders_are_plain_and_ddp_friendly(tok_dir, tmp_path):
+def test_dataloaders_are_resumable_and_ddp_friendly(tok_dir, tmp_path):
+    from lit_distill.checkpointing import ResumableDataLoader
+
     path = write_txt(tmp_path / "d.txt", make_docs(10))
     dm = make_dm(tok_dir, path)
     train, val = dm.train_dataloader(), dm.val_dataloader()
-    assert type(train) is torch.utils.data.DataLoader
+    assert type(train) is ResumableDataLoader and train.resumable  # its epoch position is checkpointed
     # A DistributedSampler Lightning keeps as it is (no re-wrapping under DDP).
     assert isinstance(train.sampler, torch.utils.data.DistributedSampler) and train.sampler.shuffle
     assert train.sampler.num_replicas == 1 and not val.sampler.shuffle

@@ -1,0 +1,390 @@
+"""Offline teacher cache: sparse top-k log-probabilities written once, read while training.
+
+``python -m lit_distill cache-teacher --config FIT.yaml --out DIR [--top-k 128]`` builds the
+config's teacher and data (the same fit config that distils online), runs the teacher once
+over every sample of the train and validation splits in index order, and writes per split
+``DIR/<split>/``:
+
+- ``manifest.json``: what the cache holds and what it was made from (sample count, token
+  positions, k, vocabulary, dtypes, temperature, fingerprints of the tokenizer and of the
+  samples' token ids, the teacher), and ``complete`` once every shard exists.
+- ``shard-00000.safetensors``, ...: ``samples_per_shard`` consecutive samples each, with
+  every position of every sample, concatenated (``T`` = the shard's positions):
+
+  - ``topk_ids`` ``[T, k]``: the teacher's k most probable token ids, most probable
+    first, in the smallest integer dtype holding the vocabulary (uint8/uint16/int32);
+  - ``topk_logprobs`` ``[T, k]``: their log-probabilities (float16 or bfloat16);
+  - ``tail_mass`` ``[T]`` float32: 1 − Σ top-k probabilities, computed as
+    ``exp(logsumexp)`` of the other log-probs (keeps a tiny tail accurate; 0 at k = V);
+  - ``lengths`` ``[n]`` int32 and ``sample_index`` ``[n]`` int64 of the shard's samples.
+
+Resumable: every shard is written to a temporary file and renamed into place, so a shard
+file either is complete or does not exist. A rerun with the same settings skips finished
+shards, deletes leftover temporary files and redoes the unfinished shard; other settings
+in an existing cache directory are refused (ConfigError) instead of being mixed in.
+
+:class:`TeacherCache` reads one split by sample index (memory-mapped, one slice per
+sample); ``datamodules.CachedTeacherDataModule`` serves it with the batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lit_distill.errors import ConfigError
+
+FORMAT = "lit_distill.teacher_cache"
+VERSION = 1
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val")
+# Manifest fields that identify the content; a resumed run must agree on all of them.
+_IDENTITY = ("format", "version", "split", "num_samples", "num_positions", "samples_per_shard",
+             "num_shards", "top_k", "vocab_size", "data_vocab_size", "id_dtype", "logprob_dtype",
+             "temperature", "tokenizer_fingerprint", "samples_fingerprint", "teacher")
+_LOGPROB_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def id_dtype(vocab_size: int) -> torch.dtype:
+    """Smallest integer dtype that holds every id of a ``vocab_size`` vocabulary."""
+    if vocab_size <= 2**8:
+        return torch.uint8
+    if vocab_size <= 2**16:
+        return torch.uint16
+    return torch.int32
+
+
+def shard_name(index: int) -> str:
+    """File name of shard ``index``."""
+    return f"shard-{index:05d}.safetensors"
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str | None:
+    """SHA-256 of a tokenizer's full definition (vocabulary, merges, specials); None without one."""
+    if tokenizer is None:
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sample_ids(sample: Any) -> Tensor:
+    """The token ids ``[n]`` of one dataset sample (a dict with ``input_ids``, or its inputs)."""
+    if isinstance(sample, dict):
+        if "input_ids" in sample:
+            return sample["input_ids"]
+        if isinstance(sample.get("inputs"), dict) and "input_ids" in sample["inputs"]:
+            return sample["inputs"]["input_ids"]
+    raise ConfigError("teacher cache: dataset samples must be dicts with 'input_ids' (token ids [n]); "
+                      f"got {type(sample).__name__}")
+
+
+def samples_fingerprint(dataset: Sequence[Any]) -> str:
+    """SHA-256 over every sample's length and token ids, in index order."""
+    digest = hashlib.sha256()
+    for sample in dataset:
+        ids = sample_ids(sample).to(torch.int64).contiguous()
+        digest.update(len(ids).to_bytes(8, "little"))
+        digest.update(ids.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(split_dir: str | Path) -> dict[str, Any]:
+    """The manifest of one cached split; ConfigError if there is none."""
+    path = Path(split_dir) / MANIFEST
+    if not path.exists():
+        raise ConfigError(f"teacher cache: no {MANIFEST} in '{split_dir}'; write the cache with "
+                          "`python -m lit_distill cache-teacher --config FIT.yaml --out DIR`")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise ConfigError(f"teacher cache: '{path}' is not a version-{VERSION} lit_distill teacher cache")
+    return manifest
+
+
+@torch.no_grad()
+def sparse_teacher(logits: Tensor, top_k: int, temperature: float, vocab_limit: int | None = None
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """Top-k ids ``[..., k]``, their log-probs ``[..., k]`` (float32) and the tail mass ``[...]``.
+
+    Args:
+        logits: ``[..., V]`` teacher logits.
+        top_k: k (at most V).
+        temperature: divides the logits before the log-softmax.
+        vocab_limit: keep only the first ``vocab_limit`` logits (a teacher whose vocabulary
+            is padded beyond the tokenizer's); None keeps all.
+    """
+    if vocab_limit is not None:
+        logits = logits[..., :vocab_limit]
+    log_p = torch.log_softmax(logits.float() / temperature, dim=-1)
+    values, ids = log_p.topk(top_k, dim=-1)
+    tail = log_p.scatter_(-1, ids, float("-inf")).logsumexp(-1).exp()
+    return ids, values, tail
+
+
+class _Progress:
+    """A tqdm bar over samples (or nothing)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="sample")
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def write_split(run_teacher: Callable[[dict[str, Any]], Tensor], dataset: Sequence[Any],
+                collate: Callable[[list], dict[str, Any]], split_dir: str | Path, *, top_k: int,
+                samples_per_shard: int, batch_size: int, vocab_size: int, data_vocab_size: int | None,
+                tokenizer_fp: str | None, teacher: str, temperature: float = 1.0,
+                logprob_dtype: str = "float16", max_new_shards: int | None = None,
+                progress: bool = True) -> bool:
+    """Write (or finish) the cache of one split; True once every shard exists.
+
+    Args:
+        run_teacher: batch -> teacher logits ``[B, L, V]``.
+        dataset: map-style dataset of samples with ``input_ids`` ``[n]``, in index order.
+        collate: the datamodule's collate function (right-padding, ``inputs`` etc.).
+        split_dir: output directory of this split.
+        top_k: entries kept per position.
+        samples_per_shard: samples per shard file.
+        batch_size: samples per teacher forward (batches never cross a shard).
+        vocab_size: the teacher's logit dimension.
+        data_vocab_size: the tokenizer's size (the teacher's logits are cut to it if larger).
+        tokenizer_fp: fingerprint of the data's tokenizer (see :func:`tokenizer_fingerprint`).
+        teacher: a description of the teacher (its path or class), recorded in the manifest.
+        temperature: the teacher's log-probs are those of ``softmax(logits / temperature)``.
+        logprob_dtype: ``float16`` or ``bfloat16``.
+        max_new_shards: stop after writing this many shards (an interruption on purpose);
+            None writes them all.
+        progress: show a progress bar.
+    """
+    split_dir = Path(split_dir)
+    if logprob_dtype not in _LOGPROB_DTYPES:
+        raise ConfigError(f"cache-teacher --logprob-dtype: '{logprob_dtype}' is not one of "
+                          f"{sorted(_LOGPROB_DTYPES)}")
+    kept_vocab = min(vocab_size, data_vocab_size or vocab_size)
+    if not 0 < top_k <= kept_vocab:
+        raise ConfigError(f"cache-teacher --top-k: must be in [1, {kept_vocab}] (the vocabulary), got {top_k}")
+    if samples_per_shard <= 0 or batch_size <= 0:
+        raise ConfigError("cache-teacher: --samples-per-shard and --batch-size must be positive")
+    if not len(dataset):
+        raise ConfigError(f"cache-teacher: the {split_dir.name} split has no samples")
+    lengths = [len(sample_ids(s)) for s in dataset]
+    manifest = {
+        "format": FORMAT, "version": VERSION, "split": split_dir.name, "num_samples": len(dataset),
+        "num_positions": sum(lengths), "samples_per_shard": samples_per_shard,
+        "num_shards": math.ceil(len(dataset) / samples_per_shard), "top_k": top_k,
+        "vocab_size": kept_vocab, "data_vocab_size": data_vocab_size,
+        "id_dtype": str(id_dtype(kept_vocab)).removeprefix("torch."), "logprob_dtype": logprob_dtype,
+        "tail_dtype": "float32", "temperature": float(temperature),
+        "tokenizer_fingerprint": tokenizer_fp, "samples_fingerprint": samples_fingerprint(dataset),
+        "teacher": teacher, "complete": False,
+    }
+    split_dir.mkdir(parents=True, exist_ok=True)
+    if (split_dir / MANIFEST).exists():
+        old = read_manifest(split_dir)
+        diff = [f"{key}: {old.get(key)!r} in the cache vs {manifest[key]!r} now"
+                for key in _IDENTITY if old.get(key) != manifest[key]]
+        if diff:
+            raise ConfigError(f"cache-teacher --out: '{split_dir}' holds a cache made with other settings "
+                              f"({'; '.join(diff[:3])}); write to another directory or delete it")
+    for leftover in split_dir.glob("*.tmp"):
+        leftover.unlink()  # a shard or manifest whose writing was interrupted
+    _write_json(split_dir / MANIFEST, manifest)
+
+    from safetensors.torch import save_file
+
+    todo = [j for j in range(manifest["num_shards"]) if not (split_dir / shard_name(j)).exists()]
+    if max_new_shards is not None:
+        todo = todo[:max_new_shards]
+    bar = _Progress(sum(min(samples_per_shard, len(dataset) - j * samples_per_shard) for j in todo),
+                    f"cache {split_dir.name}", progress)
+    try:
+        for j in todo:
+            first, stop = j * samples_per_shard, min((j + 1) * samples_per_shard, len(dataset))
+            ids_parts, lp_parts, tail_parts = [], [], []
+            for start in range(first, stop, batch_size):
+                indices = range(start, min(start + batch_size, stop))
+                logits = run_teacher(collate([dataset[i] for i in indices]))
+                ids, log_p, tail = sparse_teacher(logits, top_k, temperature, kept_vocab)
+                for row, i in enumerate(indices):
+                    n = lengths[i]
+                    ids_parts.append(ids[row, :n])
+                    lp_parts.append(log_p[row, :n])
+                    tail_parts.append(tail[row, :n])
+                bar.update(len(indices))
+            tensors = {
+                "topk_ids": torch.cat(ids_parts).to(id_dtype(kept_vocab)).contiguous(),
+                "topk_logprobs": torch.cat(lp_parts).to(_LOGPROB_DTYPES[logprob_dtype]).contiguous(),
+                "tail_mass": torch.cat(tail_parts).float().contiguous(),
+                "lengths": torch.tensor(lengths[first:stop], dtype=torch.int32),
+                "sample_index": torch.arange(first, stop, dtype=torch.int64),
+            }
+            path = split_dir / shard_name(j)
+            tmp = path.with_name(path.name + ".tmp")
+            save_file(tensors, str(tmp))
+            os.replace(tmp, path)
+    finally:
+        bar.close()
+    complete = all((split_dir / shard_name(j)).exists() for j in range(manifest["num_shards"]))
+    if complete:
+        _write_json(split_dir / MANIFEST, {**manifest, "complete": True})
+    return complete
+
+
+class TeacherCache:
+    """Reads one cached split by sample index.
+
+    Args:
+        split_dir: a split directory written by :func:`write_split` (``DIR/train``, ...).
+
+    Raises:
+        ConfigError: no manifest, another format, or an incomplete cache.
+    """
+
+    def __init__(self, split_dir: str | Path) -> None:
+        self.dir = Path(split_dir)
+        self.manifest = read_manifest(self.dir)
+        if not self.manifest.get("complete"):
+            raise ConfigError(f"teacher cache '{self.dir}' is incomplete (interrupted?); rerun the same "
+                              "`python -m lit_distill cache-teacher` command to finish it")
+        self.samples_per_shard = self.manifest["samples_per_shard"]
+        self.top_k = self.manifest["top_k"]
+        self._offsets: dict[int, list[int]] = {}
+        self._handles: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return self.manifest["num_samples"]
+
+    def __getstate__(self) -> dict[str, Any]:  # file handles stay in their process (DataLoader workers)
+        return {**self.__dict__, "_handles": {}}
+
+    def _open(self, shard: int) -> tuple[Any, list[int]]:
+        if shard not in self._handles:
+            from safetensors import safe_open
+
+            handle = safe_open(str(self.dir / shard_name(shard)), framework="pt")
+            lengths = handle.get_tensor("lengths").tolist()
+            self._offsets[shard] = [0, *torch.tensor(lengths).cumsum(0).tolist()]
+            self._handles[shard] = handle
+        return self._handles[shard], self._offsets[shard]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``(topk_ids [n, k] int64, topk_logprobs [n, k] stored dtype, tail_mass [n] float32)``."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} outside the cache's {len(self)} samples")
+        shard, local = divmod(index, self.samples_per_shard)
+        handle, offsets = self._open(shard)
+        rows = slice(offsets[local], offsets[local + 1])
+        return (handle.get_slice("topk_ids")[rows].long(), handle.get_slice("topk_logprobs")[rows],
+                handle.get_slice("tail_mass")[rows])
+
+
+# ------------------------------------------------------------------------------ subcommand
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lit_distill cache-teacher",
+        description="Run a fit config's teacher once over its data and write sparse top-k log-probs, "
+                    "token ids and tail mass in shards (resumable). Options not listed here are "
+                    "passed to the config parser, e.g. --data.init_args.batch_size=32.")
+    parser.add_argument("--config", action="append", required=True,
+                        help="fit config YAML (model.init_args.teacher and data are used); repeatable")
+    parser.add_argument("--out", required=True, help="cache directory (one subdirectory per split)")
+    parser.add_argument("--top-k", type=int, default=128, help="entries kept per position (default 128)")
+    parser.add_argument("--samples-per-shard", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="samples per teacher forward (default: the data's batch_size)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="cache log_softmax(logits / T); train with the same temperature")
+    parser.add_argument("--logprob-dtype", default="float16", choices=sorted(_LOGPROB_DTYPES))
+    parser.add_argument("--splits", default=",".join(SPLITS), help="comma-separated, of: train,val")
+    parser.add_argument("--max-new-shards", type=int, default=None,
+                        help="stop after this many new shards per split (resume later)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _unwrap_data(datamodule: Any) -> Any:
+    from datamodules.teacher_cache import CachedTeacherDataModule
+
+    return datamodule.data if isinstance(datamodule, CachedTeacherDataModule) else datamodule
+
+
+def cache_teacher(args: Sequence[str]) -> dict[str, bool]:
+    """``cache-teacher``: returns ``{split: complete}``. See :func:`_parser` for the options."""
+    from lit_distill.cli import run_cli
+    from lit_distill.contracts import side_inputs
+
+    ns, overrides = _parser().parse_known_args(list(args))
+    splits = [s for s in ns.splits.split(",") if s]
+    if not splits or any(s not in SPLITS for s in splits):
+        raise ConfigError(f"cache-teacher --splits: '{ns.splits}'; valid: a comma-separated subset of {SPLITS}")
+    if ns.temperature <= 0 or not math.isfinite(ns.temperature):
+        raise ConfigError(f"cache-teacher --temperature: must be > 0, got {ns.temperature}")
+    cli_args = [arg for path in ns.config for arg in ("--config", path)] + overrides
+    cli = run_cli(cli_args, run=False)
+    teacher = cli.model.teacher
+    if teacher is None:
+        raise ConfigError("model.init_args.teacher: cache-teacher needs a teacher in the config, got null")
+    data = _unwrap_data(cli.datamodule)
+    if not callable(getattr(data, "collate_fn", None)):
+        raise ConfigError(f"data: cache-teacher needs a datamodule with map-style train_dataset/val_dataset "
+                          f"and a collate_fn() (e.g. datamodules.TextDataModule), got {type(data).__name__}")
+    data.setup("fit")
+    vocab = teacher.output_size
+    data_vocab = getattr(data, "vocab_size", None)
+
+    def run_teacher(batch: dict[str, Any]) -> Tensor:
+        out = teacher(**side_inputs(batch, "teacher"))
+        if out.logits is None:
+            raise ConfigError("model.init_args.teacher: returned no logits (compute_logits: false?); "
+                              "cache-teacher needs the teacher's logits")
+        return out.logits
+
+    datasets = {"train": data.train_dataset, "val": data.val_dataset}
+    model_cfg = getattr(teacher.model, "path", None) or type(teacher.model).__name__
+    done = {}
+    for split in splits:
+        dataset = datasets[split]
+        if vocab is None:
+            probe = run_teacher(data.collate_fn()([dataset[0]]))
+            vocab = probe.shape[-1]
+        done[split] = write_split(
+            run_teacher, dataset, data.collate_fn(), Path(ns.out) / split, top_k=ns.top_k,
+            samples_per_shard=ns.samples_per_shard,
+            batch_size=ns.batch_size or getattr(getattr(data, "hparams", {}), "batch_size", None) or 8,
+            vocab_size=vocab, data_vocab_size=data_vocab,
+            tokenizer_fp=tokenizer_fingerprint(getattr(data, "tokenizer", None)), teacher=str(model_cfg),
+            temperature=ns.temperature, logprob_dtype=ns.logprob_dtype, max_new_shards=ns.max_new_shards,
+            progress=not ns.no_progress)
+    return done
+
+
+def main(args: Sequence[str]) -> None:
+    """Entry point of ``python -m lit_distill cache-teacher``."""
+    done = cache_teacher(args)
+    for split, complete in done.items():
+        print(f"{split}: {'complete' if complete else 'incomplete (rerun the same command to resume)'}")

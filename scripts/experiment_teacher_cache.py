@@ -1,0 +1,228 @@
+"""Offline teacher cache vs the online teacher on the quickstart setup.
+
+1. Builds the quickstart's data, tokenizer and teacher if they are missing
+   (``artifacts/quickstart``, as ``python -m lit_distill quickstart`` does).
+2. Caches the teacher with ``cache-teacher`` at each k (default 16, 128 and 1024 = the
+   whole vocabulary, a control without truncation) and measures the bytes on disk per
+   cached position and the teacher's tail mass.
+3. Trains the quickstart student (``configs/quickstart.yaml``: 0.5·forward KL + 0.5·CE)
+   with the online teacher, and the same student from each cache
+   (``configs/text/kd/quickstart_cache.yaml``: 0.5·sparse forward KL + 0.5·CE, no
+   teacher), for the same steps and seeds.
+4. Evaluates every final student on the held-out split: cross-entropy, the dense forward
+   KL to the teacher, and the sparse forward KL from each cache (the loss gap between the
+   sparse objective and the dense one at the same student).
+
+Writes ``docs/experiments/teacher_cache.json`` and ``.md``. One thread; about 10-15 min.
+
+Usage::
+
+    python scripts/experiment_teacher_cache.py [--steps 150 --seeds 0 1 2 --top-k 16 128 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lit_distill.cache import TeacherCache, cache_teacher  # noqa: E402
+from lit_distill.cli import run_cli  # noqa: E402
+from lit_distill.losses import cross_entropy, forward_kl, sparse_forward_kl  # noqa: E402
+
+WORK = REPO / "artifacts/teacher_cache_experiment"
+ONLINE = "configs/quickstart.yaml"
+CACHED = "configs/text/kd/quickstart_cache.yaml"
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.logger=false", "--trainer.callbacks=[]",
+         "--checkpoint.save_top_k=0", "--checkpoint.save_last=false"]
+
+
+def _schedule(steps: int, seed: int, root: Path) -> list[str]:
+    return [f"--seed_everything={seed}", f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}",
+            f"--model.init_args.scheduler.init_args.total_steps={steps}", f"--trainer.default_root_dir={root}",
+            *QUIET]
+
+
+def prepare() -> None:
+    from lit_distill.quickstart import WORKDIR, prepare_data, train_teacher
+
+    prepare_data(REPO / WORKDIR)
+    train_teacher(REPO / WORKDIR, retrain=False)
+
+
+def write_cache(k: int) -> dict:
+    out = WORK / f"cache_k{k}"
+    start = time.perf_counter()
+    done = cache_teacher(["--config", ONLINE, "--out", str(out), "--top-k", str(k), "--no-progress",
+                          f"--trainer.default_root_dir={WORK / 'runs/cache'}"])
+    assert all(done.values()), done
+    manifest = json.loads((out / "train/manifest.json").read_text())
+    size = sum(p.stat().st_size for p in (out / "train").glob("shard-*.safetensors"))
+    tails = torch.cat([load_file(p)["tail_mass"] for p in sorted((out / "val").glob("shard-*.safetensors"))])
+    return {"val_tail_mass_mean": round(float(tails.mean()), 5),
+            "val_tail_mass_median": round(float(tails.median()), 5),
+            "k": k, "dir": str(out.relative_to(REPO)), "seconds": round(time.perf_counter() - start, 1),
+            "bytes": size, "positions": manifest["num_positions"],
+            "bytes_per_position": round(size / manifest["num_positions"], 1),
+            "id_dtype": manifest["id_dtype"], "logprob_dtype": manifest["logprob_dtype"]}
+
+
+@torch.no_grad()
+def evaluate(student, teacher, data, caches: dict[int, TeacherCache]) -> dict[str, float]:
+    """Token means over the held-out split of CE, dense forward KL and each cache's sparse KL."""
+    sums = {"ce": 0.0, "dense_kl": 0.0, **{f"sparse_kl_k{k}": 0.0 for k in caches}}
+    count = 0
+    collate = data.collate_fn()
+    dataset = data.val_dataset
+    for start in range(0, len(dataset), 32):
+        indices = list(range(start, min(start + 32, len(dataset))))
+        batch = collate([dataset[i] for i in indices])
+        mask = batch["loss_mask"]
+        n = int(mask.sum())
+        logits = student(**batch["inputs"]).logits
+        t_logits = teacher(**batch["inputs"]).logits
+        sums["ce"] += float(cross_entropy(logits, batch["labels"])) * n
+        sums["dense_kl"] += float(forward_kl(logits, t_logits, mask)) * n
+        for k, cache in caches.items():
+            rows = [cache[i] for i in indices]
+            length = mask.shape[1]
+            ids = torch.arange(k).repeat(len(indices), length, 1)
+            logp = torch.zeros(len(indices), length, k)
+            tail = torch.zeros(len(indices), length)
+            for b, (c_ids, c_lp, c_tail) in enumerate(rows):
+                m = c_ids.shape[0]
+                ids[b, :m], logp[b, :m], tail[b, :m] = c_ids, c_lp.float(), c_tail
+            sums[f"sparse_kl_k{k}"] += float(sparse_forward_kl(logits, ids, logp, tail, mask)) * n
+        count += n
+    return {key: value / count for key, value in sums.items()}
+
+
+def run_arm(name: str, args: list[str], teacher, caches) -> dict:
+    start = time.perf_counter()
+    cli = run_cli(["fit", *args])
+    seconds = time.perf_counter() - start
+    student = cli.model.student.eval()
+    data = cli.datamodule.data if hasattr(cli.datamodule, "caches") else cli.datamodule
+    metrics = evaluate(student, teacher, data, caches)
+    return {"arm": name, "train_seconds": round(seconds, 1), **{k: round(v, 5) for k, v in metrics.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--top-k", type=int, nargs="+", default=[16, 128, 1024],
+                        help="k values to cache; 1024 = the whole vocabulary (a control: no truncation)")
+    ns = parser.parse_args()
+    torch.set_num_threads(1)
+    import os
+
+    os.chdir(REPO)  # the configs use paths relative to the repository root
+    total_start = time.perf_counter()
+    prepare()
+    caches_info = [write_cache(k) for k in ns.top_k]
+    caches = {c["k"]: TeacherCache(REPO / c["dir"] / "val") for c in caches_info}
+
+    from lit_distill.models import HFCausalLM
+
+    teacher = HFCausalLM(path="artifacts/quickstart/teacher").eval()
+    runs = []
+    for seed in ns.seeds:
+        runs.append({"seed": seed, **run_arm("online teacher", [
+            "--config", ONLINE, *_schedule(ns.steps, seed, WORK / "runs/online")], teacher, caches)})
+        for info in caches_info:
+            k = info["k"]
+            runs.append({"seed": seed, **run_arm(f"cache k={k}", [
+                "--config", CACHED, f"--data.init_args.cache_dir={info['dir']}",
+                *_schedule(ns.steps, seed, WORK / f"runs/k{k}")], teacher, caches)})
+        print(json.dumps(runs[-1 - len(caches_info):]), flush=True)
+
+    arms = list(dict.fromkeys(r["arm"] for r in runs))
+    keys = ["ce", "dense_kl", *[f"sparse_kl_k{k}" for k in ns.top_k], "train_seconds"]
+    summary = {}
+    for arm in arms:
+        rows = [r for r in runs if r["arm"] == arm]
+        summary[arm] = {key: {"mean": statistics.mean(r[key] for r in rows),
+                              "std": statistics.stdev(r[key] for r in rows) if len(rows) > 1 else 0.0}
+                        for key in keys}
+    online_ce = {r["seed"]: r["ce"] for r in runs if r["arm"] == "online teacher"}
+    for arm in arms:
+        gaps = [r["ce"] - online_ce[r["seed"]] for r in runs if r["arm"] == arm]
+        summary[arm]["ce_gap_vs_online"] = {"mean": statistics.mean(gaps),
+                                            "std": statistics.stdev(gaps) if len(gaps) > 1 else 0.0}
+    result = {"steps": ns.steps, "seeds": ns.seeds, "caches": caches_info, "runs": runs, "summary": summary,
+              "teacher_val_ce": None, "seconds_total": round(time.perf_counter() - total_start, 1)}
+    teacher_ce = _teacher_ce(teacher)
+    result["teacher_val_ce"] = round(teacher_ce, 5)
+    out = REPO / "docs/experiments"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "teacher_cache.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = _table(result)
+    (out / "teacher_cache.md").write_text(_HEADER.format(**result, seeds_n=len(ns.seeds)) + table + "\n")
+    print(table)
+
+
+@torch.no_grad()
+def _teacher_ce(teacher) -> float:
+    from datamodules.text import TextDataModule
+
+    data = TextDataModule(tokenizer="artifacts/quickstart/tokenizer", train_path="artifacts/quickstart/data/train.txt",
+                          val_path="artifacts/quickstart/data/val.txt", max_length=128, pack=True)
+    data.setup("fit")
+    collate, total, count = data.collate_fn(), 0.0, 0
+    for start in range(0, len(data.val_dataset), 32):
+        batch = collate(data.val_dataset[start:start + 32])
+        n = int(batch["loss_mask"].sum())
+        total += float(cross_entropy(teacher(**batch["inputs"]).logits, batch["labels"])) * n
+        count += n
+    return total / count
+
+
+_HEADER = """# Offline teacher cache vs online teacher
+
+`python scripts/experiment_teacher_cache.py` (generated; {seconds_total} s on one CPU thread).
+Quickstart setup: the 4-layer teacher in `artifacts/quickstart/teacher`, a 1,024-token BPE
+tokenizer, packed 128-token blocks of the local English corpus, the 2-layer student of
+`configs/quickstart.yaml` trained {steps} steps (batch 16, OneCycle) with 0.5·KD + 0.5·CE,
+seeds {seeds} ({seeds_n} per arm). Online: dense forward KL against the teacher run every
+step. Cache k: sparse forward KL (top-k + tail bin, `SparseForwardKL`) against
+`cache-teacher --top-k k`, `teacher: null`. All students are evaluated on the held-out
+split (val.txt): CE, the dense forward KL to the (re-run) teacher, and the sparse KL of
+each cache. Held-out teacher CE: {teacher_val_ce}. Mean ± std over seeds; the CE gap is
+paired by seed.
+
+"""
+
+
+def _fmt(stat: dict) -> str:
+    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+
+def _table(result: dict) -> str:
+    ks = [c["k"] for c in result["caches"]]
+    head = ["arm", "held-out CE", "CE gap vs online", "dense KL to teacher",
+            *[f"sparse KL (k={k})" for k in ks], "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, s in result["summary"].items():
+        cells = [arm, _fmt(s["ce"]), _fmt(s["ce_gap_vs_online"]), _fmt(s["dense_kl"]),
+                 *[_fmt(s[f"sparse_kl_k{k}"]) for k in ks], f"{s['train_seconds']['mean']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| k | bytes on disk per cached position | ids | log-probs | held-out tail mass mean "
+              "(median) | cache seconds (train+val) |", "|---|---|---|---|---|---|"]
+    for c in result["caches"]:
+        lines.append(f"| {c['k']} | {c['bytes_per_position']} | {c['id_dtype']} | {c['logprob_dtype']} | "
+                     f"{c['val_tail_mass_mean']:.4f} ({c['val_tail_mass_median']:.4f}) | {c['seconds']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
