@@ -177,8 +177,8 @@ class RecordsDataModule(LightningDataModule):
             raise RuntimeError("call setup() before requesting dataloaders")
         hp = self.hparams
         return ResumableDataLoader(dataset, batch_size=hp.batch_size, sampler=self._sampler(dataset, shuffle),
-                          collate_fn=self.collate_fn(), num_workers=hp.num_workers,
-                          persistent_workers=hp.num_workers > 0)
+                                   collate_fn=self.collate_fn(), num_workers=hp.num_workers,
+                                   persistent_workers=hp.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         """Training batches, reshuffled each epoch from ``seed + epoch`` unless ``shuffle`` is false."""
