@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(slurm-wlm munge)  # Debian packages the project needs (slurm-wlm, munge: the real SLURM test)
+APT_PACKAGES=(slurm-wlm munge espeak-ng)  # Debian packages the project needs (slurm-wlm, munge: the real SLURM test; espeak-ng: synthesised speech data)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -1,0 +1,140 @@
+"""ConvCodec and its residual vector quantiser: frame-rate arithmetic, shapes, gradients, encode/decode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_distill.errors import ConfigError
+from lit_distill.models.codec import ConvCodec, ResidualQuantizer
+
+
+def tiny_codec(**kwargs) -> ConvCodec:
+    args = {"channels": 4, "dim": 8, "dilations": [1], "num_quantizers": 3, "codebook_size": 16}
+    return ConvCodec(**{**args, **kwargs})
+
+
+@pytest.mark.parametrize(("strides", "sample_rate", "hop", "frame_rate"), [
+    ([2, 4, 5, 8], 16000, 320, 50.0),   # DM-Codec
+    ([8, 5, 4, 2], 16000, 320, 50.0),
+    ([4, 5, 6, 8, 2], 24000, 1920, 12.5),  # LM-SPT
+    ([4, 5, 6, 8], 24000, 960, 25.0),
+    ([3, 1, 5], 16000, 15, 16000 / 15),
+])
+def test_frame_rate_and_shapes(strides, sample_rate, hop, frame_rate):
+    torch.manual_seed(0)
+    codec = tiny_codec(strides=strides, sample_rate=sample_rate, channels=2, dim=4)
+    assert codec.hop_length == hop and codec.frame_rate == pytest.approx(frame_rate)
+    for length in (2 * hop, hop + 1):
+        frames = -(-length // hop)
+        assert codec.num_frames(length) == frames
+        out = codec(waveform=torch.randn(2, 1, length) * 0.1)
+        f = out.features
+        assert f["latent"].shape == f["quantized"].shape == (2, 4, frames)
+        assert f["codes"].shape == (2, 3, frames) and f["codes"].dtype == torch.long
+        assert f["layer_outputs"].shape == (2, 3, 4, frames) and f["layer_outputs.2"].shape == (2, 4, frames)
+        assert f["reconstruction"].shape == (2, 1, length) and f["commit_loss"].shape == ()
+
+
+def test_rvq_values_and_straight_through_gradient():
+    torch.manual_seed(0)
+    rvq = ResidualQuantizer(dim=6, num_quantizers=3, codebook_size=8)
+    latent = torch.randn(2, 6, 5, dtype=torch.float64).float().requires_grad_()
+    out = rvq(latent)
+    vectors = out["layer_outputs"].detach()
+    # values: layer q holds c_q, the code vector of the residual left by layers < q (pre-update codebooks)
+    assert torch.allclose(vectors.sum(1), out["quantized"].detach(), atol=1e-6)
+    assert all(vectors[:, q].abs().sum() > 0 for q in range(3))
+    # gradients: identity into the latent, for the sum and for each single layer
+    w = torch.randn_like(latent)
+    (grad,) = torch.autograd.grad((out["quantized"] * w).sum(), latent, retain_graph=True)
+    assert torch.equal(grad, w)
+    for q in range(3):
+        (grad,) = torch.autograd.grad((out["layer_outputs"][:, q] * w).sum(), latent, retain_graph=True)
+        assert torch.equal(grad, w)
+
+
+def test_eval_codes_match_codebooks():
+    torch.manual_seed(0)
+    rvq = ResidualQuantizer(dim=6, num_quantizers=3, codebook_size=8).eval()
+    latent = torch.randn(2, 6, 5)
+    out = rvq(latent)
+    residual = latent.transpose(1, 2)
+    for q, layer in enumerate(rvq.layers):
+        book = layer.codebook
+        nearest = torch.cdist(residual, book[None].expand(2, -1, -1)).argmin(-1)
+        assert torch.equal(out["codes"][:, q], nearest)
+        residual = residual - book[nearest]
+    assert torch.allclose(rvq.lookup(out["codes"]), out["quantized"], atol=1e-6)
+
+
+def test_commitment_loss_value_and_gradient():
+    torch.manual_seed(0)
+    rvq = ResidualQuantizer(dim=4, num_quantizers=2, codebook_size=8, commitment_weight=0.25)
+    latent = torch.randn(3, 4, 7, requires_grad=True)
+    out = rvq(latent)
+    x = latent.detach().double().transpose(1, 2)
+    c = out["layer_outputs"].detach().double().transpose(2, 3)  # [B, Q, F, D]
+    residuals = [x, x - c[:, 0]]
+    expected = 0.25 * sum(((r - c[:, q]) ** 2).mean() for q, r in enumerate(residuals))
+    assert out["commit_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    (grad,) = torch.autograd.grad(out["commit_loss"], latent)
+    expected_grad = 0.25 * sum(2 * (r - c[:, q]) / r.numel() for q, r in enumerate(residuals))
+    assert torch.allclose(grad.double(), expected_grad.transpose(1, 2), atol=1e-7)
+
+
+def test_gradients_reach_the_encoder_and_decoder():
+    torch.manual_seed(0)
+    codec = tiny_codec()
+    out = codec(waveform=torch.randn(2, 1, 640) * 0.1)
+    loss = out.features["reconstruction"].pow(2).mean() + out.features["commit_loss"]
+    loss.backward()
+    first, last = codec.encoder[0].weight, codec.decoder[-1].weight
+    assert first.grad is not None and first.grad.abs().sum() > 0
+    assert last.grad is not None and last.grad.abs().sum() > 0
+    codec.zero_grad()
+    out = codec(waveform=torch.randn(2, 1, 640) * 0.1)
+    out.features["layer_outputs.0"].sum().backward()  # a loss on one RVQ layer trains the encoder
+    assert first.grad.abs().sum() > 0
+
+
+def test_encode_decode(tmp_path):
+    torch.manual_seed(0)
+    codec = tiny_codec().eval()
+    wave = torch.randn(2, 1, 1000) * 0.1
+    codes = codec.encode(wave)
+    assert codes.shape == (2, 3, 4) and codes.dtype == torch.long and codes.min() >= 0 and codes.max() < 16
+    audio = codec.decode(codes)
+    assert audio.shape == (2, 1, 4 * 320)
+    with torch.no_grad():
+        recon = codec(waveform=wave).features["reconstruction"]
+    assert torch.allclose(audio[..., :1000], recon, atol=1e-5)
+    assert codec.decode(codes[:, :1]).shape == (2, 1, 1280)  # coarse: first quantiser only
+    torch.save(codec.state_dict(), tmp_path / "codec.pt")
+    again = tiny_codec()
+    again.load_state_dict(torch.load(tmp_path / "codec.pt"))
+    assert torch.equal(again.encode(wave), codes)
+
+
+def test_masks_and_quantizer_dropout():
+    torch.manual_seed(0)
+    codec = tiny_codec()
+    mask = torch.ones(2, 1280, dtype=torch.bool)
+    mask[1, 700:] = False  # frames 0..2 of the second waveform start on real samples
+    codes = codec(waveform=torch.randn(2, 1, 1280) * 0.1, waveform_mask=mask).features["codes"]
+    assert (codes[0] >= 0).all() and (codes[1, :, :3] >= 0).all() and (codes[1, :, 3:] == -1).all()
+    rvq = ResidualQuantizer(dim=4, num_quantizers=4, codebook_size=8, quantizer_dropout=1.0)
+    used = {int((rvq(torch.randn(1, 4, 3))["codes"][0, :, 0] >= 0).sum()) for _ in range(30)}
+    assert used == {1, 2, 3, 4}
+    assert (rvq.eval()(torch.randn(1, 4, 3))["codes"] >= 0).all()
+
+
+def test_bad_config():
+    with pytest.raises(ConfigError, match="strides"):
+        ConvCodec(strides=[])
+    with pytest.raises(ConfigError, match="strides"):
+        ConvCodec(strides=[2, 0])
+    with pytest.raises(ConfigError, match="waveform"):
+        tiny_codec()(waveform=torch.zeros(2, 640))
+    with pytest.raises(ConfigError, match="quantizer_dropout"):
+        ResidualQuantizer(dim=4, quantizer_dropout=1.5)
