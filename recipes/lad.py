@@ -27,7 +27,6 @@ or the same as four commands (see the README): ``fit`` the teacher config, ``exp
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +37,7 @@ from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter
 from lit_distill.models.torch_module import as_adapter
+from lit_distill.pipeline import teacher_then_student
 
 PATH2 = "path2_logits"
 
@@ -102,27 +102,7 @@ def run_pipeline(teacher_config: str, student_config: str, workdir: str,
         ``{"teacher": dir, "student": dir, "teacher_metrics": {...}, "student_metrics": {...}}``
         (metrics as floats from the last validation).
     """
-    from lit_distill.cli import run_cli
-    from lit_distill.export import export_checkpoint
-
-    teacher_run = run_cli(["fit", "--config", teacher_config, *extra_args,
-                           f"--trainer.default_root_dir={os.path.join(workdir, 'teacher_run')}"])
-    teacher_dir = export_checkpoint(teacher_run.trainer.checkpoint_callback.last_model_path,
-                                    os.path.join(workdir, "teacher"))
-    student_run = run_cli([
-        "fit", "--config", student_config, *extra_args,
-        f"--trainer.default_root_dir={os.path.join(workdir, 'student_run')}",
-        f"--model.init_args.teacher.init_args.model.init_args.checkpoint="
-        f"{os.path.join(teacher_dir, 'model_state_dict.pt')}",
-    ])
-    student_dir = export_checkpoint(student_run.trainer.checkpoint_callback.last_model_path,
-                                    os.path.join(workdir, "student"))
-
-    def floats(run) -> dict[str, float]:
-        return {k: float(v) for k, v in run.trainer.callback_metrics.items() if k.startswith("val/")}
-
-    return {"teacher": teacher_dir, "student": student_dir,
-            "teacher_metrics": floats(teacher_run), "student_metrics": floats(student_run)}
+    return teacher_then_student(teacher_config, student_config, workdir, extra_args)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
