@@ -11,9 +11,16 @@
 
 from datamodules.cross_tokenizer import CrossTokenizerDataModule
 from datamodules.local_corpus import write_local_corpus
+from datamodules.segmentation import SegmentationDataModule
+from datamodules.speech import SpeechDataModule, synthesize_speech_corpus
+from datamodules.teacher_cache import CachedTeacherDataModule
 from datamodules.text import TextDataModule
 from datamodules.tokenizer_training import train_tokenizer
 from datamodules.vision import ImageClassificationDataModule
+from datamodules.vlm import VLMDataModule, write_digit_vqa
 
 __all__ = ["CrossTokenizerDataModule", "ImageClassificationDataModule", "TextDataModule", "train_tokenizer",
-           "write_local_corpus"]
+           "write_local_corpus", "VLMDataModule", "write_digit_vqa"]
+__all__ += ["SegmentationDataModule"]
+__all__ += ["CachedTeacherDataModule"]
+__all__ += ["SpeechDataModule", "synthesize_speech_corpus"]

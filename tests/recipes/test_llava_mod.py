@@ -1,0 +1,127 @@
+"""LLaVA-MoD end to end on CPU: teacher SFT → stage 1 (mimic) → stage 2 (DPO), and make-pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from datamodules.vlm import VLMDataModule, write_digit_vqa
+from lit_distill.cli import run_cli
+from lit_distill.export import build_student, export_checkpoint
+from lit_distill.losses import DPO, MoEAuxLoss
+from lit_distill.models.moe import MoEFeedForward
+from recipes.llava_mod import main as recipe_main
+from recipes.llava_mod import make_pairs
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs/vlm/llava_mod"
+TEACHER = CONFIGS / "tiny-teacher_sft.yaml"
+STAGE1 = CONFIGS / "tiny-moe-student_from_tiny-teacher_stage1-mimic.yaml"
+STAGE2 = CONFIGS / "tiny-moe-student_from_tiny-teacher_stage2-preference.yaml"
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false"]
+
+
+def data_args(vqa: dict, pairs: bool = False) -> list[str]:
+    kind = "_pairs" if pairs else ""
+    return [f"--data.init_args.tokenizer={vqa['tokenizer']}", f"--data.init_args.train_path={vqa['train' + kind]}",
+            f"--data.init_args.val_path={vqa['val' + kind]}", "--data.init_args.batch_size=4"]
+
+
+def teacher_args(teacher_dir: Path) -> list[str]:
+    prefix = "--model.init_args.teacher.init_args.model.init_args"
+    return [f"{prefix}.lm_path={teacher_dir / 'lm'}", f"{prefix}.init_from={teacher_dir}"]
+
+
+def fit_steps(config, tmp: Path, *extra: str) -> Path:
+    run_cli(["fit", "--config", str(config), *extra, *QUIET, "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
+             f"--trainer.default_root_dir={tmp}"])
+    return max(tmp.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+
+
+@pytest.mark.slow
+def test_stage_switch_and_both_stages_run(tmp_path):
+    vqa = write_digit_vqa(tmp_path / "data", num_train=4, num_val=2)
+    vision = tmp_path / "vision.pt"
+    recipe_main(["pretrain-vision", "--out", str(vision), "--scenes", "8", "--steps", "1", "--val-scenes", "4"])
+    pretrained = [f"--model.init_args.student.init_args.vision.init_args.checkpoint={vision}"]
+    teacher_ckpt = fit_steps(TEACHER, tmp_path / "teacher_run", *data_args(vqa), *pretrained)
+    export_checkpoint(str(teacher_ckpt), str(tmp_path / "teacher"))
+
+    # stage 1 (mimic): forward KL + LM loss + aux, student upcycled to MoE
+    stage1_ckpt = fit_steps(STAGE1, tmp_path / "stage1_run", *data_args(vqa), *teacher_args(tmp_path / "teacher"),
+                            *pretrained)
+    export_checkpoint(str(stage1_ckpt), str(tmp_path / "stage1"))
+    stage1_losses = torch.load(stage1_ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]["losses"]
+    assert {k: v["class_path"] for k, v in stage1_losses.items()} == {
+        "kd": "lit_distill.losses.ForwardKL", "ce": "lit_distill.losses.CrossEntropy",
+        "aux": "lit_distill.losses.MoEAuxLoss"}
+
+    # stage 2 starts from stage 1's export exactly, and optimises DPO (+ aux) against the teacher
+    stage2_args = ["--config", str(STAGE2), *data_args(vqa, pairs=True), *teacher_args(tmp_path / "teacher"),
+                   f"--model.init_args.student.init_args.init_from={tmp_path / 'stage1'}", *QUIET,
+                   "--trainer.fast_dev_run=true"]
+    cli = run_cli(stage2_args, run=False)
+    module = cli.model
+    assert {k: type(v) for k, v in module.losses.items()} == {"dpo": DPO, "aux": MoEAuxLoss}
+    assert module.losses["dpo"].beta == 0.1 and module.losses["aux"].weight == 0.01
+    stage1_student = build_student(torch.load(stage1_ckpt, map_location="cpu", weights_only=False)).eval()
+    student = module.student.eval()
+    assert isinstance(student.module.model.layers[0].mlp, MoEFeedForward)
+    assert not any(p.requires_grad for p in student.vision.parameters())  # frozen pretrained tower
+    assert torch.equal(student.vision.module.conv1.weight, torch.load(vision)["conv1.weight"])
+    data = VLMDataModule(str(vqa["tokenizer"]), str(vqa["val"]), str(vqa["val"]))
+    data.setup()
+    batch = data.collate(data.val_dataset[:4])
+    with torch.no_grad():
+        torch.testing.assert_close(student(**batch["inputs"]).logits, stage1_student(**batch["inputs"]).logits,
+                                   rtol=0, atol=0)
+
+    # stage 2 through the CLI (stage 1 ran above, two steps with a checkpoint)
+    run_cli(["fit", *stage2_args])
+
+    # student-proposed, teacher-ranked pairs (candidates from the records' meta)
+    teacher = build_student(torch.load(teacher_ckpt, map_location="cpu", weights_only=False))
+    pairs = make_pairs(stage1_student, teacher, data, str(vqa["val"]))
+    records = json.loads(vqa["val"].read_text())
+    assert len(pairs) == len(records)
+    for pair, rec in zip(pairs, records, strict=True):
+        assert pair["chosen"] != pair["rejected"]
+        assert {pair["chosen"], pair["rejected"]} <= set(rec["meta"]["candidates"])
+        assert pair["teacher_margin"] >= 0
+    out = tmp_path / "generated_pairs.json"
+    out.write_text(json.dumps(pairs))
+    # the generated pairs are valid stage-2 data
+    VLMDataModule(str(vqa["tokenizer"]), str(out), str(out)).setup()
+
+
+def test_sampled_proposals_without_candidates(tmp_path):
+    """Records without meta.candidates: answers are sampled from the student, ranked by the teacher."""
+    from lit_distill.models import LlavaComposition, TimmModel
+
+    vqa = write_digit_vqa(tmp_path / "data", num_train=2, num_val=1)
+    records = json.loads(vqa["val"].read_text())[:1]
+    for rec in records:
+        del rec["meta"]
+    path = tmp_path / "plain.json"
+    path.write_text(json.dumps([{**r, "image": str(vqa["val"].parent / r["image"])} for r in records]))
+    data = VLMDataModule(str(vqa["tokenizer"]), str(path), str(path))
+
+    def model(seed):
+        torch.manual_seed(seed)
+        vit = TimmModel("vit_tiny_patch16_224", num_classes=0,
+                        model_kwargs={"img_size": 64, "patch_size": 16, "embed_dim": 16, "depth": 1, "num_heads": 2})
+        return LlavaComposition(vit, image_token_id=data.image_token_id, vocab_size=data.vocab_size,
+                                lm_config={"model_type": "llama", "hidden_size": 16, "intermediate_size": 32,
+                                           "num_hidden_layers": 1, "num_attention_heads": 2,
+                                           "num_key_value_heads": 1, "max_position_embeddings": 64})
+
+    student, teacher = model(0), model(1)
+    pairs = make_pairs(student, teacher, data, str(path), num_samples=3, max_new_tokens=2)
+    again = make_pairs(student, teacher, data, str(path), num_samples=3, max_new_tokens=2)
+    assert pairs == again and len(pairs) == 1  # seeded sampling; random models propose distinct answers
+    for pair in pairs:
+        assert pair["chosen"] != pair["rejected"] and pair["teacher_margin"] > 0
+        assert "<image>" not in pair["chosen"] + pair["rejected"]  # never sampled
