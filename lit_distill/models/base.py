@@ -24,6 +24,20 @@ def parse_dtype(name: str | None, field: str = "dtype") -> torch.dtype | None:
     return dtype
 
 
+class _Recorder:
+    """A forward hook storing a module's output in its adapter's captured features.
+
+    An object rather than a closure, so that ``copy.deepcopy`` of the adapter gives hooks
+    that write into the copy.
+    """
+
+    def __init__(self, adapter: ModelAdapter, path: str) -> None:
+        self.adapter, self.path = adapter, path
+
+    def __call__(self, _module: nn.Module, _args: Any, output: Any) -> None:
+        self.adapter._captured[self.path] = output[0] if isinstance(output, tuple) else output
+
+
 class ModelAdapter(nn.Module):
     """Base class: wraps a model so that it returns a :class:`ModelOutput`.
 
@@ -72,13 +86,7 @@ class ModelAdapter(nn.Module):
                 close = [name for name in modules if name.endswith(path.split(".")[-1])][:5]
                 raise ConfigError(f"hooks: no submodule '{path}' in {type(self.model).__name__}"
                                   f"{f' (similar: {close})' if close else ''}")
-            modules[path].register_forward_hook(self._make_hook(path))
-
-    def _make_hook(self, path: str):
-        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-            self._captured[path] = output[0] if isinstance(output, tuple) else output
-
-        return hook
+            modules[path].register_forward_hook(_Recorder(self, path))
 
     def forward(self, **inputs: Any) -> ModelOutput:
         self._captured = {}

@@ -37,6 +37,18 @@ def test_hooks_capture_submodule_outputs():
     assert out.features["body"].shape == (5, 8)
 
 
+def test_a_deep_copy_captures_its_own_features():
+    import copy
+
+    original = TorchModule(DictNet(), hooks=["body"])
+    clone = copy.deepcopy(original)
+    with torch.no_grad():
+        clone.module.body.weight.mul_(2)
+    out = clone(x=torch.ones(3, 4))
+    torch.testing.assert_close(out.features["body"], clone.module.body(torch.ones(3, 4)))
+    assert original._captured == {}  # nothing leaked into the original
+
+
 def test_conversions_and_wrapping():
     t = torch.zeros(2, 2)
     assert to_model_output((t, t)).logits is t
