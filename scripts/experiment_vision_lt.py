@@ -27,7 +27,10 @@ Usage::
     python scripts/experiment_vision_lt.py --trg-sweep          # the TRG default selection
     python scripts/experiment_vision_lt.py --imbalance 100 --arms baseline trg --seeds 0
 
-Writes ``docs/experiments/vision_lt.{json,md,png}`` (and ``vision_lt_trg_sweep.json``).
+Writes ``docs/experiments/vision_lt.{json,png}`` (and ``vision_lt_trg_sweep.json``) and prints
+the table quoted, with the discussion, in ``docs/experiments/vision_lt.md``. Runs that were
+trained by an interrupted invocation (same ``--work-dir``) are evaluated, not retrained;
+``--combine`` merges result files from parallel invocations.
 """
 
 from __future__ import annotations
@@ -124,7 +127,11 @@ def run_one(job: dict) -> dict:
     args = _fit_args(arm, config, job["imbalance"], job["seed"], job["epochs"], job["width"], job["depth"],
                      job.get("patch", 4), root, teacher_ckpt, job.get("trg", {}))
     start = time.time()
-    cli = run_cli(args)
+    finished = _finished_checkpoint(root, job["epochs"]) if arm != "teacher" else None
+    if finished is not None:  # trained by an earlier, interrupted invocation: evaluate it
+        cli = run_cli(["validate", *args[1:], f"--ckpt_path={finished}"])
+    else:
+        cli = run_cli(args)
     seconds = time.time() - start
     callback = next(c for c in cli.trainer.callbacks if isinstance(c, ClassGroupAccuracy))
     head = "avg" if "avg" in callback.per_class_accuracy else "cls"
@@ -147,6 +154,16 @@ def run_one(job: dict) -> dict:
     print(f"[{arm} IF={job['imbalance']} seed={job['seed']} {job.get('tag', '')}] "
           f"overall {result['overall']:.3f} in {seconds:.0f}s", flush=True)
     return result
+
+
+def _finished_checkpoint(root: Path, epochs: int) -> Path | None:
+    """A ``last.ckpt`` under ``root`` saved after the final epoch, if an earlier run got there."""
+    import torch
+
+    for path in sorted(root.rglob("last.ckpt")):
+        if torch.load(path, map_location="cpu", weights_only=True).get("epoch") == epochs - 1:
+            return path
+    return None
 
 
 def _pool_map(jobs: list[dict], workers: int) -> list[dict]:
@@ -285,7 +302,6 @@ def _write(out: Path, meta: dict, results: list[dict], teachers: list[dict]) -> 
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": rows, "teachers": teachers,
                                                     "runs": results}, indent=2) + "\n")
     table = _markdown(rows, teachers, meta)
-    out.with_suffix(".table.md").write_text(table)
     _plot(rows, sorted(teachers, key=lambda t: t["imbalance"]), out.with_suffix(".png"))
     print(table)
 
