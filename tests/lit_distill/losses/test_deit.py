@@ -65,3 +65,19 @@ def test_term_reads_the_dist_head_and_gives_no_teacher_gradient():
     assert dist.grad is not None and teacher.grad is None
     with pytest.raises(ValueError, match=r"\[B, C\]"):
         deit_hard_distillation(torch.randn(3, 4), torch.randn(3, 5))
+
+
+def test_soft_distillation_of_the_dist_head_is_tau_squared_kl():
+    """DeiT's soft variant is ForwardKL pointed at the DIST head: τ²·KL(p_T^τ ‖ q_dist^τ), mean over images."""
+    from lit_distill.contracts import ModelOutput
+    from lit_distill.losses import ForwardKL
+
+    g = torch.Generator().manual_seed(4)
+    dist, teacher, tau = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g), 3.0
+    term = ForwardKL(temperature=tau, sources={"student_logits": "student.features.dist_logits"})
+    student = ModelOutput(logits=torch.randn(5, 7, generator=g), features={"dist_logits": dist})
+    value = term(**term.gather(student, ModelOutput(logits=teacher), {"labels": torch.zeros(5, dtype=torch.long)}))
+    p = torch.softmax(teacher.double() / tau, -1)
+    log_q = torch.log_softmax(dist.double() / tau, -1)
+    expected = tau**2 * sum(float((p[b] * (p[b].log() - log_q[b])).sum()) for b in range(5)) / 5
+    assert float(value) == pytest.approx(expected, rel=1e-5)
