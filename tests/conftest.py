@@ -70,3 +70,17 @@ def teacher_dir(tmp_path_factory, vocab_size) -> Path:
     path = tmp_path_factory.mktemp("teacher")
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one torch thread (tiny tensors: no OpenMP hand-offs); restored after.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

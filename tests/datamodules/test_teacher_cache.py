@@ -16,13 +16,7 @@ from lit_distill.errors import ConfigError, MissingPathError
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread (no OpenMP hand-offs); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data_overrides(prefix, text_dir, tokenizer_dir) -> list[str]:

@@ -27,13 +27,7 @@ from lit_distill.models import HFCausalLM
 REPO = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread (no OpenMP hand-offs); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(n, v, ds, dt, dtype=torch.float32, seed=0, bias=True):

@@ -11,14 +11,7 @@ from lit_distill.contracts import ModelOutput
 from lit_distill.losses import forward_kl
 from lit_distill.losses.sparse import SparseForwardKL, sparse_forward_kl
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors run faster on one thread (no OpenMP hand-offs); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _teacher_topk(teacher_logits: torch.Tensor, k: int, temperature: float = 1.0):
