@@ -93,7 +93,56 @@ def epoch_sampler(trainer, dataset, shuffle: bool, seed: int) -> ResumableSample
     return ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
 
 
-class RecordsDataModule(LightningDataModule):
+def epoch_loader(datamodule: LightningDataModule, dataset: Any, shuffle: bool,
+                 collate_fn: Callable[[list], Any]) -> ResumableDataLoader:
+    """The project's DataLoader over ``dataset``: :func:`epoch_sampler` order, resumable mid-epoch.
+
+    Reads ``batch_size``, ``num_workers`` and ``seed`` from the datamodule's hyperparameters.
+
+    Args:
+        datamodule: the datamodule asking (its trainer sets world size and rank).
+        dataset: a map-style dataset, or None before ``setup`` (an error).
+        shuffle: permute each epoch.
+        collate_fn: turns a list of samples into a batch.
+    """
+    if dataset is None:
+        raise RuntimeError("call setup() before requesting dataloaders")
+    hp = datamodule.hparams
+    return ResumableDataLoader(dataset, batch_size=hp.batch_size,
+                               sampler=epoch_sampler(datamodule.trainer, dataset, shuffle, hp.seed),
+                               collate_fn=collate_fn, num_workers=hp.num_workers,
+                               persistent_workers=hp.num_workers > 0)
+
+
+class EpochLoaders:
+    """Mixin: the four dataloaders of a datamodule with ``train_dataset``/``val_dataset``.
+
+    Training batches are reshuffled each epoch unless ``hparams.shuffle`` is false; validation,
+    test and predict batches are the validation split in order. Subclasses implement
+    ``_loader(dataset, shuffle)`` (usually :func:`epoch_loader` with their collate function).
+    """
+
+    def _loader(self, dataset: Any, shuffle: bool) -> DataLoader:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        """Training batches, reshuffled each epoch from ``seed + epoch`` unless ``shuffle`` is false."""
+        return self._loader(self.train_dataset, shuffle=self.hparams.shuffle)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in dataset order."""
+        return self._loader(self.val_dataset, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Same as :meth:`val_dataloader`."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """Same as :meth:`val_dataloader` (``predict`` returns the student's outputs per batch)."""
+        return self.val_dataloader()
+
+
+class RecordsDataModule(EpochLoaders, LightningDataModule):
     """Base of datamodules that turn text records (documents or prompt/response pairs) into samples.
 
     A subclass calls ``save_hyperparameters()`` (the arguments ``train_path``,
@@ -168,30 +217,6 @@ class RecordsDataModule(LightningDataModule):
             rank_zero_warn(f"skipped {n_skipped} prompt/response pair(s) {self.num_skipped} "
                            f"{self.skip_reason.replace('max_length', f'max_length={hp.max_length}')}")
 
-    def _sampler(self, dataset: list, shuffle: bool) -> ResumableSampler:
-        return epoch_sampler(self.trainer, dataset, shuffle, self.hparams.seed)
-
     def _loader(self, dataset: list | None, shuffle: bool) -> DataLoader:
-        """A DataLoader over ``dataset`` with the rank-aware, epoch-seeded, resumable sampler."""
-        if dataset is None:
-            raise RuntimeError("call setup() before requesting dataloaders")
-        hp = self.hparams
-        return ResumableDataLoader(dataset, batch_size=hp.batch_size, sampler=self._sampler(dataset, shuffle),
-                                   collate_fn=self.collate_fn(), num_workers=hp.num_workers,
-                                   persistent_workers=hp.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        """Training batches, reshuffled each epoch from ``seed + epoch`` unless ``shuffle`` is false."""
-        return self._loader(self.train_dataset, shuffle=self.hparams.shuffle)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches in file order."""
-        return self._loader(self.val_dataset, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Same as :meth:`val_dataloader`."""
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        """Same as :meth:`val_dataloader` (``predict`` returns the student's logits per batch)."""
-        return self.val_dataloader()
+        """A DataLoader over ``dataset`` (see :func:`epoch_loader`)."""
+        return epoch_loader(self, dataset, shuffle, self.collate_fn())

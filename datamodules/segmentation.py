@@ -66,7 +66,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.records import epoch_sampler
+from datamodules.records import EpochLoaders, epoch_loader
 from lit_distill.errors import ConfigError, MissingPathError
 from lit_distill.models.image import IMAGENET_MEAN, IMAGENET_STD
 
@@ -235,7 +235,7 @@ class SegmentationCollator:
         return {"student_inputs": {"pixel_values": x}, "teacher_inputs": assisted, "labels": labels}
 
 
-class SegmentationDataModule(LightningDataModule):
+class SegmentationDataModule(EpochLoaders, LightningDataModule):
     """Semantic segmentation from a VOC folder or generated digit scenes, with LAD label channels.
 
     Batches follow the contract in the :mod:`datamodules.segmentation` module docstring.
@@ -414,25 +414,5 @@ class SegmentationDataModule(LightningDataModule):
             views=0 if val_encoding == "none" else hp.label_views, **common)
 
     def _loader(self, dataset: SegmentationDataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("call setup() before requesting dataloaders")
-        hp = self.hparams
-        return DataLoader(dataset, batch_size=hp.batch_size, sampler=epoch_sampler(self.trainer, dataset, shuffle, hp.seed),
-                          collate_fn=SegmentationCollator(hp.label_input), num_workers=hp.num_workers,
-                          persistent_workers=hp.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        """Training batches (augmented; label channels drawn afresh each time)."""
-        return self._loader(self.train_dataset, shuffle=self.hparams.shuffle)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches in dataset order (deterministic label channels)."""
-        return self._loader(self.val_dataset, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Same as :meth:`val_dataloader`."""
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        """Same as :meth:`val_dataloader`."""
-        return self.val_dataloader()
+        """Batches of ``dataset``; training ones are augmented, label channels drawn afresh each time."""
+        return epoch_loader(self, dataset, shuffle, SegmentationCollator(self.hparams.label_input))

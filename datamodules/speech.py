@@ -51,8 +51,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.records import epoch_sampler
-from lit_distill.checkpointing import ResumableDataLoader
+from datamodules.records import EpochLoaders, epoch_loader
 from lit_distill.errors import ConfigError, MissingPathError
 
 SETUP_HINT = "install it with `bash scripts/setup.sh` (Debian package espeak-ng)"
@@ -375,7 +374,7 @@ def collate_speech(samples: list[tuple[Tensor, str]]) -> dict[str, Any]:
             "lengths": lengths, "texts": [s[1] for s in samples]}
 
 
-class SpeechDataModule(LightningDataModule):
+class SpeechDataModule(EpochLoaders, LightningDataModule):
     """Waveforms and transcripts from a JSONL manifest or a LibriSpeech-style folder.
 
     Batches follow the contract in the :mod:`datamodules.speech` module docstring.
@@ -486,26 +485,5 @@ class SpeechDataModule(LightningDataModule):
         self.val_dataset = SpeechDataset(val, hp.sample_rate, val_crop, random_crop=False)
 
     def _loader(self, dataset: SpeechDataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("call setup() before requesting dataloaders")
-        hp = self.hparams
-        return ResumableDataLoader(dataset, batch_size=hp.batch_size,
-                                   sampler=epoch_sampler(self.trainer, dataset, shuffle, hp.seed),
-                                   collate_fn=collate_speech, num_workers=hp.num_workers,
-                                   persistent_workers=hp.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        """Training batches of random crops."""
-        return self._loader(self.train_dataset, shuffle=self.hparams.shuffle)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches in dataset order (centre crops or whole utterances)."""
-        return self._loader(self.val_dataset, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Same as :meth:`val_dataloader`."""
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        """Same as :meth:`val_dataloader`."""
-        return self.val_dataloader()
+        """Batches of ``dataset``: random crops for training, centre crops or whole utterances else."""
+        return epoch_loader(self, dataset, shuffle, collate_speech)

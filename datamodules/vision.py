@@ -54,8 +54,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from datamodules.long_tail import GROUPS, balanced_split, class_groups, long_tail_counts  # noqa: F401
-from datamodules.records import epoch_sampler
-from lit_distill.checkpointing import ResumableDataLoader
+from datamodules.records import epoch_loader
 from lit_distill.errors import ConfigError, MissingPathError
 from lit_distill.models.image import IMAGENET_MEAN, IMAGENET_STD
 
@@ -444,15 +443,11 @@ class ImageClassificationDataModule(LightningDataModule):
         self.val_dataset = ImageDataset(*self._val, hp.image_size, self._transform("none"))
 
     def _loader(self, dataset: ImageDataset | None, shuffle: bool, train: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("call setup() before requesting dataloaders")
         hp = self.hparams
         collate = (ImageCollator(self.num_classes, hp.mixup_alpha, hp.cutmix_alpha, hp.mix_switch_prob,
                                  teacher_sees_mix=hp.teacher_view == "strong")
                    if train else ImageCollator(self.num_classes))
-        return ResumableDataLoader(dataset, batch_size=hp.batch_size, sampler=epoch_sampler(self.trainer, dataset, shuffle, hp.seed),
-                          collate_fn=collate, num_workers=hp.num_workers,
-                          persistent_workers=hp.num_workers > 0)
+        return epoch_loader(self, dataset, shuffle, collate)
 
     def train_dataloader(self) -> DataLoader:
         """Training batches (augmented, optionally mixed, with the teacher view if asked)."""

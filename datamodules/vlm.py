@@ -45,7 +45,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from datamodules.records import epoch_sampler
+from datamodules.records import EpochLoaders, epoch_loader
 from datamodules.text import IGNORE_INDEX, _special_prefix
 from datamodules.tokenizer_training import load_tokenizer
 from lit_distill.errors import ConfigError, MissingPathError
@@ -81,7 +81,7 @@ def load_image(path: Path, size: int, mean: list[float], std: list[float]) -> Te
     return (image - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
-class VLMDataModule(LightningDataModule):
+class VLMDataModule(EpochLoaders, LightningDataModule):
     """LLaVA-format supervised data or preference pairs, with images, for VLM distillation.
 
     The kind of data (supervised or preference) is detected from the records
@@ -244,17 +244,9 @@ class VLMDataModule(LightningDataModule):
         batch["response_mask" if "chosen" in samples[0] else "loss_mask"] = labels != IGNORE_INDEX
         return batch
 
-    def _loader(self, dataset: list[dict], shuffle: bool) -> DataLoader:
-        hp = self.hparams
-        sampler = epoch_sampler(self.trainer, dataset, shuffle, hp.seed)
-        return DataLoader(dataset, batch_size=hp.batch_size, sampler=sampler, collate_fn=self.collate,
-                          num_workers=hp.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, self.hparams.shuffle)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, False)
+    def _loader(self, dataset: list[dict] | None, shuffle: bool) -> DataLoader:
+        """Batches of ``dataset`` (see :func:`datamodules.records.epoch_loader`)."""
+        return epoch_loader(self, dataset, shuffle, self.collate)
 
 
 # ---------------------------------------------------------------- digit VQA
