@@ -3,7 +3,8 @@
 Lightning subcommands (``fit``, ``validate``, ``test``, ``predict``) take a
 ``--config`` (stackable) naming the model, the data and the trainer; extra
 subcommands: ``export`` (student to its native format), ``quickstart``, ``slurm`` (render an
-sbatch script) and ``cache-teacher`` (write the teacher's sparse outputs once).
+sbatch script), ``cache-teacher`` (write the teacher's sparse outputs once) and
+``tokenize``/``decode`` (audio to a speech codec's token ids and back).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ DESCRIPTION = """lit_distill: knowledge distillation on Lightning.
   python -m lit_distill quickstart            (build data, teacher, distill, compare)
   python -m lit_distill slurm --config A.yaml --nodes 2 --ntasks-per-node 4 --save job.sbatch
   python -m lit_distill cache-teacher --config A.yaml --out CACHE_DIR
+  python -m lit_distill tokenize|decode --ckpt CODEC.ckpt --out DIR FILES...   (speech codecs)
 """
 
 # Values a datamodule only knows once it is built (its tokenizer's size and pad
@@ -127,8 +129,21 @@ def _cache_teacher(args: Sequence[str]) -> None:
     cache_main(args)
 
 
+def _tokenize(args: Sequence[str]) -> None:
+    from lit_distill.codec_cli import tokenize_main
+
+    tokenize_main(args)
+
+
+def _decode(args: Sequence[str]) -> None:
+    from lit_distill.codec_cli import decode_main
+
+    decode_main(args)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
-    "export": _export, "quickstart": _quickstart, "slurm": _slurm, "cache-teacher": _cache_teacher}
+    "export": _export, "quickstart": _quickstart, "slurm": _slurm, "cache-teacher": _cache_teacher,
+    "tokenize": _tokenize, "decode": _decode}
 
 
 class _DropCloudTips(logging.Filter):

@@ -129,3 +129,14 @@ __all__ += ["DPO", "MoEAuxLoss", "dpo_loss", "sequence_logprobs"]
 __all__ += ["SparseForwardKL", "sparse_forward_kl"]
 __all__ += ["CodecReconstruction", "Commitment", "MultiResolutionMelLoss", "multi_resolution_stft_loss",
             "si_snr", "si_snr_loss", "waveform_l1"]
+from lit_distill.losses.speech_distill import (  # noqa: E402
+    CodecFeatureDistillation,
+    cosine_frame_loss,
+    cosine_time_loss,
+    indirect_semantic_loss,
+    interpolate_align,
+    positional_align,
+)
+
+__all__ += ["CodecFeatureDistillation", "cosine_frame_loss", "cosine_time_loss", "indirect_semantic_loss",
+            "interpolate_align", "positional_align"]

@@ -1,0 +1,289 @@
+"""Semantic distillation into speech codecs: DM-Codec's feature losses and LM-SPT's indirect loss.
+
+DM-Codec distils a teacher sequence (a speech model's hidden layer, or a language model's
+token states) into the output of one RVQ layer of the codec, through a learned linear projector
+from the codec's width to the teacher's. The teacher sequence is first brought to the codec's
+frame count: by position (truncate or zero-pad, as in the paper) or by linear interpolation in
+time (a better alignment when the two sequences span the same audio at different rates).
+
+LM-SPT distils indirectly: a frozen ASR encoder sees the original audio and the audio
+resynthesised from the semantic tokens, and the loss is the MSE between its two outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_distill.contracts import LossTerm
+from lit_distill.errors import ConfigError
+
+MODES = ("d_axis", "t_axis")
+ALIGNMENTS = ("position", "interpolate")
+
+
+def positional_align(teacher: Tensor, num_frames: int, teacher_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Align a teacher sequence to ``num_frames`` by position: frame ``f`` gets teacher step ``f``.
+
+    Longer sequences are truncated, shorter ones zero-padded at the end (DM-Codec's alignment).
+
+    Args:
+        teacher: ``[B, Tt, D]``.
+        num_frames: ``F``, the codec's frame count.
+        teacher_mask: bool ``[B, Tt]``, True on real teacher steps (None: all real).
+
+    Returns:
+        ``(aligned [B, F, D], mask bool [B, F])``; ``mask`` is False on padded frames and on
+        frames taken from masked teacher steps.
+    """
+    if num_frames < 0:
+        raise ConfigError(f"num_frames must be >= 0, got {num_frames}")
+    b, tt, d = teacher.shape
+    if teacher_mask is None:
+        teacher_mask = torch.ones(b, tt, dtype=torch.bool, device=teacher.device)
+    n = min(tt, num_frames)
+    aligned = teacher.new_zeros(b, num_frames, d)
+    aligned[:, :n] = teacher[:, :n]
+    mask = torch.zeros(b, num_frames, dtype=torch.bool, device=teacher.device)
+    mask[:, :n] = teacher_mask[:, :n].bool()
+    return aligned, mask
+
+
+def interpolate_align(teacher: Tensor, num_frames: int, teacher_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Resample a teacher sequence to ``num_frames`` by linear interpolation in time.
+
+    Both sequences are taken to span the same audio: frame ``f`` sits at teacher coordinate
+    ``u_f = clamp((f + 0.5) * Tt / F - 0.5, 0, Tt - 1)`` (half-pixel centres, as
+    ``F.interpolate(mode="linear", align_corners=False)``) and is
+    ``(1 - w) * teacher[floor(u_f)] + w * teacher[floor(u_f) + 1]``, ``w = u_f - floor(u_f)``.
+
+    Args:
+        teacher: ``[B, Tt, D]``.
+        num_frames: ``F``, the codec's frame count.
+        teacher_mask: bool ``[B, Tt]`` of real steps, a prefix per sample (None: all real).
+
+    Returns:
+        ``(aligned [B, F, D], mask bool [B, F])``; a frame is valid when its coordinate ``u_f``
+        lies within the real prefix (``u_f <= length - 1``), so it mixes no padded step.
+    """
+    if num_frames < 0:
+        raise ConfigError(f"num_frames must be >= 0, got {num_frames}")
+    b, tt, _ = teacher.shape
+    if num_frames == 0:
+        return teacher.new_zeros(b, 0, teacher.shape[-1]), torch.zeros(b, 0, dtype=torch.bool, device=teacher.device)
+    aligned = F.interpolate(teacher.transpose(1, 2), size=num_frames, mode="linear",
+                            align_corners=False).transpose(1, 2)
+    if teacher_mask is None:
+        return aligned, torch.ones(b, num_frames, dtype=torch.bool, device=teacher.device)
+    lengths = teacher_mask.bool().sum(-1)  # [B]
+    f = torch.arange(num_frames, device=teacher.device, dtype=torch.float64)
+    coord = ((f + 0.5) * tt / num_frames - 0.5).clamp(0, tt - 1)
+    mask = coord[None] <= (lengths[:, None] - 1).to(torch.float64)
+    return aligned, mask
+
+
+def _check_pair(student: Tensor, teacher: Tensor, name: str) -> None:
+    if student.dim() != 3 or teacher.dim() != 3 or student.shape[0] != teacher.shape[0] \
+            or student.shape[-1] != teacher.shape[-1]:
+        raise ConfigError(f"{name}: expected student [B, T, D] and teacher [B, T', D], got "
+                          f"{list(student.shape)} and {list(teacher.shape)}")
+
+
+def cosine_time_loss(student: Tensor, teacher: Tensor, mask: Tensor | None = None, eps: float = 1e-8) -> Tensor:
+    """DM-Codec's "d_axis" loss: cosine along time for every feature dimension.
+
+    With ``n = min(T, T')``, ``m`` the frame mask, ``s = student[:, :n] * m`` and
+    ``t = teacher[:, :n] * m``: ``cos[b, d] = Σ_t s[b,t,d] t[b,t,d] / max(‖s[b,:,d]‖ ‖t[b,:,d]‖, eps)``
+    and ``L = −mean_{b,d} log σ(cos[b, d])``. The mean runs jointly over the samples that have at
+    least one valid frame and the ``D`` dimensions, so every sample weighs the same whatever its
+    length. A positive rescaling of any teacher (or student) dimension leaves ``L`` unchanged.
+
+    Args:
+        student: ``[B, T, D]`` (already in the teacher's width).
+        teacher: ``[B, T', D]`` (no gradient flows into it).
+        mask: bool ``[B, >= n]``, True on frames that count (None: all of the first ``n``).
+        eps: floor of the norm product.
+
+    Returns:
+        0-dim float32 tensor (0 when no sample has a valid frame).
+    """
+    _check_pair(student, teacher, "cosine_time_loss")
+    n = min(student.shape[1], teacher.shape[1])
+    s, t = student[:, :n].float(), teacher[:, :n].detach().float()
+    if mask is not None:
+        m = mask[:, :n].to(s.dtype)[..., None]
+        s, t = s * m, t * m
+        counts = mask[:, :n].sum(-1) > 0  # [B]
+    else:
+        counts = torch.full((s.shape[0],), n > 0, dtype=torch.bool, device=s.device)
+    cos = (s * t).sum(1) / (s.norm(dim=1) * t.norm(dim=1)).clamp_min(eps)  # [B, D]
+    per_sample = -F.logsigmoid(cos).mean(-1)  # [B]
+    weights = counts.to(per_sample.dtype)
+    return (per_sample * weights).sum() / weights.sum().clamp_min(1)
+
+
+def cosine_frame_loss(student: Tensor, teacher: Tensor, mask: Tensor | None = None, lambda_cos: float = 1.0,
+                      eps: float = 1e-8) -> Tensor:
+    """DM-Codec's "t_axis" loss: per-frame L1 plus a cosine term over the feature dimensions.
+
+    With ``n = min(T, T')``: for every frame ``ℓ[b, t] = mean_d |s − t| + λ · (−log σ(cos_d(s, t)))``
+    where ``cos_d(s, t) = s·t / max(‖s‖ ‖t‖, eps)`` over ``D``; ``L`` is the mean of ``ℓ`` over the
+    valid frames of the whole batch (a token mean: longer samples weigh more).
+
+    Args:
+        student: ``[B, T, D]`` (already in the teacher's width).
+        teacher: ``[B, T', D]`` (no gradient flows into it).
+        mask: bool ``[B, >= n]``, True on frames that count (None: all of the first ``n``).
+        lambda_cos: weight ``λ`` of the cosine term.
+        eps: floor of the norm product.
+
+    Returns:
+        0-dim float32 tensor (0 when no frame is valid).
+    """
+    _check_pair(student, teacher, "cosine_frame_loss")
+    n = min(student.shape[1], teacher.shape[1])
+    s, t = student[:, :n].float(), teacher[:, :n].detach().float()
+    l1 = (s - t).abs().mean(-1)
+    cos = (s * t).sum(-1) / (s.norm(dim=-1) * t.norm(dim=-1)).clamp_min(eps)
+    per_frame = l1 - lambda_cos * F.logsigmoid(cos)  # [B, n]
+    if mask is None:
+        return per_frame.mean() if per_frame.numel() else per_frame.sum()
+    m = mask[:, :n].to(per_frame.dtype)
+    return (per_frame * m).sum() / m.sum().clamp_min(1)
+
+
+def frames_from_lengths(lengths: Tensor, num_frames: int, samples_per_frame: float) -> Tensor:
+    """Bool ``[B, num_frames]`` mask of the frames covering real input: frame ``f`` counts when
+    ``f * samples_per_frame < length`` (``lengths`` ``[B]`` in input steps, e.g. mel frames)."""
+    start = torch.arange(num_frames, device=lengths.device, dtype=torch.float64) * samples_per_frame
+    return start[None] < lengths[:, None].to(torch.float64)
+
+
+def indirect_semantic_loss(encoder_fn: Callable[[Tensor], Tensor], target_mel: Tensor, recon_mel: Tensor,
+                           frame_mask: Tensor | None = None) -> Tensor:
+    """LM-SPT's indirect semantic distillation: ``MSE(E(mel(x)), E(mel(x̂)))`` over real frames.
+
+    ``E`` is a frozen ASR encoder (Whisper's in the paper; freeze its parameters yourself). The
+    target side runs without gradient; gradients flow through ``E`` into ``recon_mel`` and from
+    there into the decoder that resynthesised ``x̂`` from the semantic tokens.
+
+    Whisper pitfall: its encoder always sees 30 s (mel padded to 3000 frames, 1500 encoder
+    frames). A 2 s segment fills only the first 100 encoder frames; the other 1400 encode
+    padding on both sides and are nearly equal, so an unmasked mean shrinks the loss ~15× and
+    makes its scale depend on the segment length. ``frame_mask`` keeps the real frames only,
+    e.g. ``frames_from_lengths(mel_lengths, 1500, 2)`` (Whisper's encoder halves the mel rate).
+    Trimming the encoder output to the real frames before calling is equivalent.
+
+    Args:
+        encoder_fn: frozen encoder, ``[B, M, T_mel] → [B, T_enc, D]``.
+        target_mel: ``[B, M, T_mel]`` mel of the original audio (detached here).
+        recon_mel: ``[B, M, T_mel]`` mel of the resynthesised audio.
+        frame_mask: bool ``[B, T_enc]``, True on encoder frames of real audio (None: all).
+
+    Returns:
+        0-dim float32 tensor: Σ_valid mean_D (e_x̂ − e_x)² / #valid (0 when nothing is valid).
+    """
+    if target_mel.shape != recon_mel.shape:
+        raise ConfigError(f"indirect_semantic_loss: target_mel {list(target_mel.shape)} and recon_mel "
+                          f"{list(recon_mel.shape)} must have one shape (pad both to the encoder's input length)")
+    with torch.no_grad():
+        target = encoder_fn(target_mel.detach())
+    recon = encoder_fn(recon_mel)
+    per_frame = (recon.float() - target.float()).pow(2).mean(-1)  # [B, T_enc]
+    if frame_mask is None:
+        return per_frame.mean()
+    if frame_mask.shape != per_frame.shape:
+        raise ConfigError(f"indirect_semantic_loss: frame_mask {list(frame_mask.shape)} must match the encoder "
+                          f"frames {list(per_frame.shape)}")
+    m = frame_mask.to(per_frame.dtype)
+    return (per_frame * m).sum() / m.sum().clamp_min(1)
+
+
+class CodecFeatureDistillation(LossTerm):
+    """DM-Codec's semantic distillation: one RVQ layer's output, projected, matched to a teacher sequence.
+
+    The student feature ``[B, Ds, F]`` (default ``student.features.layer_outputs.0``, RVQ layer 0)
+    is transposed to ``[B, F, Ds]`` and projected to ``[B, F, Dt]``; the teacher feature
+    ``[B, Tt, Dt]`` (default ``teacher.hidden_states.-1``; or e.g. ``teacher.features.<name>``) is
+    aligned to ``F`` frames, then :func:`cosine_time_loss` (``d_axis``) or
+    :func:`cosine_frame_loss` (``t_axis``) compares them. Frames without a real teacher step (zero
+    padding of the positional alignment, masked teacher steps) and, with ``hop_length``, frames
+    of padding samples are left out of the loss.
+
+    Args:
+        student_dim: codec width ``Ds``; with ``teacher_dim``, a learned linear projector
+            ``Ds → Dt`` (student side). Without both, the widths must agree.
+        teacher_dim: teacher width ``Dt``.
+        mode: ``d_axis`` (cosine along time per dimension, DM-Codec's default) or ``t_axis``
+            (per-frame L1 + ``lambda_cos`` · cosine over dimensions).
+        alignment: ``position`` (truncate / zero-pad, as in DM-Codec) or ``interpolate``
+            (linear interpolation of the teacher to the codec's frame count).
+        lambda_cos: weight of the cosine term in ``t_axis`` mode.
+        hop_length: codec samples per frame; when given and the batch has ``waveform_mask``
+            ``[B, T]``, frames of padding samples are left out.
+        weight: multiplier of this term in the total loss (DM-Codec: 120).
+        sources: where the features come from, e.g.
+            ``{teacher_features: teacher.hidden_states.9}``; ``teacher_mask`` (bool ``[B, Tt]``,
+            True on real teacher steps, e.g. ``batch.teacher_mask``) has no default source.
+    """
+
+    default_sources: ClassVar[dict[str, str]] = {
+        "student_features": "student.features.layer_outputs.0", "teacher_features": "teacher.hidden_states.-1",
+        "waveform_mask": "batch.waveform_mask"}
+
+    def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None, mode: str = "d_axis",
+                 alignment: str = "position", lambda_cos: float = 1.0, hop_length: int | None = None,
+                 weight: float = 1.0, sources: dict[str, str] | None = None) -> None:
+        super().__init__(weight, sources)
+        name = type(self).__name__
+        if mode not in MODES:
+            raise ConfigError(f"{name}.mode: '{mode}' is not valid (valid: {', '.join(MODES)})")
+        if alignment not in ALIGNMENTS:
+            raise ConfigError(f"{name}.alignment: '{alignment}' is not valid (valid: {', '.join(ALIGNMENTS)})")
+        if (student_dim is None) != (teacher_dim is None):
+            raise ConfigError(f"{name}: give both student_dim and teacher_dim (for a projector) or neither")
+        if student_dim is not None and min(student_dim, teacher_dim) < 1:
+            raise ConfigError(f"{name}: widths must be positive, got student_dim={student_dim}, "
+                              f"teacher_dim={teacher_dim}")
+        if hop_length is not None and hop_length < 1:
+            raise ConfigError(f"{name}.hop_length must be >= 1, got {hop_length}")
+        self.projector = nn.Linear(student_dim, teacher_dim, bias=False) if student_dim is not None else None
+        self.mode, self.alignment, self.lambda_cos, self.hop_length = mode, alignment, lambda_cos, hop_length
+
+    def forward(self, student_features: Tensor, teacher_features: Tensor,
+                waveform_mask: Tensor | None = None, teacher_mask: Tensor | None = None) -> Tensor:
+        """Args: student ``[B, Ds, F]``, teacher ``[B, Tt, Dt]``, waveform_mask bool ``[B, T]``,
+        teacher_mask bool ``[B, Tt]``. Returns a 0-dim tensor."""
+        name = type(self).__name__
+        if student_features.dim() != 3 or teacher_features.dim() != 3:
+            raise ConfigError(f"{name}: expected student [B, D, F] ({self.sources['student_features']}) and "
+                              f"teacher [B, T, D] ({self.sources['teacher_features']}), got "
+                              f"{list(student_features.shape)} and {list(teacher_features.shape)}")
+        student = student_features.transpose(1, 2)  # [B, F, Ds]
+        ds, dt = student.shape[-1], teacher_features.shape[-1]
+        if self.projector is not None:
+            if ds != self.projector.in_features or dt != self.projector.out_features:
+                raise ConfigError(f"{name}: the projector maps {self.projector.in_features} -> "
+                                  f"{self.projector.out_features} but the features are {ds} (student) and "
+                                  f"{dt} (teacher); set student_dim: {ds} and teacher_dim: {dt}")
+            student = self.projector(student.to(self.projector.weight.dtype))
+        elif ds != dt:
+            raise ConfigError(f"{name}: student width {ds} ({self.sources['student_features']}) != teacher "
+                              f"width {dt} ({self.sources['teacher_features']}) and there is no projector; "
+                              f"set student_dim: {ds} and teacher_dim: {dt} to learn one")
+        frames = student.shape[1]
+        align = positional_align if self.alignment == "position" else interpolate_align
+        teacher, mask = align(teacher_features.detach(), frames, teacher_mask)
+        if self.hop_length is not None and waveform_mask is not None:
+            mask = mask & waveform_mask[:, :: self.hop_length][:, :frames].bool()
+        if self.mode == "d_axis":
+            return cosine_time_loss(student, teacher, mask)
+        return cosine_frame_loss(student, teacher, mask, self.lambda_cos)
+
+
+__all__ = ["CodecFeatureDistillation", "cosine_frame_loss", "cosine_time_loss", "frames_from_lengths",
+           "indirect_semantic_loss", "interpolate_align", "positional_align"]
