@@ -44,4 +44,6 @@ class TAIDSchedule(L.Callback):
         loss = trainer.strategy.reduce(loss, reduce_op="mean")
         # global_step counts finished optimizer steps, so this is step global_step + 1.
         term.update(loss, trainer.global_step + 1, trainer.estimated_stepping_batches)
-        pl_module.log("train/taid_t", term.t, batch_size=1)
+        logging_step = getattr(pl_module, "_logging_step", None)
+        if logging_step is None or logging_step():  # only on the steps the loggers write
+            pl_module.log("train/taid_t", term.t, batch_size=1)
