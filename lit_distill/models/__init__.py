@@ -3,6 +3,7 @@
 from lit_distill.models.base import ModelAdapter
 from lit_distill.models.codec import ConvCodec, ResidualQuantizer
 from lit_distill.models.hf import HFCausalLM
+from lit_distill.models.hf_audio import HFSpeechEncoder
 from lit_distill.models.moe import MoEFeedForward, upcycle
 from lit_distill.models.segmentation import (
            TimmSegmentation,
@@ -23,3 +24,4 @@ __all__ = ["HFCausalLM", "ImageModelAdapter", "ModelAdapter", "OpenClipImageTowe
            "HFLlava", "HFVisionTower", "LlavaComposition", "MoEFeedForward", "upcycle"]
 __all__ += ["TimmSegmentation", "TorchvisionSegmentation", "widen_input_stem"]
 __all__ += ["ConvCodec", "ResidualQuantizer"]
+__all__ += ["HFSpeechEncoder"]
