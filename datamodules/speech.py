@@ -21,6 +21,18 @@ Every batch is a dict (``B`` = batch size, ``T`` = the longest waveform of the b
         "texts": list[str],                            # transcripts
     }
 
+With ``teacher_tokenizer`` set (DM-Codec's LM-guided mode: a text teacher reads the
+transcripts), ``inputs`` is replaced by per-side entries (``L`` = the longest tokenised transcript
+of the batch, at most ``teacher_max_length``); the other keys stay::
+
+    {
+        "student_inputs": {"waveform": FloatTensor[B, 1, T]},      # the codec's input
+        "teacher_inputs": {"input_ids": LongTensor[B, L],         # transcripts, right-padded
+                           "attention_mask": LongTensor[B, L]},   # 1 on real tokens
+        "teacher_token_mask": BoolTensor[B, L],                   # attention_mask as bool (batch.teacher_token_mask)
+        "waveform": ..., "waveform_mask": ..., "lengths": ..., "texts": ...,  # as above
+    }
+
 Training waveforms are random crops of ``crop_seconds`` (shorter utterances are kept whole and
 padded); validation uses the deterministic centre crop or, with ``val_crop: full``, the whole
 utterance.
@@ -374,6 +386,32 @@ def collate_speech(samples: list[tuple[Tensor, str]]) -> dict[str, Any]:
             "lengths": lengths, "texts": [s[1] for s in samples]}
 
 
+class TranscriptCollate:
+    """Collate for a text teacher: :func:`collate_speech` plus the transcripts tokenised.
+
+    Moves ``inputs`` to ``student_inputs`` and adds ``teacher_inputs`` (``input_ids`` /
+    ``attention_mask`` ``[B, L]``, right-padded, truncated to ``max_length``) and
+    ``teacher_token_mask`` (bool ``[B, L]``); see the module docstring.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer with a pad token (right padding is enforced).
+        max_length: longest tokenised transcript kept, in tokens.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.tokenizer.padding_side = "right"
+
+    def __call__(self, samples: list[tuple[Tensor, str]]) -> dict[str, Any]:
+        batch = collate_speech(samples)
+        encoded = self.tokenizer(batch["texts"], padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
+        input_ids, attention_mask = encoded["input_ids"].long(), encoded["attention_mask"].long()
+        return {"student_inputs": batch.pop("inputs"),
+                "teacher_inputs": {"input_ids": input_ids, "attention_mask": attention_mask},
+                "teacher_token_mask": attention_mask.bool(), **batch}
+
+
 class SpeechDataModule(EpochLoaders, LightningDataModule):
     """Waveforms and transcripts from a JSONL manifest or a LibriSpeech-style folder.
 
@@ -403,6 +441,12 @@ class SpeechDataModule(EpochLoaders, LightningDataModule):
             voices and speeds at ``sample_rate``); ``manifest`` must then be named
             ``manifest.jsonl``.
         num_sentences: Sentences spoken when synthesising.
+        teacher_tokenizer: A tokenizer for a text teacher (DM-Codec's LM-guided mode): a local
+            directory / ``tokenizer.json`` or a hub id, loaded with
+            :func:`datamodules.tokenizer_training.load_tokenizer` (it needs a pad token). Batches
+            then carry ``student_inputs``, ``teacher_inputs`` and ``teacher_token_mask`` instead of
+            ``inputs`` (see the module docstring). None: waveforms only.
+        teacher_max_length: Longest tokenised transcript, in tokens (longer ones are truncated).
     """
 
     def __init__(
@@ -422,6 +466,8 @@ class SpeechDataModule(EpochLoaders, LightningDataModule):
         shuffle: bool = True,
         synthesize: bool = False,
         num_sentences: int = 64,
+        teacher_tokenizer: str | None = None,
+        teacher_max_length: int = 128,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -442,8 +488,11 @@ class SpeechDataModule(EpochLoaders, LightningDataModule):
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if synthesize and (manifest is None or Path(manifest).name != "manifest.jsonl"):
             raise ConfigError(f"synthesize: needs manifest: <folder>/manifest.jsonl (got {manifest!r})")
+        if teacher_max_length < 1:
+            raise ConfigError(f"teacher_max_length must be >= 1, got {teacher_max_length}")
         self.train_dataset: SpeechDataset | None = None
         self.val_dataset: SpeechDataset | None = None
+        self.collate: Any = collate_speech
 
     @property
     def crop_samples(self) -> int | None:
@@ -483,7 +532,11 @@ class SpeechDataModule(EpochLoaders, LightningDataModule):
         self.train_dataset = SpeechDataset(train, hp.sample_rate, self.crop_samples, random_crop=True)
         val_crop = self.crop_samples if hp.val_crop == "center" else None
         self.val_dataset = SpeechDataset(val, hp.sample_rate, val_crop, random_crop=False)
+        if hp.teacher_tokenizer is not None:
+            from datamodules.tokenizer_training import load_tokenizer
+
+            self.collate = TranscriptCollate(load_tokenizer(hp.teacher_tokenizer), hp.teacher_max_length)
 
     def _loader(self, dataset: SpeechDataset | None, shuffle: bool) -> DataLoader:
         """Batches of ``dataset``: random crops for training, centre crops or whole utterances else."""
-        return epoch_loader(self, dataset, shuffle, collate_speech)
+        return epoch_loader(self, dataset, shuffle, self.collate)

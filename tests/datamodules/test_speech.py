@@ -170,3 +170,57 @@ def test_synthesize_on_prepare_data(tmp_path):
     assert len(dm.train_dataset) == 1 and len(dm.val_dataset) == 1
     with pytest.raises(ConfigError, match="manifest.jsonl"):
         SpeechDataModule(manifest=str(tmp_path / "other.jsonl"), synthesize=True)
+
+
+# ----------------------------------------------------------------------------- text teacher (LM-guided)
+@pytest.fixture(scope="module")
+def transcript_tokenizer(tmp_path_factory):
+    from datamodules.tokenizer_training import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    (out / "texts.txt").write_text("\n".join(SENTENCES) + "\n")
+    return train_tokenizer([out / "texts.txt"], out / "tokenizer", vocab_size=128, algorithm="wordpiece")
+
+
+def test_teacher_tokenizer_batches(corpus, transcript_tokenizer):
+    from datamodules.tokenizer_training import load_tokenizer
+
+    dm = SpeechDataModule(manifest=str(corpus), batch_size=2, crop_seconds=0.5, val_fraction=0.5,
+                          val_crop="full", teacher_tokenizer=str(transcript_tokenizer))
+    plain = SpeechDataModule(manifest=str(corpus), batch_size=2, crop_seconds=0.5, val_fraction=0.5, val_crop="full")
+    dm.setup()
+    plain.setup()
+    tok = load_tokenizer(str(transcript_tokenizer))
+    for batch, ref in zip(dm.val_dataloader(), plain.val_dataloader(), strict=True):
+        assert "inputs" not in batch
+        assert set(batch) == {"student_inputs", "teacher_inputs", "teacher_token_mask", "waveform",
+                              "waveform_mask", "lengths", "texts"}
+        # the audio side is the plain batch, unchanged
+        assert batch["student_inputs"]["waveform"] is batch["waveform"]
+        assert torch.equal(batch["waveform"], ref["waveform"]) and torch.equal(batch["lengths"], ref["lengths"])
+        assert torch.equal(batch["waveform_mask"], ref["waveform_mask"]) and batch["texts"] == ref["texts"]
+        ids, attn, mask = (batch["teacher_inputs"]["input_ids"], batch["teacher_inputs"]["attention_mask"],
+                           batch["teacher_token_mask"])
+        assert ids.dtype == attn.dtype == torch.long and mask.dtype == torch.bool
+        assert ids.shape == attn.shape == mask.shape and ids.shape[0] == 2
+        assert torch.equal(mask, attn.bool())
+        counts = attn.sum(-1)
+        assert int(counts.max()) == ids.shape[1] and counts.min() < counts.max()  # padded to the longest
+        for row, n, text in zip(ids, counts.tolist(), batch["texts"], strict=True):
+            # right padding: n real tokens first, then pad ids only
+            assert row[n:].eq(tok.pad_token_id).all() and row[:n].ne(tok.pad_token_id).all()
+            assert row[:n].tolist() == tok(text)["input_ids"]
+            assert tok.decode(row[:n], skip_special_tokens=True) == text
+    train = next(iter(dm.train_dataloader()))
+    assert train["student_inputs"]["waveform"].shape == (2, 1, 8000)
+    assert torch.equal(train["teacher_token_mask"], train["teacher_inputs"]["attention_mask"].bool())
+
+
+def test_teacher_max_length_truncates(corpus, transcript_tokenizer):
+    dm = SpeechDataModule(manifest=str(corpus), batch_size=2, crop_seconds=0.5, val_fraction=0.5,
+                          teacher_tokenizer=str(transcript_tokenizer), teacher_max_length=3)
+    dm.setup()
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["teacher_inputs"]["input_ids"].shape == (2, 3) and batch["teacher_token_mask"].all()
+    with pytest.raises(ConfigError, match="teacher_max_length"):
+        SpeechDataModule(manifest=str(corpus), teacher_tokenizer=str(transcript_tokenizer), teacher_max_length=0)
