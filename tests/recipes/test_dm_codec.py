@@ -1,4 +1,4 @@
-"""DM-Codec SM-guided distillation from YAML: a 2-step fit of the tiny HuBERT-teacher config."""
+"""DM-Codec from YAML: 2-step fits of the tiny speech-teacher (SM) and text-teacher (LM) configs."""
 
 from __future__ import annotations
 
@@ -7,17 +7,19 @@ from pathlib import Path
 import torch
 
 from datamodules.speech import synthesize_speech_corpus
+from datamodules.tokenizer_training import load_tokenizer, train_tokenizer
 from lit_distill.cli import run_cli
-from lit_distill.models import HFSpeechEncoder
+from lit_distill.models import HFCausalLM, HFSpeechEncoder
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "speech" / "dm_codec" / "codec_from_hubert-tiny_synth.yaml"
+LM_CONFIG = REPO / "configs" / "speech" / "dm_codec" / "codec_from_tiny-lm_synth.yaml"
+SENTENCES = ["The quick brown fox jumps over the lazy dog.", "She opened the window and listened to the rain.",
+             "Two birds were building a nest under the roof.", "We walked along the beach at sunset."]
 
 
 def test_tiny_hubert_teacher_fits_two_steps(tmp_path):
-    sentences = ["The quick brown fox jumps over the lazy dog.", "She opened the window and listened to the rain.",
-                 "Two birds were building a nest under the roof.", "We walked along the beach at sunset."]
-    manifest = synthesize_speech_corpus(tmp_path / "synth", sentences, voices=["en-us"], speeds=[175])
+    manifest = synthesize_speech_corpus(tmp_path / "synth", SENTENCES, voices=["en-us"], speeds=[175])
     cli = run_cli([
         "--config", str(CONFIG), f"--data.init_args.manifest={manifest}",
         "--data.init_args.synthesize=false", "--data.init_args.batch_size=2", "--data.init_args.val_fraction=0.25",
@@ -34,6 +36,49 @@ def test_tiny_hubert_teacher_fits_two_steps(tmp_path):
     assert teacher.model.total_stride == module.student.hop_length == 320
     projector = module.losses["distill"].projector
     assert (projector.in_features, projector.out_features) == (64, teacher.model.hidden_size)
+    fit_and_check_distillation(cli, projector, teacher)
+
+
+def test_tiny_lm_teacher_fits_two_steps(tmp_path):
+    manifest = synthesize_speech_corpus(tmp_path / "synth", SENTENCES, voices=["en-us"], speeds=[175])
+    (tmp_path / "texts.txt").write_text("\n".join(SENTENCES) + "\n")
+    tok_dir = train_tokenizer([tmp_path / "texts.txt"], tmp_path / "tokenizer", vocab_size=96, algorithm="wordpiece")
+    tok = load_tokenizer(str(tok_dir))
+    lm = "--model.init_args.teacher.init_args.model.init_args"
+    cli = run_cli([
+        "--config", str(LM_CONFIG), f"--data.init_args.manifest={manifest}",
+        "--data.init_args.synthesize=false", "--data.init_args.batch_size=2", "--data.init_args.val_fraction=0.25",
+        f"--data.init_args.teacher_tokenizer={tok_dir}",
+        f"{lm}.vocab_size={len(tok)}", f"{lm}.pad_token_id={tok.pad_token_id}",
+        "--model.init_args.student.init_args.channels=4", "--model.init_args.student.init_args.dilations=[1]",
+        "--model.init_args.student.init_args.codebook_size=16",
+        "--trainer.max_steps=2", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
+        "--trainer.num_sanity_val_steps=0", f"--trainer.default_root_dir={tmp_path / 'run'}",
+    ], run=False)
+    module, dm = cli.model, cli.datamodule
+    teacher = module.teacher
+    assert isinstance(teacher.model, HFCausalLM) and teacher.model.output_size == len(tok)
+    distill = module.losses["distill"]
+    assert distill.alignment == "interpolate" and distill.sources["teacher_mask"] == "batch.teacher_token_mask"
+    projector = distill.projector
+    assert (projector.in_features, projector.out_features) == (64, 32)
+
+    # the teacher reads the transcript tokens, the codec the waveform
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    ids = batch["teacher_inputs"]["input_ids"]
+    assert tok.decode(ids[0][batch["teacher_token_mask"][0]], skip_special_tokens=True) == batch["texts"][0]
+    with torch.no_grad():
+        student_out, teacher_out = module(batch)
+    assert teacher_out.hidden_states[-1].shape == (*ids.shape, 32)
+    assert student_out.features["layer_outputs.0"].shape[:2] == (batch["waveform"].shape[0], 64)
+
+    fit_and_check_distillation(cli, projector, teacher)
+
+
+def fit_and_check_distillation(cli, projector, teacher) -> None:
+    """Fit 2 steps; the distillation term is finite and in range, trains the projector, not the teacher."""
+    module = cli.model
     projector_before = projector.weight.detach().clone()
     teacher_before = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
     grad_norms: list[float] = []
