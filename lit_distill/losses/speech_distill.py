@@ -17,10 +17,11 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lit_distill.contracts import LossTerm
 from lit_distill.errors import ConfigError
+from lit_distill.losses.feature import make_projector, to_teacher_width
 
 MODES = ("d_axis", "t_axis")
 ALIGNMENTS = ("position", "interpolate")
@@ -244,14 +245,9 @@ class CodecFeatureDistillation(LossTerm):
             raise ConfigError(f"{name}.mode: '{mode}' is not valid (valid: {', '.join(MODES)})")
         if alignment not in ALIGNMENTS:
             raise ConfigError(f"{name}.alignment: '{alignment}' is not valid (valid: {', '.join(ALIGNMENTS)})")
-        if (student_dim is None) != (teacher_dim is None):
-            raise ConfigError(f"{name}: give both student_dim and teacher_dim (for a projector) or neither")
-        if student_dim is not None and min(student_dim, teacher_dim) < 1:
-            raise ConfigError(f"{name}: widths must be positive, got student_dim={student_dim}, "
-                              f"teacher_dim={teacher_dim}")
         if hop_length is not None and hop_length < 1:
             raise ConfigError(f"{name}.hop_length must be >= 1, got {hop_length}")
-        self.projector = nn.Linear(student_dim, teacher_dim, bias=False) if student_dim is not None else None
+        self.projector = make_projector(name, student_dim, teacher_dim)
         self.mode, self.alignment, self.lambda_cos, self.hop_length = mode, alignment, lambda_cos, hop_length
 
     def forward(self, student_features: Tensor, teacher_features: Tensor,
@@ -264,17 +260,8 @@ class CodecFeatureDistillation(LossTerm):
                               f"teacher [B, T, D] ({self.sources['teacher_features']}), got "
                               f"{list(student_features.shape)} and {list(teacher_features.shape)}")
         student = student_features.transpose(1, 2)  # [B, F, Ds]
-        ds, dt = student.shape[-1], teacher_features.shape[-1]
-        if self.projector is not None:
-            if ds != self.projector.in_features or dt != self.projector.out_features:
-                raise ConfigError(f"{name}: the projector maps {self.projector.in_features} -> "
-                                  f"{self.projector.out_features} but the features are {ds} (student) and "
-                                  f"{dt} (teacher); set student_dim: {ds} and teacher_dim: {dt}")
-            student = self.projector(student.to(self.projector.weight.dtype))
-        elif ds != dt:
-            raise ConfigError(f"{name}: student width {ds} ({self.sources['student_features']}) != teacher "
-                              f"width {dt} ({self.sources['teacher_features']}) and there is no projector; "
-                              f"set student_dim: {ds} and teacher_dim: {dt} to learn one")
+        student = to_teacher_width(self.projector, student, teacher_features.shape[-1], name,
+                                   (self.sources["student_features"], self.sources["teacher_features"]))
         frames = student.shape[1]
         align = positional_align if self.alignment == "position" else interpolate_align
         teacher, mask = align(teacher_features.detach(), frames, teacher_mask)
