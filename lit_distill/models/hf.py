@@ -142,26 +142,37 @@ def copy_tokenizer(source: str, out_dir: str) -> bool:
     return True
 
 
+def load_pretrained_checked(auto_class: Any, path: str, field: str, example: str, **kwargs: Any):
+    """``auto_class.from_pretrained(path, **kwargs)`` with one-line ConfigErrors naming ``field``.
+
+    A path that exists locally (or is not hub-id shaped) must be a ``save_pretrained``
+    directory; anything else is a hub id served from the cache when offline. ``None`` keyword
+    values are left out.
+
+    Args:
+        auto_class: e.g. ``AutoModelForCausalLM`` or ``AutoModel``.
+        path: local directory or hub id.
+        field: the config field, for messages (e.g. ``HFCausalLM.path``).
+        example: a hub id to show in the message.
+    """
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    looks_local = os.path.exists(path) or not HUB_ID.fullmatch(path)
+    if looks_local and not os.path.isdir(path):
+        raise ConfigError(f"{field}: no directory '{path}' (give a directory written by "
+                          f"save_pretrained, or a hub id such as '{example}')")
+    try:
+        return auto_class.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as err:
+        where = "local directory" if looks_local else "hub id (is the hub reachable, or the model in the local cache?)"
+        raise ConfigError(f"{field}: could not load '{path}' as a {where}: {str(err).splitlines()[0]}") from err
+
+
 def _load_pretrained(path, dtype, trust_remote_code, revision, attn_implementation):
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if revision is not None:
-        kwargs["revision"] = revision
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    looks_local = os.path.exists(path) or not HUB_ID.fullmatch(path)
-    if looks_local and not os.path.isdir(path):
-        raise ConfigError(f"HFCausalLM.path: no directory '{path}' (give a directory written by "
-                          "save_pretrained, or a hub id such as 'Qwen/Qwen2.5-0.5B')")
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as err:
-        where = "local directory" if looks_local else "hub id (is the hub reachable, or the model in the local cache?)"
-        raise ConfigError(f"HFCausalLM.path: could not load '{path}' as a {where}: "
-                          f"{str(err).splitlines()[0]}") from err
+    return load_pretrained_checked(AutoModelForCausalLM, path, "HFCausalLM.path", "Qwen/Qwen2.5-0.5B",
+                                   trust_remote_code=trust_remote_code, dtype=dtype, revision=revision,
+                                   attn_implementation=attn_implementation)
 
 
 def _build_from_config(config, vocab_size, pad_token_id, dtype, attn_implementation):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -11,7 +10,7 @@ from torch import Tensor
 from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter, parse_dtype
-from lit_distill.models.hf import HUB_ID
+from lit_distill.models.hf import load_pretrained_checked
 
 
 def normalize_waveform(waveform: Tensor, waveform_mask: Tensor | None = None, eps: float = 1e-7) -> Tensor:
@@ -110,21 +109,8 @@ class HFSpeechEncoder(ModelAdapter):
 def _load_pretrained(path: str, dtype: torch.dtype | None, revision: str | None):
     from transformers import AutoModel
 
-    looks_local = os.path.exists(path) or not HUB_ID.fullmatch(path)
-    if looks_local and not os.path.isdir(path):
-        raise ConfigError(f"HFSpeechEncoder.path: no directory '{path}' (give a directory written by "
-                          "save_pretrained, or a hub id such as 'facebook/hubert-base-ls960')")
-    kwargs: dict[str, Any] = {}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if revision is not None:
-        kwargs["revision"] = revision
-    try:
-        return AutoModel.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as err:
-        where = "local directory" if looks_local else "hub id (is the hub reachable, or the model in the local cache?)"
-        raise ConfigError(f"HFSpeechEncoder.path: could not load '{path}' as a {where}: "
-                          f"{str(err).splitlines()[0]}") from err
+    return load_pretrained_checked(AutoModel, path, "HFSpeechEncoder.path", "facebook/hubert-base-ls960",
+                                   dtype=dtype, revision=revision)
 
 
 try:  # newer transformers validate configs through huggingface_hub's strict dataclasses
