@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from torch import Tensor, nn
 from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter, parse_dtype
-from lit_distill.models.hf import HUB_ID, HFCausalLM
+from lit_distill.models.hf import HFCausalLM, load_pretrained_checked
 from lit_distill.models.moe import moe_aux_loss, upcycle
 
 
@@ -68,13 +67,8 @@ class HFVisionTower(ModelAdapter):
         torch_dtype = parse_dtype(dtype, "HFVisionTower.dtype")
         kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
         if path is not None:
-            if (os.path.exists(path) or not HUB_ID.fullmatch(path)) and not os.path.isdir(path):
-                raise ConfigError(f"HFVisionTower.path: no directory '{path}'")
-            try:
-                module = AutoModel.from_pretrained(path, **kwargs)
-            except (OSError, ValueError) as err:
-                raise ConfigError(f"HFVisionTower.path: could not load '{path}': "
-                                  f"{str(err).splitlines()[0]}") from err
+            module = load_pretrained_checked(AutoModel, path, "HFVisionTower.path",
+                                             "openai/clip-vit-large-patch14-336", **kwargs)
         else:
             fields = dict(config)
             model_type = fields.pop("model_type", None)
@@ -395,10 +389,8 @@ class HFLlava(ModelAdapter):
         torch_dtype = parse_dtype(dtype, "HFLlava.dtype")
         kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
         if path is not None:
-            try:
-                self.module = LlavaForConditionalGeneration.from_pretrained(path, **kwargs)
-            except (OSError, ValueError) as err:
-                raise ConfigError(f"HFLlava.path: could not load '{path}': {str(err).splitlines()[0]}") from err
+            self.module = load_pretrained_checked(LlavaForConditionalGeneration, path, "HFLlava.path",
+                                                  "llava-hf/llava-1.5-7b-hf", **kwargs)
         else:
             fields = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
             if vocab_size is not None:
