@@ -6,7 +6,7 @@
 (the length of the waveform encoded, at ``sample_rate``). ``decode`` turns such files back
 into 16-bit PCM WAV ``OUT/<name>.wav`` at the codec's sample rate.
 
-Audio is read with :func:`datamodules.speech.read_audio` (WAV without extra packages),
+Audio is read with :func:`datamodules.speech_corpus.read_audio` (WAV without extra packages),
 averaged to mono and resampled to the codec's rate with ``torchaudio.functional.resample``
 when the file's rate differs.
 """
@@ -80,7 +80,7 @@ def _stem(path: Path) -> str:
 
 def tokenize_files(ckpt_path: str, paths: Sequence[str], out_dir: str) -> list[Path]:
     """Write ``out_dir/<name>.codes.pt`` for every audio file in ``paths``; returns the paths written."""
-    from datamodules.speech import read_audio, to_mono
+    from datamodules.speech_corpus import read_audio, to_mono
 
     _check_inputs(paths, "tokenize AUDIO")
     codec = load_codec(ckpt_path, "tokenize --ckpt")
@@ -100,7 +100,7 @@ def tokenize_files(ckpt_path: str, paths: Sequence[str], out_dir: str) -> list[P
 
 def decode_files(ckpt_path: str, paths: Sequence[str], out_dir: str) -> list[Path]:
     """Write ``out_dir/<name>.wav`` for every ``<name>.codes.pt`` in ``paths``; returns the paths written."""
-    from datamodules.speech import write_wav
+    from datamodules.speech_corpus import write_wav
 
     _check_inputs(paths, "decode CODES")
     codec = load_codec(ckpt_path, "decode --ckpt")
