@@ -49,14 +49,8 @@ from lit_distill.losses.divergences import (
     total_variation,
 )
 from lit_distill.losses.feature import FeatureMSE, feature_mse
-from lit_distill.losses.fused import (
-    FusedCrossEntropy,
-    FusedForwardKL,
-    FusedReverseKL,
-    fused_cross_entropy,
-    fused_forward_kl,
-    fused_reverse_kl,
-)
+from lit_distill.losses.fused import fused_cross_entropy, fused_forward_kl, fused_reverse_kl
+from lit_distill.losses.fused_terms import FusedCrossEntropy, FusedForwardKL, FusedReverseKL
 from lit_distill.losses.preference import DPO, MoEAuxLoss, dpo_loss, sequence_logprobs
 from lit_distill.losses.relation import TRG, contextual_relation, global_contrastive, local_graph_kl
 from lit_distill.losses.segmentation import (

@@ -24,6 +24,8 @@ frozen teacher's are). Masked-out rows of both hidden states are replaced by zer
 the head, so their content (NaN, inf) reaches neither the value nor any gradient.
 The head must be a plain linear map: models that rescale or soft-cap logits after the
 head (Gemma-2's soft-capping, Cohere's logit scale) are rejected by the adapter.
+The YAML terms (``FusedForwardKL``, ``FusedReverseKL``, ``FusedCrossEntropy``) live in
+:mod:`lit_distill.losses.fused_terms`.
 """
 
 from __future__ import annotations
@@ -31,20 +33,16 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lit_distill.contracts import LossTerm, ModelOutput, resolve_source
-from lit_distill.errors import ConfigError
 from lit_distill.losses.divergences import DivFn, _block_sum, _jsd, _kl, _log_probs, _skew_kl, _swap
 
 __all__ = ["fused_forward_kl", "fused_reverse_kl", "fused_generalized_jsd", "fused_skew_kl",
-           "fused_skew_reverse_kl", "fused_cross_entropy",
-           "FusedForwardKL", "FusedReverseKL", "FusedLogitDivergence", "FusedCrossEntropy"]
+           "fused_skew_reverse_kl", "fused_cross_entropy", "fused_divergence"]
 
 
 def _chunk_inputs(h: Tensor, mask: Tensor | None, dtype: torch.dtype) -> Tensor:
@@ -397,107 +395,3 @@ def fused_cross_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Te
 
     total = _fused_sum(value, h, weight, bias, mask, dtype, chunk_size)
     return total / mask.sum().clamp_min(1).to(total.dtype)
-
-
-# ----------------------------------------------------------------------------- loss terms
-_FUSED_SOURCES = {
-    "student_hidden": "student.features.last_hidden_state",
-    "student_weight": "student.features.lm_head.weight",
-    "student_bias": "student.features.lm_head.bias",
-    "teacher_hidden": "teacher.features.last_hidden_state",
-    "teacher_weight": "teacher.features.lm_head.weight",
-    "teacher_bias": "teacher.features.lm_head.bias",
-    "mask": "batch.loss_mask",
-}
-
-
-class FusedLogitDivergence(LossTerm):
-    """Base of the fused logit-divergence terms: hidden states × LM heads, no full logits.
-
-    Both adapters must return their last hidden states and LM head in ``features``
-    instead of logits: ``HFCausalLM(..., compute_logits: false)`` does (features
-    ``last_hidden_state``, ``lm_head.weight`` and, when the head has one,
-    ``lm_head.bias``). A bias source missing from the outputs is left out (no bias).
-
-    Args:
-        temperature: divides both sides' logits; the result is scaled by its square.
-        chunk_size: positions whose logits exist at once (memory ∝ chunk_size × V).
-        weight: multiplier of this term in the total loss.
-        sources: overrides of where hidden states, heads and mask come from.
-    """
-
-    default_sources: ClassVar[dict[str, str]] = _FUSED_SOURCES
-    divergence: ClassVar[Callable[..., Tensor]]
-
-    def __init__(self, temperature: float = 1.0, chunk_size: int = 256, weight: float = 1.0,
-                 sources: dict[str, str] | None = None) -> None:
-        super().__init__(weight, sources)
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-            raise ConfigError(f"{type(self).__name__}.chunk_size: must be a positive int, got {chunk_size!r}")
-        if not (float(temperature) > 0 and math.isfinite(float(temperature))):
-            raise ConfigError(f"{type(self).__name__}.temperature: must be a finite number > 0, "
-                              f"got {temperature!r}")
-        self.options: dict[str, Any] = {"temperature": float(temperature), "chunk_size": chunk_size}
-
-    def gather(self, student: ModelOutput, teacher: ModelOutput | None, batch: dict) -> dict[str, Any]:
-        kwargs = {}
-        for arg, path in self.sources.items():
-            root, _, rest = path.partition(".")
-            output = student if root == "student" else teacher if root == "teacher" else None
-            if arg in self._optional_args and output is not None and rest.startswith("features.") \
-                    and rest[len("features."):] not in output.features:
-                continue  # e.g. no lm_head.bias: the head has no bias
-            if arg in self._optional_args and root == "batch" and rest not in batch:
-                continue
-            kwargs[arg] = resolve_source(path, student, teacher, batch)
-        return kwargs
-
-    def forward(self, student_hidden: Tensor, student_weight: Tensor, teacher_hidden: Tensor,
-                teacher_weight: Tensor, mask: Tensor | None = None, student_bias: Tensor | None = None,
-                teacher_bias: Tensor | None = None) -> Tensor:
-        return type(self).divergence(student_hidden, student_weight, teacher_hidden, teacher_weight, mask,
-                                     student_bias=student_bias, teacher_bias=teacher_bias, **self.options)
-
-
-class FusedCrossEntropy(LossTerm):
-    """Supervised cross-entropy from hidden states × LM head (:func:`fused_cross_entropy`).
-
-    The companion of the fused divergences when the student runs with
-    ``compute_logits: false`` (the plain ``CrossEntropy`` term needs logits).
-
-    Args:
-        chunk_size: positions whose logits exist at once.
-        ignore_index: label value that does not count.
-        weight: multiplier of this term in the total loss.
-        sources: overrides of where hidden states, head and labels come from.
-    """
-
-    default_sources: ClassVar[dict[str, str]] = {
-        "hidden": "student.features.last_hidden_state", "head_weight": "student.features.lm_head.weight",
-        "head_bias": "student.features.lm_head.bias", "labels": "batch.labels"}
-
-    def __init__(self, chunk_size: int = 256, ignore_index: int = -100, weight: float = 1.0,
-                 sources: dict[str, str] | None = None) -> None:
-        super().__init__(weight, sources)
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-            raise ConfigError(f"FusedCrossEntropy.chunk_size: must be a positive int, got {chunk_size!r}")
-        self.chunk_size = chunk_size
-        self.ignore_index = ignore_index
-
-    gather = FusedLogitDivergence.gather
-
-    def forward(self, hidden: Tensor, head_weight: Tensor, labels: Tensor,
-                head_bias: Tensor | None = None) -> Tensor:
-        return fused_cross_entropy(hidden, head_weight, labels, head_bias, self.ignore_index, self.chunk_size)
-
-
-class FusedForwardKL(FusedLogitDivergence):
-    """KL(teacher ‖ student) from hidden states × LM heads (:func:`fused_forward_kl`), token mean, T²."""
-
-    divergence = staticmethod(fused_forward_kl)
-
-
-class FusedReverseKL(FusedLogitDivergence):
-    """KL(student ‖ teacher) from hidden states × LM heads (:func:`fused_reverse_kl`), token mean, T²."""
-
-    divergence = staticmethod(fused_reverse_kl)

@@ -14,13 +14,13 @@ from lit_distill.errors import ConfigError
 from lit_distill.losses import forward_kl, reverse_kl
 from lit_distill.losses.divergences import generalized_jsd, skew_kl
 from lit_distill.losses.fused import (
-    FusedForwardKL,
     fused_cross_entropy,
     fused_forward_kl,
     fused_generalized_jsd,
     fused_reverse_kl,
     fused_skew_kl,
 )
+from lit_distill.losses.fused_terms import FusedForwardKL
 from lit_distill.losses.terms import cross_entropy
 from lit_distill.models import HFCausalLM
 
