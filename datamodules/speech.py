@@ -33,6 +33,10 @@ of the batch, at most ``teacher_max_length``); the other keys stay::
         "waveform": ..., "waveform_mask": ..., "lengths": ..., "texts": ...,  # as above
     }
 
+With ``teacher_waveform: true`` as well (DM-Codec's combined mode: a speech model and a text
+model teach together, see :class:`lit_distill.models.MultiModel`), ``teacher_inputs`` also holds
+``waveform`` and ``waveform_mask`` (the same tensors as above).
+
 Training waveforms are random crops of ``crop_seconds`` (shorter utterances are kept whole and
 padded); validation uses the deterministic centre crop or, with ``val_crop: full``, the whole
 utterance.
@@ -176,10 +180,12 @@ class TranscriptCollate:
     Args:
         tokenizer: a Hugging Face tokenizer with a pad token (right padding is enforced).
         max_length: longest tokenised transcript kept, in tokens.
+        waveform: also put ``waveform`` and ``waveform_mask`` into ``teacher_inputs`` (for a
+            teacher that reads both, e.g. a speech model beside a language model).
     """
 
-    def __init__(self, tokenizer: Any, max_length: int) -> None:
-        self.tokenizer, self.max_length = tokenizer, max_length
+    def __init__(self, tokenizer: Any, max_length: int, waveform: bool = False) -> None:
+        self.tokenizer, self.max_length, self.waveform = tokenizer, max_length, waveform
         self.tokenizer.padding_side = "right"
 
     def __call__(self, samples: list[tuple[Tensor, str]]) -> dict[str, Any]:
@@ -187,8 +193,10 @@ class TranscriptCollate:
         encoded = self.tokenizer(batch["texts"], padding=True, truncation=True, max_length=self.max_length,
                                  return_tensors="pt")
         input_ids, attention_mask = encoded["input_ids"].long(), encoded["attention_mask"].long()
-        return {"student_inputs": batch.pop("inputs"),
-                "teacher_inputs": {"input_ids": input_ids, "attention_mask": attention_mask},
+        teacher_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.waveform:
+            teacher_inputs.update(waveform=batch["waveform"], waveform_mask=batch["waveform_mask"])
+        return {"student_inputs": batch.pop("inputs"), "teacher_inputs": teacher_inputs,
                 "teacher_token_mask": attention_mask.bool(), **batch}
 
 
@@ -227,6 +235,9 @@ class SpeechDataModule(EpochLoaders, LightningDataModule):
             then carry ``student_inputs``, ``teacher_inputs`` and ``teacher_token_mask`` instead of
             ``inputs`` (see the module docstring). None: waveforms only.
         teacher_max_length: Longest tokenised transcript, in tokens (longer ones are truncated).
+        teacher_waveform: With ``teacher_tokenizer``: also give the teacher the waveform
+            (``teacher_inputs.waveform`` / ``waveform_mask``), for DM-Codec's combined mode
+            (a speech model and a language model teaching together).
     """
 
     def __init__(
@@ -248,6 +259,7 @@ class SpeechDataModule(EpochLoaders, LightningDataModule):
         num_sentences: int = 64,
         teacher_tokenizer: str | None = None,
         teacher_max_length: int = 128,
+        teacher_waveform: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -270,6 +282,9 @@ class SpeechDataModule(EpochLoaders, LightningDataModule):
             raise ConfigError(f"synthesize: needs manifest: <folder>/manifest.jsonl (got {manifest!r})")
         if teacher_max_length < 1:
             raise ConfigError(f"teacher_max_length must be >= 1, got {teacher_max_length}")
+        if teacher_waveform and teacher_tokenizer is None:
+            raise ConfigError("teacher_waveform: only applies with teacher_tokenizer (without it the teacher "
+                              "reads batch.inputs, which hold the waveform already); unset it or set the tokenizer")
         self.train_dataset: SpeechDataset | None = None
         self.val_dataset: SpeechDataset | None = None
         self.collate: Any = collate_speech
@@ -315,7 +330,8 @@ class SpeechDataModule(EpochLoaders, LightningDataModule):
         if hp.teacher_tokenizer is not None:
             from datamodules.tokenizer_training import load_tokenizer
 
-            self.collate = TranscriptCollate(load_tokenizer(hp.teacher_tokenizer), hp.teacher_max_length)
+            self.collate = TranscriptCollate(load_tokenizer(hp.teacher_tokenizer), hp.teacher_max_length,
+                                             waveform=hp.teacher_waveform)
 
     def _loader(self, dataset: SpeechDataset | None, shuffle: bool) -> DataLoader:
         """Batches of ``dataset``: random crops for training, centre crops or whole utterances else."""

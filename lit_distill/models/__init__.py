@@ -5,6 +5,7 @@ from lit_distill.models.codec import ConvCodec, ResidualQuantizer
 from lit_distill.models.hf import HFCausalLM
 from lit_distill.models.hf_audio import HFSpeechEncoder
 from lit_distill.models.moe import MoEFeedForward, upcycle
+from lit_distill.models.multi import MultiModel
 from lit_distill.models.segmentation import (
            TimmSegmentation,
            TorchvisionSegmentation,
@@ -25,3 +26,8 @@ __all__ = ["HFCausalLM", "ImageModelAdapter", "ModelAdapter", "OpenClipImageTowe
 __all__ += ["TimmSegmentation", "TorchvisionSegmentation", "widen_input_stem"]
 __all__ += ["ConvCodec", "ResidualQuantizer"]
 __all__ += ["HFSpeechEncoder"]
+__all__ += ["MultiModel"]
+from lit_distill.models.hf_whisper import HFWhisperEncoder  # noqa: E402
+from lit_distill.models.lm_spt import LMSPTCodec  # noqa: E402
+
+__all__ += ["HFWhisperEncoder", "LMSPTCodec"]

@@ -224,3 +224,16 @@ def test_teacher_max_length_truncates(corpus, transcript_tokenizer):
     assert batch["teacher_inputs"]["input_ids"].shape == (2, 3) and batch["teacher_token_mask"].all()
     with pytest.raises(ConfigError, match="teacher_max_length"):
         SpeechDataModule(manifest=str(corpus), teacher_tokenizer=str(transcript_tokenizer), teacher_max_length=0)
+
+
+def test_teacher_waveform_joins_the_transcript(corpus, transcript_tokenizer):
+    dm = SpeechDataModule(manifest=str(corpus), batch_size=2, crop_seconds=0.5, val_fraction=0.5,
+                          val_crop="full", teacher_tokenizer=str(transcript_tokenizer), teacher_waveform=True)
+    dm.setup()
+    batch = next(iter(dm.val_dataloader()))
+    teacher = batch["teacher_inputs"]
+    assert set(teacher) == {"input_ids", "attention_mask", "waveform", "waveform_mask"}
+    assert teacher["waveform"] is batch["waveform"] is batch["student_inputs"]["waveform"]
+    assert teacher["waveform_mask"] is batch["waveform_mask"]
+    with pytest.raises(ConfigError, match="teacher_waveform: only applies with teacher_tokenizer"):
+        SpeechDataModule(manifest=str(corpus), teacher_waveform=True)
