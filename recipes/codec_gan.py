@@ -198,3 +198,44 @@ class CodecGANModule(DistillationModule):
             for name, value in values.items():
                 self.log(f"train/{name}", value, batch_size=size)
         return total.detach()
+
+
+def with_discriminator(config: dict[str, Any], fft_sizes: Sequence[int] = (1024, 512, 256), channels: int = 32,
+                       disc_lr: float | None = None, adversarial_weight: float = 1.0, feature_weight: float = 1.0,
+                       disc_start_step: int = 0) -> dict[str, Any]:
+    """Turn a codec config (a ``DistillationModule`` dict, as ``yaml.safe_load`` reads it) adversarial.
+
+    The model becomes a :class:`CodecGANModule` with the same student, teacher and loss terms
+    plus a :class:`MultiScaleSTFTDiscriminator` and its own AdamW; the trainer's
+    ``gradient_clip_val`` moves into the module's ``grad_clip`` (manual optimisation).
+
+    Args:
+        config: the parsed config; not modified.
+        fft_sizes: the discriminators' FFT sizes.
+        channels: their convolution channels.
+        disc_lr: the discriminator's learning rate (None: the generator's, else 1e-4).
+        adversarial_weight: weight of the generator's adversarial loss.
+        feature_weight: weight of the feature-matching loss.
+        disc_start_step: generator step from which the adversarial terms count.
+
+    Returns:
+        A new config dict.
+    """
+    import copy
+
+    config = copy.deepcopy(config)
+    model = config.get("model") or {}
+    if model.get("class_path") not in ("lit_distill.DistillationModule", "lit_distill.module.DistillationModule"):
+        raise ConfigError(f"model.class_path: '{model.get('class_path')}' is not lit_distill.DistillationModule; "
+                          "only a DistillationModule codec config can be made adversarial")
+    args = model.setdefault("init_args", {})
+    if disc_lr is None:
+        disc_lr = ((args.get("optimizer") or {}).get("init_args") or {}).get("lr", 1.0e-4)
+    model["class_path"] = "recipes.codec_gan.CodecGANModule"
+    clip = (config.get("trainer") or {}).pop("gradient_clip_val", None)
+    args.update(discriminator={"class_path": "recipes.codec_gan.MultiScaleSTFTDiscriminator",
+                               "init_args": {"fft_sizes": list(fft_sizes), "channels": channels}},
+                disc_optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": disc_lr, "betas": [0.8, 0.99]}},
+                adversarial_weight=adversarial_weight, feature_weight=feature_weight,
+                disc_start_step=disc_start_step, grad_clip=float(clip or 0.0))
+    return config

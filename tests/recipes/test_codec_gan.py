@@ -18,6 +18,7 @@ from recipes.codec_gan import (
     discriminator_loss,
     feature_matching_loss,
     generator_adversarial_loss,
+    with_discriminator,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,16 +78,10 @@ def test_adversarial_fit_from_yaml(tmp_path):
                  "Two birds were building a nest under the roof."]
     manifest = synthesize_speech_corpus(tmp_path / "synth", sentences, voices=["en-gb"], speeds=[160])
     config = yaml.safe_load((REPO / "configs/speech/codec/codec_synth.yaml").read_text())
-    model = config["model"]
-    model["class_path"] = "recipes.codec_gan.CodecGANModule"
-    student = model["init_args"]["student"]["init_args"]
-    student.update(channels=4, dim=16, dilations=[1], codebook_size=16)
-    model["init_args"].update(
-        discriminator={"class_path": "recipes.codec_gan.MultiScaleSTFTDiscriminator",
-                       "init_args": {"fft_sizes": [512, 256], "channels": 4}},
-        disc_optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": 1.0e-3}},
-        disc_start_step=1, grad_clip=1.0)
-    del config["trainer"]["gradient_clip_val"]  # not allowed under manual optimisation
+    config["model"]["init_args"]["student"]["init_args"].update(channels=4, dim=16, dilations=[1], codebook_size=16)
+    config = with_discriminator(config, fft_sizes=[512, 256], channels=4, disc_lr=1.0e-3, disc_start_step=1)
+    assert "gradient_clip_val" not in config["trainer"]  # not allowed under manual optimisation
+    assert config["model"]["init_args"]["grad_clip"] == 1.0  # moved into the module
     path = tmp_path / "gan.yaml"
     path.write_text(yaml.safe_dump(config))
     # global_step counts both optimisers: batch 0 steps the generator (1), batch 1 both (3)
@@ -105,3 +100,8 @@ def test_adversarial_fit_from_yaml(tmp_path):
     ckpt = torch.load(next((tmp_path / "run").rglob("last.ckpt")), map_location="cpu", weights_only=False)
     assert ckpt["codec_gan_generator_steps"] == 2 and len(ckpt["optimizer_states"]) == 2
     assert any(k.startswith("discriminator.") for k in ckpt["state_dict"])
+
+
+def test_with_discriminator_refuses_other_modules():
+    with pytest.raises(ConfigError, match="only a DistillationModule codec config"):
+        with_discriminator({"model": {"class_path": "recipes.codec_gan.CodecGANModule"}})
