@@ -54,36 +54,63 @@ def positional_align(teacher: Tensor, num_frames: int, teacher_mask: Tensor | No
     return aligned, mask
 
 
-def interpolate_align(teacher: Tensor, num_frames: int, teacher_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def interpolate_align(teacher: Tensor, num_frames: int, teacher_mask: Tensor | None = None,
+                      frame_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Resample a teacher sequence to ``num_frames`` by linear interpolation in time.
 
-    Both sequences are taken to span the same audio: frame ``f`` sits at teacher coordinate
-    ``u_f = clamp((f + 0.5) * Tt / F - 0.5, 0, Tt - 1)`` (half-pixel centres, as
-    ``F.interpolate(mode="linear", align_corners=False)``) and is
+    Both sequences are taken to span the same audio: with ``L`` teacher steps spread over ``N``
+    frames, frame ``f`` sits at teacher coordinate ``u_f = clamp((f + 0.5) * L / N - 0.5, 0, L - 1)``
+    (half-pixel centres, as ``F.interpolate(mode="linear", align_corners=False)``) and is
     ``(1 - w) * teacher[floor(u_f)] + w * teacher[floor(u_f) + 1]``, ``w = u_f - floor(u_f)``.
+
+    Without ``frame_lengths`` the whole padded teacher (``L = Tt``) spans all ``N = num_frames``
+    frames: right for a teacher that saw the same padded audio as the codec (a speech model).
+    With ``frame_lengths`` every sample is stretched on its own: its real steps (``L_b`` from
+    ``teacher_mask``) over its real frames (``N_b = frame_lengths[b]``): right for a sequence of
+    its own length that covers the sample's real audio (a transcript's tokens).
 
     Args:
         teacher: ``[B, Tt, D]``.
         num_frames: ``F``, the codec's frame count.
         teacher_mask: bool ``[B, Tt]`` of real steps, a prefix per sample (None: all real).
+        frame_lengths: long ``[B]``, real codec frames per sample (None: see above).
 
     Returns:
-        ``(aligned [B, F, D], mask bool [B, F])``; a frame is valid when its coordinate ``u_f``
-        lies within the real prefix (``u_f <= length - 1``), so it mixes no padded step.
+        ``(aligned [B, F, D], mask bool [B, F])``. Without ``frame_lengths`` a frame is valid when
+        ``u_f`` lies within the real prefix (``u_f <= L_b - 1``), so it mixes no padded step; with
+        them, frames ``f < N_b`` of samples with at least one real step are valid.
     """
     if num_frames < 0:
         raise ConfigError(f"num_frames must be >= 0, got {num_frames}")
     b, tt, _ = teacher.shape
     if num_frames == 0:
         return teacher.new_zeros(b, 0, teacher.shape[-1]), torch.zeros(b, 0, dtype=torch.bool, device=teacher.device)
+    lengths = torch.full((b,), tt, device=teacher.device) if teacher_mask is None else teacher_mask.bool().sum(-1)
+    f = torch.arange(num_frames, device=teacher.device, dtype=torch.float64)
+    if frame_lengths is not None:
+        return _per_sample_interpolation(teacher, f, lengths, frame_lengths.clamp(0, num_frames))
     aligned = F.interpolate(teacher.transpose(1, 2), size=num_frames, mode="linear",
                             align_corners=False).transpose(1, 2)
     if teacher_mask is None:
         return aligned, torch.ones(b, num_frames, dtype=torch.bool, device=teacher.device)
-    lengths = teacher_mask.bool().sum(-1)  # [B]
-    f = torch.arange(num_frames, device=teacher.device, dtype=torch.float64)
     coord = ((f + 0.5) * tt / num_frames - 0.5).clamp(0, tt - 1)
     mask = coord[None] <= (lengths[:, None] - 1).to(torch.float64)
+    return aligned, mask
+
+
+def _per_sample_interpolation(teacher: Tensor, f: Tensor, lengths: Tensor, frames: Tensor) -> tuple[Tensor, Tensor]:
+    """``interpolate_align`` with ``L_b`` real steps over ``N_b`` real frames per sample."""
+    steps = lengths.to(torch.float64)[:, None]
+    span = frames.to(torch.float64).clamp_min(1)[:, None]
+    coord = ((f[None] + 0.5) * steps / span - 0.5).clamp_min(0)
+    coord = torch.minimum(coord, (steps - 1).clamp_min(0))  # [B, F]
+    lo = coord.floor().long()
+    hi = torch.minimum(lo + 1, (lengths[:, None] - 1).clamp_min(0))
+    w = (coord - lo).to(teacher.dtype)[..., None]
+    d = teacher.shape[-1]
+    aligned = (1 - w) * teacher.gather(1, lo[..., None].expand(-1, -1, d)) \
+        + w * teacher.gather(1, hi[..., None].expand(-1, -1, d))
+    mask = (f[None] < frames[:, None]) & (lengths[:, None] > 0)
     return aligned, mask
 
 
@@ -222,7 +249,9 @@ class CodecFeatureDistillation(LossTerm):
         mode: ``d_axis`` (cosine along time per dimension, DM-Codec's default) or ``t_axis``
             (per-frame L1 + ``lambda_cos`` · cosine over dimensions).
         alignment: ``position`` (truncate / zero-pad, as in DM-Codec) or ``interpolate``
-            (linear interpolation of the teacher to the codec's frame count).
+            (linear interpolation of the teacher to the codec's frame count; with a
+            ``teacher_mask`` and a ``waveform_mask`` every sample's real teacher steps are
+            stretched over its own real frames, see :func:`interpolate_align`).
         lambda_cos: weight of the cosine term in ``t_axis`` mode.
         hop_length: codec samples per frame; when given and the batch has ``waveform_mask``
             ``[B, T]``, frames of padding samples are left out.
@@ -263,10 +292,18 @@ class CodecFeatureDistillation(LossTerm):
         student = to_teacher_width(self.projector, student, teacher_features.shape[-1], name,
                                    (self.sources["student_features"], self.sources["teacher_features"]))
         frames = student.shape[1]
-        align = positional_align if self.alignment == "position" else interpolate_align
-        teacher, mask = align(teacher_features.detach(), frames, teacher_mask)
+        frame_mask = None
         if self.hop_length is not None and waveform_mask is not None:
-            mask = mask & waveform_mask[:, :: self.hop_length][:, :frames].bool()
+            frame_mask = waveform_mask[:, :: self.hop_length][:, :frames].bool()
+        if self.alignment == "position":
+            teacher, mask = positional_align(teacher_features.detach(), frames, teacher_mask)
+        else:
+            # A teacher with its own mask (a transcript's tokens) covers each sample's real audio.
+            per_sample = teacher_mask is not None and frame_mask is not None
+            teacher, mask = interpolate_align(teacher_features.detach(), frames, teacher_mask,
+                                              frame_mask.sum(-1) if per_sample else None)
+        if frame_mask is not None:
+            mask = mask & frame_mask
         if self.mode == "d_axis":
             return cosine_time_loss(student, teacher, mask)
         return cosine_frame_loss(student, teacher, mask, self.lambda_cos)

@@ -234,3 +234,41 @@ def test_indirect_semantic_loss_matches_loop_and_masks_padding():
     assert indirect_semantic_loss(encoder_fn, target, recon2, mask).item() == pytest.approx(loss.item(), rel=1e-6)
     with pytest.raises(ConfigError, match="one shape"):
         indirect_semantic_loss(encoder_fn, target, recon[..., :10])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 7), st.integers(1, 9)), min_size=1, max_size=4), st.integers(0, 2))
+def test_per_sample_interpolation_stretches_each_real_prefix(shapes, extra_frames):
+    """Sample b's L_b real steps over its N_b real frames == F.interpolate of that prefix alone."""
+    tt = max(n for n, _ in shapes)
+    frames = max(f for _, f in shapes) + extra_frames
+    g = torch.Generator().manual_seed(len(shapes) * 31 + tt)
+    teacher = torch.randn(len(shapes), tt, 3, generator=g, dtype=torch.float64)
+    tmask = torch.tensor([[i < n for i in range(tt)] for n, _ in shapes])
+    frame_lengths = torch.tensor([f for _, f in shapes])
+    aligned, mask = interpolate_align(teacher, frames, tmask, frame_lengths)
+    assert aligned.shape == (len(shapes), frames, 3)
+    for b, (n, f) in enumerate(shapes):
+        alone = torch.nn.functional.interpolate(teacher[b:b + 1, :n].transpose(1, 2), size=f, mode="linear",
+                                                align_corners=False).transpose(1, 2)[0]
+        assert torch.allclose(aligned[b, :f], alone)
+        assert mask[b].tolist() == [i < f for i in range(frames)]
+
+
+def test_interpolate_term_stretches_tokens_over_each_samples_audio():
+    """With teacher_mask and waveform_mask the term aligns per sample (a transcript per utterance)."""
+    term = CodecFeatureDistillation(mode="t_axis", alignment="interpolate", hop_length=4,
+                                    sources={"teacher_mask": "batch.teacher_mask"})
+    g = torch.Generator().manual_seed(5)
+    student, teacher = torch.randn(2, 3, 6, generator=g), torch.randn(2, 4, 3, generator=g)
+    tmask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
+    wmask = torch.ones(2, 24, dtype=torch.bool)
+    wmask[1, 10:] = False  # sample 1: ceil(10 / 4) = 3 real frames
+    loss = term(student, teacher, wmask, tmask)
+    s = student.transpose(1, 2)
+    full = torch.nn.functional.interpolate(teacher[:1].transpose(1, 2), size=6, mode="linear").transpose(1, 2)
+    short = torch.nn.functional.interpolate(teacher[1:, :2].transpose(1, 2), size=3, mode="linear").transpose(1, 2)
+    aligned = torch.zeros(2, 6, 3)
+    aligned[0], aligned[1, :3] = full[0], short[0]
+    fmask = [[True] * 6, [True] * 3 + [False] * 3]
+    assert loss.item() == pytest.approx(ref_frame(s, aligned, fmask, lam=1.0), rel=1e-5)
