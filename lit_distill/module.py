@@ -120,9 +120,9 @@ class DistillationModule(L.LightningModule):
             shard_distillation_module(self, self.device_mesh, self.sharding)
 
     def on_fit_start(self) -> None:
-        if self.teacher is not None:
-            # The teacher is in eval mode on purpose; Lightning's generic warning about
-            # modules in eval mode would only alarm users.
+        if self.teacher is not None or any(not m.training for m in self.losses.modules()):
+            # The teacher (and a frozen encoder inside a loss term, e.g. LM-SPT's Whisper) is in
+            # eval mode on purpose; Lightning's generic warning about it would only alarm users.
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
 
     # ------------------------------------------------------------------ steps
