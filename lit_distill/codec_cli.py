@@ -25,11 +25,14 @@ from torch import Tensor
 from lit_distill.errors import ConfigError, MissingPathError
 from lit_distill.export import build_student, load_checkpoint_file
 from lit_distill.models.codec import ConvCodec
+from lit_distill.models.lm_spt import LMSPTCodec
 
 CODES_SUFFIX = ".codes.pt"
+CODECS = (ConvCodec, LMSPTCodec)
+Codec = ConvCodec | LMSPTCodec
 
 
-def load_codec(ckpt_path: str, field: str = "--ckpt") -> ConvCodec:
+def load_codec(ckpt_path: str, field: str = "--ckpt") -> Codec:
     """Rebuild the codec student of a ``fit`` checkpoint, in eval mode.
 
     Raises:
@@ -37,17 +40,18 @@ def load_codec(ckpt_path: str, field: str = "--ckpt") -> ConvCodec:
     """
     checkpoint = load_checkpoint_file(ckpt_path, field)
     student = build_student(checkpoint)
-    if not isinstance(student, ConvCodec):
+    if not isinstance(student, CODECS):
         raise ConfigError(f"{field}: the student of '{ckpt_path}' is a {type(student).__name__}, not a codec "
-                          "(valid: a checkpoint trained with student lit_distill.models.ConvCodec)")
+                          "(valid: a checkpoint trained with student lit_distill.models.ConvCodec or "
+                          "lit_distill.models.LMSPTCodec)")
     return student.eval()
 
 
-def _codes_dtype(codec: ConvCodec) -> torch.dtype:
+def _codes_dtype(codec: Codec) -> torch.dtype:
     return torch.int16 if codec.codebook_size <= 2 ** 15 else torch.int32
 
 
-def tokenize_waveform(codec: ConvCodec, waveform: Tensor) -> dict[str, Any]:
+def tokenize_waveform(codec: Codec, waveform: Tensor) -> dict[str, Any]:
     """Codes of one mono waveform ``[T]`` at the codec's rate: ``{codes [Q, F], sample_rate, frame_rate,
     num_samples}`` with ``F = ceil(T / hop_length)``."""
     codes = codec.encode(waveform.float()[None, None])[0]
@@ -55,7 +59,7 @@ def tokenize_waveform(codec: ConvCodec, waveform: Tensor) -> dict[str, Any]:
             "frame_rate": codec.frame_rate, "num_samples": int(waveform.shape[-1])}
 
 
-def decode_codes(codec: ConvCodec, record: dict[str, Any], field: str = "codes") -> Tensor:
+def decode_codes(codec: Codec, record: dict[str, Any], field: str = "codes") -> Tensor:
     """Waveform ``[T]`` of a :func:`tokenize_waveform` record (cut to its ``num_samples``)."""
     codes = record.get("codes")
     if not isinstance(codes, Tensor) or codes.dim() != 2 or codes.is_floating_point():
@@ -64,10 +68,11 @@ def decode_codes(codec: ConvCodec, record: dict[str, Any], field: str = "codes")
     if record.get("sample_rate") != codec.sample_rate:
         raise ConfigError(f"{field}: codes at {record.get('sample_rate')} Hz, but the codec runs at "
                           f"{codec.sample_rate} Hz; decode with the codec that wrote them")
-    top = int(codes.max()) if codes.numel() else -1
-    if codes.shape[0] > codec.num_quantizers or top >= codec.codebook_size:
-        raise ConfigError(f"{field}: codes {list(codes.shape)} with max {top} do not fit "
-                          f"this codec ({codec.num_quantizers} quantisers x {codec.codebook_size} entries)")
+    sizes = codec.codebook_sizes
+    tops = codes.amax(-1).tolist() if codes.numel() else []
+    if not 1 <= codes.shape[0] <= codec.num_quantizers or any(t >= k for t, k in zip(tops, sizes, strict=False)):
+        raise ConfigError(f"{field}: codes {list(codes.shape)} with per-quantiser maxima {tops} do not fit "
+                          f"this codec ({codec.num_quantizers} quantisers with {sizes} entries)")
     waveform = codec.decode(codes.long()[None])[0, 0]
     num_samples = record.get("num_samples")
     return waveform[:num_samples] if isinstance(num_samples, int) else waveform
@@ -134,7 +139,7 @@ def tokenize_main(args: Sequence[str]) -> None:
         description="Encode audio files into codec codes: OUT/<name>.codes.pt holding codes [Q, F] "
                     "(int16/int32), sample_rate, frame_rate and num_samples. Audio is mixed to mono; a file "
                     "at another sample rate is resampled to the codec's (torchaudio.functional.resample).")
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `fit` with a ConvCodec student")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `fit` with a ConvCodec or LMSPTCodec student")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("audio", nargs="+", help="audio files (.wav; other formats need torchcodec)")
     ns = parser.parse_args(list(args))
@@ -148,7 +153,7 @@ def decode_main(args: Sequence[str]) -> None:
         prog="python -m lit_distill decode",
         description="Decode <name>.codes.pt files written by `tokenize` into 16-bit WAV OUT/<name>.wav at "
                     "the codec's sample rate.")
-    parser.add_argument("--ckpt", required=True, help="checkpoint written by `fit` with a ConvCodec student")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `fit` with a ConvCodec or LMSPTCodec student")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("codes", nargs="+", help="files written by `python -m lit_distill tokenize`")
     ns = parser.parse_args(list(args))

@@ -16,11 +16,13 @@ from lit_distill.errors import ConfigError
 from lit_distill.losses.audio import MultiResolutionMelLoss, si_snr
 
 
-def codebook_stats(counts: Tensor) -> tuple[Tensor, Tensor]:
+def codebook_stats(counts: Tensor, sizes: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
     """Utilisation and perplexity of each codebook from its code counts.
 
     Args:
         counts: ``[Q, K]`` how often each of the ``K`` codes of each quantiser was chosen.
+        sizes: entries of each codebook (``<= K``; codebooks of different sizes, e.g. LM-SPT's
+            semantic and acoustic ones); None: all ``K``.
 
     Returns:
         ``(usage [Q], perplexity [Q])``: the fraction of codes used at least once, and
@@ -32,7 +34,10 @@ def codebook_stats(counts: Tensor) -> tuple[Tensor, Tensor]:
     p = counts / total.clamp_min(1)
     entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
     perplexity = torch.where(total[:, 0] > 0, entropy.exp(), torch.zeros_like(entropy))
-    return (counts > 0).double().mean(-1), perplexity
+    if sizes is None:
+        return (counts > 0).double().mean(-1), perplexity
+    used = (counts > 0).double().sum(-1)
+    return used / torch.tensor([float(k) for k in sizes], dtype=used.dtype, device=used.device), perplexity
 
 
 def spectrogram_image(waveforms: Sequence[Tensor], sample_rate: int, n_fft: int = 1024, n_mels: int = 80,
@@ -173,7 +178,8 @@ class CodecMetrics(L.Callback):
             pl_module.log(f"{p}/teacher_cosine", (sums["teacher_cosine"] / sums["cosine_waveforms"]).float())
         if self._counts is not None:
             counts = trainer.strategy.reduce(self._counts, reduce_op="sum")
-            usage, perplexity = codebook_stats(counts)
+            sizes = getattr(pl_module.student, "codebook_sizes", None)
+            usage, perplexity = codebook_stats(counts, sizes if sizes is not None and len(sizes) == len(counts) else None)
             pl_module.log(f"{p}/codebook_usage", usage.mean().float())
             pl_module.log(f"{p}/codebook_perplexity", perplexity.mean().float())
             for q in range(usage.shape[0]):

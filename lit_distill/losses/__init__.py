@@ -134,3 +134,6 @@ from lit_distill.losses.speech_distill import (  # noqa: E402
 
 __all__ += ["CodecFeatureDistillation", "cosine_frame_loss", "cosine_time_loss", "indirect_semantic_loss",
             "interpolate_align", "positional_align"]
+from lit_distill.losses.lm_spt import IndirectSemanticDistillation  # noqa: E402
+
+__all__ += ["IndirectSemanticDistillation"]

@@ -60,6 +60,38 @@ def _up(c_in: int, c_out: int, stride: int) -> nn.Module:
                               output_padding=stride % 2)
 
 
+def _widths(num_blocks: int, channels: int, max_channels: int) -> list[int]:
+    return [min(channels * 2 ** i, max_channels) for i in range(num_blocks + 1)]
+
+
+def build_encoder(strides: Sequence[int], channels: int, max_channels: int, dim: int,
+                  dilations: Sequence[int]) -> nn.Sequential:
+    """SEANet-style encoder ``[B, 1, T] → [B, dim, T / prod(strides)]`` (``T`` a multiple of the hop).
+
+    A stem convolution to ``channels``, then per stride: residual units (one per dilation) and a
+    strided convolution that doubles the width (capped at ``max_channels``); a projection to ``dim``.
+    """
+    widths = _widths(len(strides), channels, max_channels)
+    enc: list[nn.Module] = [nn.Conv1d(1, widths[0], 7, padding=3)]
+    for i, s in enumerate(strides):
+        enc += [ResidualUnit(widths[i], d) for d in dilations]
+        enc += [nn.ELU(), _down(widths[i], widths[i + 1], s)]
+    enc += [nn.ELU(), nn.Conv1d(widths[-1], dim, 3, padding=1)]
+    return nn.Sequential(*enc)
+
+
+def build_decoder(strides: Sequence[int], channels: int, max_channels: int, dim: int,
+                  dilations: Sequence[int]) -> nn.Sequential:
+    """The mirror of :func:`build_encoder`: ``[B, dim, F] → [B, 1, F * prod(strides)]``."""
+    widths = _widths(len(strides), channels, max_channels)
+    dec: list[nn.Module] = [nn.Conv1d(dim, widths[-1], 7, padding=3)]
+    for i in reversed(range(len(strides))):
+        dec += [nn.ELU(), _up(widths[i + 1], widths[i], strides[i])]
+        dec += [ResidualUnit(widths[i], d) for d in dilations]
+    dec += [nn.ELU(), nn.Conv1d(widths[0], 1, 7, padding=3)]
+    return nn.Sequential(*dec)
+
+
 class ResidualQuantizer(nn.Module):
     """Residual vector quantisation with EMA codebooks and straight-through gradients.
 
@@ -206,21 +238,10 @@ class ConvCodec(ModelAdapter):
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
         self.sample_rate, self.strides, self.dim = sample_rate, strides, dim
-        widths = [min(channels * 2 ** i, max_channels) for i in range(len(strides) + 1)]
-        enc: list[nn.Module] = [nn.Conv1d(1, widths[0], 7, padding=3)]
-        for i, s in enumerate(strides):
-            enc += [ResidualUnit(widths[i], d) for d in dilations]
-            enc += [nn.ELU(), _down(widths[i], widths[i + 1], s)]
-        enc += [nn.ELU(), nn.Conv1d(widths[-1], dim, 3, padding=1)]
-        self.encoder = nn.Sequential(*enc)
+        self.encoder = build_encoder(strides, channels, max_channels, dim, dilations)
         self.quantizer = ResidualQuantizer(dim, num_quantizers, codebook_size, ema_decay, commitment_weight,
                                            kmeans_init, threshold_ema_dead_code, quantizer_dropout)
-        dec: list[nn.Module] = [nn.Conv1d(dim, widths[-1], 7, padding=3)]
-        for i in reversed(range(len(strides))):
-            dec += [nn.ELU(), _up(widths[i + 1], widths[i], strides[i])]
-            dec += [ResidualUnit(widths[i], d) for d in dilations]
-        dec += [nn.ELU(), nn.Conv1d(widths[0], 1, 7, padding=3)]
-        self.decoder = nn.Sequential(*dec)
+        self.decoder = build_decoder(strides, channels, max_channels, dim, dilations)
 
     @property
     def model(self) -> nn.Module:
@@ -246,6 +267,11 @@ class ConvCodec(ModelAdapter):
     def codebook_size(self) -> int:
         """Entries per codebook."""
         return self.quantizer.codebook_size
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        """Entries of each codebook, first quantiser first (all equal here)."""
+        return [self.quantizer.codebook_size] * self.quantizer.num_quantizers
 
     def num_frames(self, num_samples: int) -> int:
         """Frames of a waveform of ``num_samples``: ``ceil(num_samples / hop_length)``."""

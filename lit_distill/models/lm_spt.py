@@ -1,0 +1,282 @@
+"""LM-SPT's speech tokenizer: a semantic token stream and an acoustic residual stream.
+
+Two SEANet-style encoders read the same waveform ``[B, 1, T]``:
+
+- semantic: ``z_s [B, D, F]`` → linear ``D → d`` (a factorised, low-dimensional codebook space)
+  → one EMA vector quantiser → linear ``d → D``: ``s [B, D, F]``, the *semantic tokens*;
+- acoustic: ``z_a [B, D, F]``; an RVQ of ``Q`` EMA codebooks quantises ``z_a − s``
+  (what the semantic tokens leave unexplained), with quantiser dropout: ``a [B, D, F]``.
+
+The decoder resynthesises speech from ``s + a``; an *auxiliary decoder* resynthesises it from
+``s`` alone. LM-SPT trains the semantic path through that auxiliary output: a frozen ASR
+encoder compares it with the input (:class:`lit_distill.losses.IndirectSemanticDistillation`).
+
+Both quantisers pass gradients straight through (the identity into their inputs, the value of
+the code vectors). Because the acoustic RVQ quantises ``z_a − s``, the decoder input ``s + a``
+has the gradient of ``z_a`` alone: the main reconstruction loss trains the acoustic encoder and
+leaves ``s`` to the semantic losses (plus the acoustic commitment, which sees ``z_a − s``).
+
+Codes are ``[B, 1 + Q, F]``: the semantic code first, then the acoustic ones; ``F =
+ceil(T / hop)``, ``hop = prod(strides)``, frame rate ``sample_rate / hop`` (16 kHz with strides
+``[4, 4, 5, 8, 2]``: hop 1280, 12.5 Hz).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from vector_quantize_pytorch import VectorQuantize
+
+from lit_distill.contracts import ModelOutput
+from lit_distill.errors import ConfigError
+from lit_distill.models.base import ModelAdapter
+from lit_distill.models.codec import ResidualQuantizer, build_decoder, build_encoder
+
+
+class SemanticQuantizer(nn.Module):
+    """One EMA vector quantiser in a factorised codebook space, with straight-through gradients.
+
+    ``x [B, D, F]`` → ``u = W_in x`` (``[B, d, F]``) → nearest code ``c`` (EMA codebook) →
+    ``W_out (u + sg(c − u))``: the value of ``W_out c``, the gradient of ``W_out W_in x``.
+
+    Args:
+        dim: width ``D`` of its input and output.
+        codebook_size: entries ``K``.
+        codebook_dim: width ``d`` of the code vectors (LM-SPT: 8).
+        ema_decay: EMA decay of the codebook statistics.
+        commitment_weight: weight of the commitment loss ``mean ||u − sg(c)||^2``.
+        kmeans_init: initialise the codebook by k-means on the first batch.
+        threshold_ema_dead_code: replace codes whose EMA count falls below this (0 = off).
+    """
+
+    def __init__(self, dim: int, codebook_size: int = 1024, codebook_dim: int = 8, ema_decay: float = 0.99,
+                 commitment_weight: float = 1.0, kmeans_init: bool = False,
+                 threshold_ema_dead_code: float = 2.0) -> None:
+        super().__init__()
+        if codebook_size < 2:
+            raise ConfigError(f"semantic_codebook_size must be >= 2, got {codebook_size}")
+        if codebook_dim < 1:
+            raise ConfigError(f"semantic_codebook_dim must be >= 1, got {codebook_dim}")
+        if not 0.0 < ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in (0, 1), got {ema_decay}")
+        self.codebook_size, self.commitment_weight = codebook_size, commitment_weight
+        self.project_in = nn.Linear(dim, codebook_dim)
+        self.vq = VectorQuantize(dim=codebook_dim, codebook_size=codebook_size, decay=ema_decay,
+                                 commitment_weight=0.0, kmeans_init=kmeans_init,  # ours, below: also in eval
+                                 threshold_ema_dead_code=threshold_ema_dead_code, rotation_trick=False)
+        self.project_out = nn.Linear(codebook_dim, dim)
+
+    def forward(self, latent: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
+        """Quantise ``latent`` ``[B, D, F]`` (``mask`` bool ``[B, F]``: real frames; None = all).
+
+        Returns:
+            ``quantized`` ``[B, D, F]``, ``codes`` long ``[B, F]`` (``-1`` on masked frames) and
+            ``commit_loss`` (scalar, ``commitment_weight * mean ||u − sg(c)||^2`` over real
+            frames and the ``d`` code dimensions; in training and in eval).
+        """
+        u = self.project_in(latent.transpose(1, 2))  # [B, F, d]
+        out, codes, _ = self.vq(u, mask=mask)
+        code = out.detach()
+        error = (u - code).pow(2)
+        if mask is None:
+            commit = error.mean()
+        else:
+            weights = mask[..., None].to(u.dtype)
+            commit = (error * weights).sum() / (weights.sum() * u.shape[-1]).clamp_min(1)
+        quantized = self.project_out(u + (code - u).detach())
+        return {"quantized": quantized.transpose(1, 2), "codes": codes,
+                "commit_loss": self.commitment_weight * commit}
+
+    def lookup(self, codes: Tensor) -> Tensor:
+        """Codes long ``[B, F]`` → ``W_out c`` ``[B, D, F]`` (``-1`` gives ``W_out 0``)."""
+        idx = codes.long()
+        vectors = self.vq.codebook[idx.clamp_min(0)] * (idx >= 0)[..., None]
+        return self.project_out(vectors).transpose(1, 2)
+
+
+class LMSPTCodec(ModelAdapter):
+    """LM-SPT codec: semantic and acoustic encoders, semantic VQ + acoustic RVQ, two decoders.
+
+    Called as ``codec(waveform=[B, 1, T])`` (optionally ``waveform_mask`` bool ``[B, T]``), it
+    returns a :class:`ModelOutput` whose ``features`` are:
+
+    - ``reconstruction`` ``[B, 1, T]``: the decoder's output from ``s + a``;
+    - ``semantic_reconstruction`` ``[B, 1, T]``: the auxiliary decoder's output from ``s``;
+    - ``codes`` long ``[B, 1 + Q, F]`` (semantic first; ``-1`` for dropped acoustic quantisers
+      and masked frames) and ``semantic_codes`` long ``[B, F]``;
+    - ``layer_outputs`` ``[B, 1 + Q, D, F]`` and ``layer_outputs.<i>`` ``[B, D, F]``: layer 0
+      is the semantic quantised vector ``s``, layer ``q + 1`` acoustic RVQ layer ``q``;
+    - ``semantic_latent`` / ``latent`` ``[B, D, F]``: the semantic / acoustic encoder outputs;
+    - ``quantized`` ``[B, D, F]``: ``s + a``, the decoder's input;
+    - ``commit_loss`` (acoustic RVQ) and ``semantic_commit_loss``: scalars.
+
+    Args:
+        sample_rate: rate of the waveforms (Hz); with ``strides`` it sets ``frame_rate``.
+        strides: downsampling factors of both encoders (the decoders upsample in reverse);
+            ``hop = prod(strides)``. At 16 kHz: ``[4, 4, 5, 8]`` → 25 Hz, ``[4, 4, 5, 8, 2]`` →
+            12.5 Hz, ``[4, 4, 5, 8, 4]`` → 6.25 Hz.
+        channels: width after the stem of the encoders and decoder (doubled per strided block,
+            capped at ``max_channels``).
+        max_channels: cap on the widths.
+        aux_channels: the auxiliary decoder's ``channels`` (None: ``channels``).
+        dim: width ``D`` of the latents.
+        dilations: dilations of the residual units in every block.
+        semantic_codebook_size: entries of the semantic codebook (paper: 16384).
+        semantic_codebook_dim: width of the semantic code vectors (paper: 8).
+        num_quantizers: acoustic RVQ depth ``Q`` (paper: 7).
+        codebook_size: entries per acoustic codebook (paper: 4096).
+        quantizer_dropout: probability of training a batch with only the first ``n ~ U{1..Q}``
+            acoustic quantisers (paper: 0.5).
+        ema_decay: EMA decay of all codebooks.
+        commitment_weight: weight inside each commitment loss (the loss terms weigh them again).
+        kmeans_init: k-means initialisation of the codebooks on the first batch.
+        threshold_ema_dead_code: dead-code replacement threshold (EMA count; 0 = off).
+    """
+
+    def __init__(self, sample_rate: int = 16000, strides: Sequence[int] = (4, 4, 5, 8, 2), channels: int = 32,
+                 max_channels: int = 512, aux_channels: int | None = None, dim: int = 128,
+                 dilations: Sequence[int] = (1, 3, 9), semantic_codebook_size: int = 1024,
+                 semantic_codebook_dim: int = 8, num_quantizers: int = 7, codebook_size: int = 1024,
+                 quantizer_dropout: float = 0.5, ema_decay: float = 0.99, commitment_weight: float = 1.0,
+                 kmeans_init: bool = False, threshold_ema_dead_code: float = 2.0) -> None:
+        super().__init__()
+        strides = [int(s) for s in strides]
+        if not strides or any(s < 1 for s in strides):
+            raise ConfigError(f"LMSPTCodec.strides: {strides} must be a non-empty list of integers >= 1, "
+                              "e.g. [4, 4, 5, 8, 2]")
+        if sample_rate < 1:
+            raise ConfigError(f"LMSPTCodec.sample_rate must be positive, got {sample_rate}")
+        aux_channels = channels if aux_channels is None else aux_channels
+        for name, value in (("channels", channels), ("max_channels", max_channels), ("dim", dim),
+                            ("aux_channels", aux_channels)):
+            if value < 1:
+                raise ConfigError(f"LMSPTCodec.{name} must be >= 1, got {value}")
+        self.sample_rate, self.strides, self.dim = sample_rate, strides, dim
+        self.semantic_encoder = build_encoder(strides, channels, max_channels, dim, dilations)
+        self.acoustic_encoder = build_encoder(strides, channels, max_channels, dim, dilations)
+        self.semantic_quantizer = SemanticQuantizer(dim, semantic_codebook_size, semantic_codebook_dim, ema_decay,
+                                                    commitment_weight, kmeans_init, threshold_ema_dead_code)
+        self.acoustic_quantizer = ResidualQuantizer(dim, num_quantizers, codebook_size, ema_decay, commitment_weight,
+                                                    kmeans_init, threshold_ema_dead_code, quantizer_dropout)
+        self.decoder = build_decoder(strides, channels, max_channels, dim, dilations)
+        self.aux_decoder = build_decoder(strides, aux_channels, max_channels, dim, dilations)
+
+    @property
+    def model(self) -> nn.Module:
+        """The codec itself (it is its own wrapped model)."""
+        return self
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per frame: the product of ``strides``."""
+        return math.prod(self.strides)
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second: ``sample_rate / hop_length``."""
+        return self.sample_rate / self.hop_length
+
+    @property
+    def num_quantizers(self) -> int:
+        """Codebooks per frame: 1 semantic + ``Q`` acoustic."""
+        return 1 + self.acoustic_quantizer.num_quantizers
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        """Entries of each codebook: the semantic one first, then the ``Q`` acoustic ones."""
+        return [self.semantic_quantizer.codebook_size] + \
+            [self.acoustic_quantizer.codebook_size] * self.acoustic_quantizer.num_quantizers
+
+    @property
+    def codebook_size(self) -> int:
+        """The largest codebook (every code fits below it); see :attr:`codebook_sizes`."""
+        return max(self.codebook_sizes)
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames of a waveform of ``num_samples``: ``ceil(num_samples / hop_length)``."""
+        return -(-num_samples // self.hop_length)
+
+    def frame_mask(self, waveform_mask: Tensor) -> Tensor:
+        """Bool ``[B, T]`` sample mask → ``[B, F]`` frame mask (a frame counts when its first sample does)."""
+        return waveform_mask[:, :: self.hop_length]
+
+    def _pad(self, waveform: Tensor) -> Tensor:
+        if waveform.dim() != 3 or waveform.shape[1] != 1:
+            raise ConfigError(f"LMSPTCodec: waveform must be [B, 1, T], got {list(waveform.shape)}")
+        extra = self.num_frames(waveform.shape[-1]) * self.hop_length - waveform.shape[-1]
+        return F.pad(waveform, (0, extra))
+
+    def _quantize(self, waveform: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
+        x = self._pad(waveform)
+        semantic_latent, latent = self.semantic_encoder(x), self.acoustic_encoder(x)
+        sem = self.semantic_quantizer(semantic_latent, mask)
+        rvq = self.acoustic_quantizer(latent - sem["quantized"], mask)
+        return {"semantic_latent": semantic_latent, "latent": latent, "semantic": sem, "acoustic": rvq}
+
+    def run(self, waveform: Tensor, waveform_mask: Tensor | None = None, **_: Any) -> ModelOutput:
+        length = waveform.shape[-1]
+        mask = self.frame_mask(waveform_mask) if waveform_mask is not None else None
+        parts = self._quantize(waveform, mask)
+        sem, rvq = parts["semantic"], parts["acoustic"]
+        s = sem["quantized"]
+        quantized = s + rvq["quantized"]
+        layer_outputs = torch.cat([s[:, None], rvq["layer_outputs"]], 1)
+        features = {
+            "reconstruction": self.decoder(quantized)[..., :length],
+            "semantic_reconstruction": self.aux_decoder(s)[..., :length],
+            "codes": torch.cat([sem["codes"][:, None], rvq["codes"]], 1), "semantic_codes": sem["codes"],
+            "layer_outputs": layer_outputs, "semantic_latent": parts["semantic_latent"], "latent": parts["latent"],
+            "quantized": quantized, "commit_loss": rvq["commit_loss"], "semantic_commit_loss": sem["commit_loss"]}
+        for i in range(layer_outputs.shape[1]):
+            features[f"layer_outputs.{i}"] = layer_outputs[:, i]
+        return ModelOutput(features=features)
+
+    @torch.no_grad()
+    def encode(self, waveform: Tensor) -> Tensor:
+        """Waveform ``[B, 1, T]`` → codes long ``[B, 1 + Q, ceil(T / hop_length)]`` (eval mode, all quantisers)."""
+        was_training = self.training
+        self.eval()
+        try:
+            parts = self._quantize(waveform, None)
+            return torch.cat([parts["semantic"]["codes"][:, None], parts["acoustic"]["codes"]], 1)
+        finally:
+            self.train(was_training)
+
+    def _lookup(self, codes: Tensor) -> tuple[Tensor, Tensor]:
+        if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.num_quantizers:
+            raise ConfigError(f"codes: expected [B, 1..{self.num_quantizers}, F] (semantic first), got "
+                              f"{list(codes.shape)}")
+        s = self.semantic_quantizer.lookup(codes[:, 0])
+        a = self.acoustic_quantizer.lookup(codes[:, 1:]) if codes.shape[1] > 1 else torch.zeros_like(s)
+        return s, a
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes long ``[B, Q', F]`` (semantic + the first ``Q' − 1`` acoustic) → waveform ``[B, 1, F * hop_length]``."""
+        was_training = self.training
+        self.eval()
+        try:
+            s, a = self._lookup(codes)
+            return self.decoder(s + a)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def decode_semantic(self, codes: Tensor) -> Tensor:
+        """The auxiliary decoder's waveform ``[B, 1, F * hop_length]`` from the semantic codes
+        (``[B, F]``, or ``[B, Q', F]`` whose first row is semantic)."""
+        was_training = self.training
+        self.eval()
+        try:
+            s, _ = self._lookup(codes[:, None] if codes.dim() == 2 else codes[:, :1])
+            return self.aux_decoder(s)
+        finally:
+            self.train(was_training)
+
+
+__all__ = ["LMSPTCodec", "SemanticQuantizer"]

@@ -1,0 +1,154 @@
+"""LMSPTCodec: frame rates, features, the two quantisers' values and gradients, encode/decode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_distill.errors import ConfigError
+from lit_distill.models.codec import ResidualQuantizer
+from lit_distill.models.lm_spt import LMSPTCodec, SemanticQuantizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny(**kwargs) -> LMSPTCodec:
+    args = {"channels": 2, "max_channels": 8, "dim": 8, "dilations": [1], "semantic_codebook_size": 16,
+            "semantic_codebook_dim": 4, "num_quantizers": 2, "codebook_size": 8, "quantizer_dropout": 0.0}
+    return LMSPTCodec(**{**args, **kwargs})
+
+
+@pytest.mark.parametrize(("strides", "sample_rate", "hop", "rate"), [
+    ([4, 4, 5, 8], 16000, 640, 25.0),
+    ([4, 4, 5, 8, 2], 16000, 1280, 12.5),
+    ([4, 4, 5, 8, 4], 16000, 2560, 6.25),
+    ([4, 5, 6, 8, 2], 24000, 1920, 12.5),  # the paper's
+])
+def test_frame_rate_and_feature_shapes(strides, sample_rate, hop, rate):
+    torch.manual_seed(0)
+    codec = tiny(strides=strides, sample_rate=sample_rate)
+    assert codec.hop_length == hop and codec.frame_rate == pytest.approx(rate)
+    assert codec.num_quantizers == 3 and codec.codebook_sizes == [16, 8, 8] and codec.codebook_size == 16
+    length = 2 * hop + 5
+    frames = codec.num_frames(length)
+    assert frames == 3
+    f = codec(waveform=torch.randn(2, 1, length) * 0.1).features
+    assert f["reconstruction"].shape == f["semantic_reconstruction"].shape == (2, 1, length)
+    assert f["codes"].shape == (2, 3, frames) and f["codes"].dtype == torch.long
+    assert torch.equal(f["codes"][:, 0], f["semantic_codes"]) and f["semantic_codes"].shape == (2, frames)
+    assert f["layer_outputs"].shape == (2, 3, 8, frames)
+    for key in ("latent", "semantic_latent", "quantized", "layer_outputs.0", "layer_outputs.2"):
+        assert f[key].shape == (2, 8, frames), key
+    assert f["commit_loss"].shape == f["semantic_commit_loss"].shape == ()
+    # decoder input = semantic vector + acoustic RVQ output; layer 0 is the semantic vector
+    assert torch.allclose(f["quantized"], f["layer_outputs"].sum(1), atol=1e-5)
+
+
+def test_semantic_quantizer_values_gradient_and_commitment():
+    torch.manual_seed(0)
+    sq = SemanticQuantizer(dim=6, codebook_size=8, codebook_dim=3, commitment_weight=0.25).eval()
+    latent = torch.randn(2, 6, 5, requires_grad=True)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    out = sq(latent, mask)
+    w_in, b_in = sq.project_in.weight.double(), sq.project_in.bias.double()
+    w_out, b_out = sq.project_out.weight.double(), sq.project_out.bias.double()
+    book = sq.vq.codebook.double()
+    u = latent.detach().double().transpose(1, 2) @ w_in.T + b_in  # [B, F, d]
+    nearest = torch.cdist(u, book[None].expand(2, -1, -1)).argmin(-1)
+    assert torch.equal(out["codes"][0], nearest[0]) and torch.equal(out["codes"][1, :3], nearest[1, :3])
+    assert (out["codes"][1, 3:] == -1).all()
+    # value: W_out c + b_out on real frames
+    expected = (book[nearest] @ w_out.T + b_out).transpose(1, 2)
+    torch.testing.assert_close(out["quantized"][0].double(), expected[0], atol=1e-5, rtol=1e-5)
+    # commitment: 0.25 * mean over real frames and code dims of (u - c)^2
+    m = mask[..., None].double()
+    commit = 0.25 * (((u - book[nearest]) ** 2) * m).sum() / (m.sum() * 3)
+    assert out["commit_loss"].item() == pytest.approx(commit.item(), rel=1e-5)
+    # straight-through: d quantized / d latent = W_out W_in (per frame)
+    g = torch.randn(2, 6, 5)
+    (grad,) = torch.autograd.grad((out["quantized"] * g).sum(), latent)
+    expected_grad = (w_out @ w_in).T @ g.double()
+    torch.testing.assert_close(grad.double(), expected_grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sq.lookup(out["codes"][:1]), out["quantized"][:1].detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_acoustic_rvq_quantises_the_residual_of_the_semantic_vector():
+    torch.manual_seed(0)
+    codec = tiny().eval()
+    x = torch.randn(2, 1, 3 * codec.hop_length) * 0.1
+    f = codec(waveform=x).features
+    rvq: ResidualQuantizer = codec.acoustic_quantizer
+    residual = f["latent"] - f["layer_outputs.0"]
+    assert torch.equal(rvq(residual)["codes"], f["codes"][:, 1:])
+
+
+def test_gradients_of_the_two_outputs_reach_their_own_paths():
+    torch.manual_seed(0)
+    codec = tiny(strides=[2, 4])
+    x = torch.randn(2, 1, 64) * 0.1
+
+    def grads(loss_of) -> dict[str, float]:
+        codec.zero_grad(set_to_none=True)
+        loss_of(codec(waveform=x).features).backward()
+        return {name: sum(float(p.grad.abs().sum()) for p in getattr(codec, name).parameters() if p.grad is not None)
+                for name in ("semantic_encoder", "semantic_quantizer", "aux_decoder", "acoustic_encoder",
+                             "decoder")}
+
+    semantic = grads(lambda f: f["semantic_reconstruction"].pow(2).sum())
+    assert all(semantic[n] > 0 for n in ("semantic_encoder", "semantic_quantizer", "aux_decoder"))
+    assert semantic["acoustic_encoder"] == semantic["decoder"] == 0
+    # the decoder reads s + RVQ(z_a - s): straight-through, its gradient into s cancels exactly
+    main = grads(lambda f: f["reconstruction"].pow(2).sum())
+    assert main["acoustic_encoder"] > 0 and main["decoder"] > 0
+    assert main["semantic_encoder"] == main["semantic_quantizer"] == main["aux_decoder"] == 0
+
+
+def test_encode_decode_match_the_eval_forward():
+    torch.manual_seed(0)
+    codec = tiny(strides=[2, 4]).eval()
+    x = torch.randn(2, 1, 40) * 0.1  # 5 frames
+    f = codec(waveform=x).features
+    codes = codec.encode(x)
+    assert torch.equal(codes, f["codes"]) and codes.shape == (2, 3, 5)
+    torch.testing.assert_close(codec.decode(codes), f["reconstruction"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(codec.decode_semantic(codes), f["semantic_reconstruction"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(codec.decode_semantic(codes[:, 0]), f["semantic_reconstruction"])
+    assert codec.decode(codes[:, :1]).shape == (2, 1, 40)  # semantic tokens only through the main decoder
+    with pytest.raises(ConfigError, match="semantic first"):
+        codec.decode(torch.zeros(2, 4, 5, dtype=torch.long))
+
+
+def test_quantizer_dropout_and_masked_frames():
+    torch.manual_seed(0)
+    codec = tiny(strides=[2, 4], num_quantizers=3, quantizer_dropout=1.0).train()
+    x = torch.randn(2, 1, 40) * 0.1
+    mask = torch.arange(40)[None] < torch.tensor([40, 20])[:, None]
+    used = set()
+    for _ in range(8):
+        codes = codec(waveform=x, waveform_mask=mask).features["codes"]
+        # semantic codes on every real frame, -1 on padding (sample 1 has 20 of 40 samples: 3 of 5 frames)
+        assert (codes[0, 0] >= 0).all() and (codes[1, 0, :3] >= 0).all() and (codes[1, 0, 3:] == -1).all()
+        used.add(int((codes[0, 1:] >= 0).all(-1).sum()))
+    assert used <= {1, 2, 3} and len(used) > 1  # 1..Q acoustic quantisers per batch
+
+
+def test_bad_arguments_name_the_field():
+    with pytest.raises(ConfigError, match="LMSPTCodec.strides"):
+        tiny(strides=[])
+    with pytest.raises(ConfigError, match="semantic_codebook_size"):
+        tiny(semantic_codebook_size=1)
+    with pytest.raises(ConfigError, match=r"waveform must be \[B, 1, T\]"):
+        tiny()(waveform=torch.zeros(2, 10))
+
+
+def test_codebook_usage_counts_each_codebook_over_its_own_size():
+    from lit_distill.callbacks.codec_metrics import codebook_stats
+
+    counts = torch.zeros(2, 16)
+    counts[0, :4] = 1.0  # semantic codebook: 4 of 16 used
+    counts[1, :4] = torch.tensor([3.0, 1.0, 0.0, 0.0])  # acoustic codebook of 4 entries: 2 used
+    usage, perplexity = codebook_stats(counts, sizes=[16, 4])
+    torch.testing.assert_close(usage, torch.tensor([4 / 16, 2 / 4], dtype=torch.float64))
+    p = torch.tensor([0.75, 0.25], dtype=torch.float64)
+    torch.testing.assert_close(perplexity, torch.tensor([4.0, float(torch.exp(-(p * p.log()).sum()))],
+                                                        dtype=torch.float64))
