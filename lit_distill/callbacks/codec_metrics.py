@@ -77,7 +77,11 @@ class CodecMetrics(L.Callback):
       and per quantiser ``..._q<i>`` (see :func:`codebook_stats`);
     - ``<prefix>/teacher_cosine`` (when ``student_source`` and ``teacher_source`` are set and a
       teacher runs): mean cosine similarity per frame between the two features over the first
-      ``min(F_student, F_teacher)`` frames.
+      ``min(F_student, F_teacher)`` frames;
+    - ``<prefix>/teacher_cosine_<term>`` for every name in ``teacher_terms``: the mean cosine
+      similarity over the frames that count between the student feature as that distillation
+      term projects it and the teacher feature as it aligns it (``CodecFeatureDistillation.align``),
+      whatever the two widths.
 
     The PNG ``<log_dir>/codec/epoch_<E>.png`` shows the log-mel spectrogram of the first
     validation waveform (real samples only) above that of its reconstruction.
@@ -91,18 +95,22 @@ class CodecMetrics(L.Callback):
             ``teacher.hidden_states.-1``.
         student_channels_first: the student feature is ``[B, D, F]`` (codec layout) rather than
             ``[B, F, D]``.
+        teacher_terms: names of ``CodecFeatureDistillation`` loss terms (e.g. ``[distill]``) whose
+            projected student and aligned teacher features are compared.
         spectrogram: write the PNG.
         prefix: logged-name prefix.
     """
 
     def __init__(self, sample_rate: int = 16000, mel_fft_sizes: Sequence[int] = (1024, 512, 256),
                  student_source: str | None = None, teacher_source: str | None = None,
-                 student_channels_first: bool = True, spectrogram: bool = True, prefix: str = "val") -> None:
+                 student_channels_first: bool = True, teacher_terms: Sequence[str] = (), spectrogram: bool = True,
+                 prefix: str = "val") -> None:
         if (student_source is None) != (teacher_source is None):
             raise ConfigError("CodecMetrics: set both student_source and teacher_source (or neither)")
         self.sample_rate, self.prefix, self.spectrogram = sample_rate, prefix, spectrogram
         self.student_source, self.teacher_source = student_source, teacher_source
         self.student_channels_first = student_channels_first
+        self.teacher_terms = list(teacher_terms)
         self.mel = MultiResolutionMelLoss(sample_rate, mel_fft_sizes,
                                           weights=[1.0 / len(mel_fft_sizes)] * len(mel_fft_sizes))
         self._reset()
@@ -142,6 +150,9 @@ class CodecMetrics(L.Callback):
             if self.student_source is not None and outputs.get("teacher") is not None:
                 self._add("teacher_cosine", self._cosine(student, outputs["teacher"], batch) * size)
                 self._add("cosine_waveforms", torch.tensor(float(size), device=recon.device))
+            if outputs.get("teacher") is not None:
+                for name in self.teacher_terms:
+                    self._term_cosine(name, pl_module, student, outputs["teacher"], batch)
         if batch_idx == 0 and self._example is None:
             n = int(mask[0].sum()) if mask is not None else target.shape[-1]
             self._example = (target[0, 0, :n].detach().cpu(), recon[0, 0, :n].detach().cpu())
@@ -167,6 +178,17 @@ class CodecMetrics(L.Callback):
         n = min(s.shape[1], t.shape[1])
         return torch.nn.functional.cosine_similarity(s[:, :n].float(), t[:, :n].float(), dim=-1).mean()
 
+    def _term_cosine(self, name: str, pl_module: L.LightningModule, student, teacher, batch) -> None:
+        losses = getattr(pl_module, "losses", {})
+        term = losses[name] if name in losses else None
+        if not hasattr(term, "align"):
+            raise ConfigError(f"CodecMetrics.teacher_terms: '{name}' is not a CodecFeatureDistillation term of the "
+                              f"module (terms: {sorted(getattr(pl_module, 'losses', {}))})")
+        s, t, mask = term.align(**term.gather(student, teacher, batch))
+        cos = torch.nn.functional.cosine_similarity(s.float(), t.float(), dim=-1)  # [B, F]
+        self._add(f"teacher_cosine_{name}", (cos * mask).sum())
+        self._add(f"cosine_frames_{name}", mask.sum())
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or "waveforms" not in self._sums:
             return
@@ -176,6 +198,10 @@ class CodecMetrics(L.Callback):
         pl_module.log(f"{p}/si_snr", (sums["si_snr"] / sums["waveforms"]).float())
         if "teacher_cosine" in sums:
             pl_module.log(f"{p}/teacher_cosine", (sums["teacher_cosine"] / sums["cosine_waveforms"]).float())
+        for name in self.teacher_terms:
+            if f"teacher_cosine_{name}" in sums:
+                cosine = sums[f"teacher_cosine_{name}"] / sums[f"cosine_frames_{name}"].clamp_min(1)
+                pl_module.log(f"{p}/teacher_cosine_{name}", cosine.float())
         if self._counts is not None:
             counts = trainer.strategy.reduce(self._counts, reduce_op="sum")
             sizes = getattr(pl_module.student, "codebook_sizes", None)

@@ -283,6 +283,19 @@ class CodecFeatureDistillation(LossTerm):
                 waveform_mask: Tensor | None = None, teacher_mask: Tensor | None = None) -> Tensor:
         """Args: student ``[B, Ds, F]``, teacher ``[B, Tt, Dt]``, waveform_mask bool ``[B, T]``,
         teacher_mask bool ``[B, Tt]``. Returns a 0-dim tensor."""
+        student, teacher, mask = self.align(student_features, teacher_features, waveform_mask, teacher_mask)
+        if self.mode == "d_axis":
+            return cosine_time_loss(student, teacher, mask)
+        return cosine_frame_loss(student, teacher, mask, self.lambda_cos)
+
+    def align(self, student_features: Tensor, teacher_features: Tensor, waveform_mask: Tensor | None = None,
+              teacher_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The two sequences this term compares (same arguments as ``forward``).
+
+        Returns:
+            ``(student [B, F, Dt]`` projected, ``teacher [B, F, Dt]`` aligned (detached),
+            ``mask`` bool ``[B, F]`` of the frames that count).
+        """
         name = type(self).__name__
         if student_features.dim() != 3 or teacher_features.dim() != 3:
             raise ConfigError(f"{name}: expected student [B, D, F] ({self.sources['student_features']}) and "
@@ -304,9 +317,7 @@ class CodecFeatureDistillation(LossTerm):
                                               frame_mask.sum(-1) if per_sample else None)
         if frame_mask is not None:
             mask = mask & frame_mask
-        if self.mode == "d_axis":
-            return cosine_time_loss(student, teacher, mask)
-        return cosine_frame_loss(student, teacher, mask, self.lambda_cos)
+        return student, teacher, mask
 
 
 __all__ = ["CodecFeatureDistillation", "cosine_frame_loss", "cosine_time_loss", "frames_from_lengths",

@@ -172,6 +172,7 @@ def fit_and_check_distillation(cli, projector, teacher, distill_terms=("distill"
     for key in ("val/loss", "val/mel", "val/wave", "val/commit", *(f"val/{t}" for t in distill_terms)):
         assert torch.isfinite(metrics[key]), key
     for term in distill_terms:
+        assert -1.0 <= metrics[f"val/teacher_cosine_{term}"] <= 1.0  # CodecMetrics through the term
         # -log sigmoid(cos) with cos in [-1, 1] lies in [-log sigmoid(1), -log sigmoid(-1)]
         assert -torch.nn.functional.logsigmoid(torch.tensor(1.0)) <= metrics[f"val/{term}"] \
             <= -torch.nn.functional.logsigmoid(torch.tensor(-1.0))

@@ -87,6 +87,39 @@ def test_metrics_and_teacher_cosine(tmp_path):
         CodecMetrics(student_source="student.features.quantized")
 
 
+def test_teacher_cosine_through_a_distillation_term(tmp_path):
+    """The term's projected student vs its aligned teacher, over the frames the term counts."""
+    from torch import nn
+
+    from lit_distill.losses import CodecFeatureDistillation
+
+    torch.manual_seed(1)
+    term = CodecFeatureDistillation(student_dim=6, teacher_dim=3, alignment="position", hop_length=320)
+    callback = CodecMetrics(mel_fft_sizes=[256], teacher_terms=["distill"], spectrogram=False)
+    logged: dict[str, float] = {}
+    module = SimpleNamespace(student=SimpleNamespace(codebook_size=4), losses=nn.ModuleDict({"distill": term}),
+                             log=lambda name, value: logged.__setitem__(name, float(value)))
+    trainer = SimpleNamespace(sanity_checking=False, strategy=FakeStrategy(), is_global_zero=True)
+    callback.on_validation_epoch_start(trainer, module)
+    wave = torch.randn(2, 1, 1600)  # 5 frames of 320 samples
+    mask = torch.ones(2, 1600, dtype=torch.bool)
+    mask[1, 700:] = False  # sample 1: frames 0..2 real
+    s, t = torch.randn(2, 6, 5), torch.randn(2, 4, 3)  # teacher 4 steps: frame 4 is positional padding
+    student = ModelOutput(features={"reconstruction": wave, "layer_outputs.0": s})
+    batch = {"waveform": wave, "waveform_mask": mask}
+    callback.on_validation_batch_end(trainer, module, {"student": student, "teacher": ModelOutput(hidden_states=(t,))},
+                                     batch, 0)
+    callback.on_validation_epoch_end(trainer, module)
+    projected = s.transpose(1, 2) @ term.projector.weight.detach().t()
+    frames = [(0, f) for f in range(4)] + [(1, f) for f in range(3)]
+    expected = sum(torch.nn.functional.cosine_similarity(projected[b, f], t[b, f], dim=0) for b, f in frames) / 7
+    assert logged["val/teacher_cosine_distill"] == pytest.approx(expected.item(), rel=1e-5)
+    module.losses = nn.ModuleDict()
+    with pytest.raises(ConfigError, match="'distill' is not a CodecFeatureDistillation term"):
+        callback.on_validation_batch_end(trainer, module, {"student": student, "teacher": ModelOutput(
+            hidden_states=(t,))}, batch, 0)
+
+
 @pytest.mark.slow
 def test_codec_config_fits_two_steps(tmp_path):
     sentences = ["The quick brown fox jumps over the lazy dog.", "She opened the window and listened to the rain.",
