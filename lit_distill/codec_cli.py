@@ -24,12 +24,9 @@ from torch import Tensor
 
 from lit_distill.errors import ConfigError, MissingPathError
 from lit_distill.export import build_student, load_checkpoint_file
-from lit_distill.models.codec import ConvCodec
-from lit_distill.models.lm_spt import LMSPTCodec
+from lit_distill.models.codec import FramedCodec as Codec
 
 CODES_SUFFIX = ".codes.pt"
-CODECS = (ConvCodec, LMSPTCodec)
-Codec = ConvCodec | LMSPTCodec
 
 
 def load_codec(ckpt_path: str, field: str = "--ckpt") -> Codec:
@@ -40,10 +37,10 @@ def load_codec(ckpt_path: str, field: str = "--ckpt") -> Codec:
     """
     checkpoint = load_checkpoint_file(ckpt_path, field)
     student = build_student(checkpoint)
-    if not isinstance(student, CODECS):
+    if not isinstance(student, Codec):
         raise ConfigError(f"{field}: the student of '{ckpt_path}' is a {type(student).__name__}, not a codec "
-                          "(valid: a checkpoint trained with student lit_distill.models.ConvCodec or "
-                          "lit_distill.models.LMSPTCodec)")
+                          "(valid: a checkpoint trained with a codec student such as "
+                          "lit_distill.models.ConvCodec or lit_distill.models.LMSPTCodec)")
     return student.eval()
 
 

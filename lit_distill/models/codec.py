@@ -189,7 +189,62 @@ class ResidualQuantizer(nn.Module):
         return total.transpose(1, 2)
 
 
-class ConvCodec(ModelAdapter):
+class FramedCodec(ModelAdapter):
+    """What every waveform codec here shares: framing arithmetic and the codec protocol.
+
+    A subclass sets ``sample_rate`` and ``strides`` and implements ``run`` (features
+    ``reconstruction``, ``codes`` ...), ``encode``, ``decode`` and ``codebook_sizes``; then
+    ``python -m lit_distill tokenize|decode`` and ``CodecMetrics`` work with it.
+    """
+
+    sample_rate: int
+    strides: list[int]
+
+    @property
+    def model(self) -> nn.Module:
+        """The codec itself (it is its own wrapped model)."""
+        return self
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per frame: the product of ``strides``."""
+        return math.prod(self.strides)
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second: ``sample_rate / hop_length``."""
+        return self.sample_rate / self.hop_length
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        """Entries of each codebook, in code order."""
+        raise NotImplementedError
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames of a waveform of ``num_samples``: ``ceil(num_samples / hop_length)``."""
+        return -(-num_samples // self.hop_length)
+
+    def frame_mask(self, waveform_mask: Tensor) -> Tensor:
+        """Bool ``[B, T]`` sample mask → ``[B, F]`` frame mask (a frame counts when its first sample does)."""
+        return waveform_mask[:, :: self.hop_length]
+
+    def _pad(self, waveform: Tensor) -> Tensor:
+        """``[B, 1, T]`` zero-padded at the end to a whole number of frames."""
+        if waveform.dim() != 3 or waveform.shape[1] != 1:
+            raise ConfigError(f"{type(self).__name__}: waveform must be [B, 1, T], got {list(waveform.shape)}")
+        extra = self.num_frames(waveform.shape[-1]) * self.hop_length - waveform.shape[-1]
+        return F.pad(waveform, (0, extra))
+
+    def encode(self, waveform: Tensor) -> Tensor:
+        """Waveform ``[B, 1, T]`` → codes long ``[B, Q, F]``."""
+        raise NotImplementedError
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes long ``[B, Q', F]`` → waveform ``[B, 1, F * hop_length]``."""
+        raise NotImplementedError
+
+
+class ConvCodec(FramedCodec):
     """Convolutional waveform codec with RVQ; the frame rate is set by ``strides``.
 
     Called as ``codec(waveform=[B, 1, T])`` (optionally ``waveform_mask`` bool ``[B, T]``), it
@@ -244,21 +299,6 @@ class ConvCodec(ModelAdapter):
         self.decoder = build_decoder(strides, channels, max_channels, dim, dilations)
 
     @property
-    def model(self) -> nn.Module:
-        """The codec itself (it is its own wrapped model)."""
-        return self
-
-    @property
-    def hop_length(self) -> int:
-        """Samples per frame: the product of ``strides``."""
-        return math.prod(self.strides)
-
-    @property
-    def frame_rate(self) -> float:
-        """Frames per second: ``sample_rate / hop_length``."""
-        return self.sample_rate / self.hop_length
-
-    @property
     def num_quantizers(self) -> int:
         """RVQ depth ``Q``."""
         return self.quantizer.num_quantizers
@@ -272,20 +312,6 @@ class ConvCodec(ModelAdapter):
     def codebook_sizes(self) -> list[int]:
         """Entries of each codebook, first quantiser first (all equal here)."""
         return [self.quantizer.codebook_size] * self.quantizer.num_quantizers
-
-    def num_frames(self, num_samples: int) -> int:
-        """Frames of a waveform of ``num_samples``: ``ceil(num_samples / hop_length)``."""
-        return -(-num_samples // self.hop_length)
-
-    def _pad(self, waveform: Tensor) -> Tensor:
-        if waveform.dim() != 3 or waveform.shape[1] != 1:
-            raise ConfigError(f"waveform: expected [B, 1, T], got {list(waveform.shape)}")
-        extra = self.num_frames(waveform.shape[-1]) * self.hop_length - waveform.shape[-1]
-        return F.pad(waveform, (0, extra))
-
-    def frame_mask(self, waveform_mask: Tensor) -> Tensor:
-        """Bool ``[B, T]`` sample mask → ``[B, F]`` frame mask (a frame counts when its first sample does)."""
-        return waveform_mask[:, :: self.hop_length]
 
     def run(self, waveform: Tensor, waveform_mask: Tensor | None = None, **_: Any) -> ModelOutput:
         length = waveform.shape[-1]

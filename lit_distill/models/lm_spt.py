@@ -23,19 +23,16 @@ ceil(T / hop)``, ``hop = prod(strides)``, frame rate ``sample_rate / hop`` (16 k
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from vector_quantize_pytorch import VectorQuantize
 
 from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
-from lit_distill.models.base import ModelAdapter
-from lit_distill.models.codec import ResidualQuantizer, build_decoder, build_encoder
+from lit_distill.models.codec import FramedCodec, ResidualQuantizer, build_decoder, build_encoder
 
 
 class SemanticQuantizer(nn.Module):
@@ -99,7 +96,7 @@ class SemanticQuantizer(nn.Module):
         return self.project_out(vectors).transpose(1, 2)
 
 
-class LMSPTCodec(ModelAdapter):
+class LMSPTCodec(FramedCodec):
     """LM-SPT codec: semantic and acoustic encoders, semantic VQ + acoustic RVQ, two decoders.
 
     Called as ``codec(waveform=[B, 1, T])`` (optionally ``waveform_mask`` bool ``[B, T]``), it
@@ -167,21 +164,6 @@ class LMSPTCodec(ModelAdapter):
         self.aux_decoder = build_decoder(strides, aux_channels, max_channels, dim, dilations)
 
     @property
-    def model(self) -> nn.Module:
-        """The codec itself (it is its own wrapped model)."""
-        return self
-
-    @property
-    def hop_length(self) -> int:
-        """Samples per frame: the product of ``strides``."""
-        return math.prod(self.strides)
-
-    @property
-    def frame_rate(self) -> float:
-        """Frames per second: ``sample_rate / hop_length``."""
-        return self.sample_rate / self.hop_length
-
-    @property
     def num_quantizers(self) -> int:
         """Codebooks per frame: 1 semantic + ``Q`` acoustic."""
         return 1 + self.acoustic_quantizer.num_quantizers
@@ -196,20 +178,6 @@ class LMSPTCodec(ModelAdapter):
     def codebook_size(self) -> int:
         """The largest codebook (every code fits below it); see :attr:`codebook_sizes`."""
         return max(self.codebook_sizes)
-
-    def num_frames(self, num_samples: int) -> int:
-        """Frames of a waveform of ``num_samples``: ``ceil(num_samples / hop_length)``."""
-        return -(-num_samples // self.hop_length)
-
-    def frame_mask(self, waveform_mask: Tensor) -> Tensor:
-        """Bool ``[B, T]`` sample mask → ``[B, F]`` frame mask (a frame counts when its first sample does)."""
-        return waveform_mask[:, :: self.hop_length]
-
-    def _pad(self, waveform: Tensor) -> Tensor:
-        if waveform.dim() != 3 or waveform.shape[1] != 1:
-            raise ConfigError(f"LMSPTCodec: waveform must be [B, 1, T], got {list(waveform.shape)}")
-        extra = self.num_frames(waveform.shape[-1]) * self.hop_length - waveform.shape[-1]
-        return F.pad(waveform, (0, extra))
 
     def _quantize(self, waveform: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
         x = self._pad(waveform)
