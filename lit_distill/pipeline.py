@@ -37,24 +37,33 @@ def teacher_then_student(teacher_config: Sequence[str] | str, student_config: Se
         ``{"teacher": dir, "student": dir, "teacher_metrics": {...}, "student_metrics": {...}}``
         with the last validation's ``val/*`` values as floats.
     """
-    from lit_distill.cli import run_cli
-    from lit_distill.export import export_checkpoint
-
     def configs(paths: Sequence[str] | str) -> list[str]:
         return [x for path in ([paths] if isinstance(paths, str) else paths) for x in ("--config", str(path))]
 
-    teacher_run = run_cli(["fit", *configs(teacher_config), *extra_args, *teacher_args,
-                           f"--trainer.default_root_dir={os.path.join(workdir, 'teacher_run')}"])
-    teacher_dir = export_checkpoint(teacher_run.trainer.checkpoint_callback.last_model_path,
-                                    os.path.join(workdir, "teacher"))
-    student_run = run_cli(["fit", *configs(student_config), *extra_args, *student_args,
-                           f"--trainer.default_root_dir={os.path.join(workdir, 'student_run')}",
-                           f"{teacher_checkpoint_arg}={os.path.join(teacher_dir, 'model_state_dict.pt')}"])
-    student_dir = export_checkpoint(student_run.trainer.checkpoint_callback.last_model_path,
-                                    os.path.join(workdir, "student"))
+    teacher = fit_and_export([*configs(teacher_config), *extra_args, *teacher_args],
+                             os.path.join(workdir, "teacher_run"), os.path.join(workdir, "teacher"))
+    student = fit_and_export([*configs(student_config), *extra_args, *student_args,
+                              f"{teacher_checkpoint_arg}={os.path.join(teacher['export'], 'model_state_dict.pt')}"],
+                             os.path.join(workdir, "student_run"), os.path.join(workdir, "student"))
+    return {"teacher": teacher["export"], "student": student["export"],
+            "teacher_metrics": teacher["metrics"], "student_metrics": student["metrics"]}
 
-    def floats(run) -> dict[str, float]:
-        return {k: float(v) for k, v in run.trainer.callback_metrics.items() if k.startswith("val/")}
 
-    return {"teacher": teacher_dir, "student": student_dir,
-            "teacher_metrics": floats(teacher_run), "student_metrics": floats(student_run)}
+def fit_and_export(args: Sequence[str], run_dir: str, export_dir: str) -> dict[str, Any]:
+    """``fit`` with the given CLI arguments into ``run_dir``, then ``export`` its ``last.ckpt``.
+
+    Args:
+        args: ``python -m lit_distill fit`` arguments (``--config FILE`` and flags).
+        run_dir: the run's ``trainer.default_root_dir``.
+        export_dir: where the student is exported in its native format.
+
+    Returns:
+        ``{"export": export_dir, "metrics": {val/...: float}}`` (the last validation's values).
+    """
+    from lit_distill.cli import run_cli
+    from lit_distill.export import export_checkpoint
+
+    run = run_cli(["fit", *args, f"--trainer.default_root_dir={run_dir}"])
+    export = export_checkpoint(run.trainer.checkpoint_callback.last_model_path, export_dir)
+    metrics = {k: float(v) for k, v in run.trainer.callback_metrics.items() if k.startswith("val/")}
+    return {"export": export, "metrics": metrics}

@@ -118,8 +118,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workdir", default=None, help="run, config and export go here "
                         "(default: artifacts/speech/dm_codec/<mode>)")
     ns, extra = parser.parse_known_args(argv)
-    from lit_distill.cli import run_cli
-    from lit_distill.export import export_checkpoint
+    from lit_distill.pipeline import fit_and_export
     from recipes.codec_gan import with_discriminator
 
     path = Path(ns.config) if ns.config else MODE_CONFIGS[ns.mode]
@@ -137,12 +136,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     derived = workdir / "config.yaml"
     derived.write_text(yaml.safe_dump(config, sort_keys=False))
-    run = run_cli(["fit", "--config", str(derived), *extra, f"--trainer.default_root_dir={workdir / 'run'}"])
-    export = export_checkpoint(run.trainer.checkpoint_callback.last_model_path, str(workdir / "codec"))
-    metrics = {k: float(v) for k, v in run.trainer.callback_metrics.items() if k.startswith("val/")}
+    result = fit_and_export(["--config", str(derived), *extra], str(workdir / "run"), str(workdir / "codec"))
+    export, metrics = result["export"], result["metrics"]
     print(f"codec exported to {export}")
     print("  ".join(f"{k} {metrics[k]:.4f}" for k in REPORTED if k in metrics))
-    return {"export": export, "metrics": metrics}
+    return result
 
 
 if __name__ == "__main__":

@@ -36,8 +36,7 @@ def config_path(frame_rate: str) -> Path:
 def run(frame_rate: str = "12.5", adversarial: bool = False, workdir: str = "artifacts/speech/lm_spt/recipe",
         config: str | None = None, extra_args: Sequence[str] = ()) -> dict[str, Any]:
     """Fit, export, and return ``{"export": dir, "metrics": {val/...: float}}``."""
-    from lit_distill.cli import run_cli
-    from lit_distill.export import export_checkpoint
+    from lit_distill.pipeline import fit_and_export
     from recipes.codec_gan import with_discriminator
 
     path = Path(config) if config is not None else config_path(frame_rate)
@@ -47,11 +46,8 @@ def run(frame_rate: str = "12.5", adversarial: bool = False, workdir: str = "art
         config_dict = with_discriminator(yaml.safe_load(path.read_text()), feature_weight=2.0)  # the paper's 2
         gan.write_text(yaml.safe_dump(config_dict, sort_keys=False))
         path = gan
-    result = run_cli(["fit", "--config", str(path), f"--trainer.default_root_dir={Path(workdir) / 'run'}",
-                      *extra_args])
-    export = export_checkpoint(result.trainer.checkpoint_callback.last_model_path, str(Path(workdir) / "export"))
-    metrics = {k: float(v) for k, v in result.trainer.callback_metrics.items() if k.startswith("val/")}
-    return {"export": export, "metrics": metrics}
+    return fit_and_export(["--config", str(path), *extra_args], str(Path(workdir) / "run"),
+                          str(Path(workdir) / "export"))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
