@@ -92,6 +92,14 @@ def build_decoder(strides: Sequence[int], channels: int, max_channels: int, dim:
     return nn.Sequential(*dec)
 
 
+def check_codebook_args(codebook_size: int, ema_decay: float, prefix: str = "") -> None:
+    """ConfigError for a codebook of fewer than 2 entries or an EMA decay outside (0, 1)."""
+    if codebook_size < 2:
+        raise ConfigError(f"{prefix}codebook_size must be >= 2, got {codebook_size}")
+    if not 0.0 < ema_decay < 1.0:
+        raise ConfigError(f"ema_decay must be in (0, 1), got {ema_decay}")
+
+
 class ResidualQuantizer(nn.Module):
     """Residual vector quantisation with EMA codebooks and straight-through gradients.
 
@@ -116,10 +124,7 @@ class ResidualQuantizer(nn.Module):
         super().__init__()
         if num_quantizers < 1:
             raise ConfigError(f"num_quantizers must be >= 1, got {num_quantizers}")
-        if codebook_size < 2:
-            raise ConfigError(f"codebook_size must be >= 2, got {codebook_size}")
-        if not 0.0 < ema_decay < 1.0:
-            raise ConfigError(f"ema_decay must be in (0, 1), got {ema_decay}")
+        check_codebook_args(codebook_size, ema_decay)
         if not 0.0 <= quantizer_dropout <= 1.0:
             raise ConfigError(f"quantizer_dropout must be in [0, 1], got {quantizer_dropout}")
         self.num_quantizers, self.codebook_size, self.quantizer_dropout = num_quantizers, codebook_size, quantizer_dropout

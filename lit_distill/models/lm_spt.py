@@ -32,7 +32,13 @@ from vector_quantize_pytorch import VectorQuantize
 
 from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
-from lit_distill.models.codec import FramedCodec, ResidualQuantizer, build_decoder, build_encoder
+from lit_distill.models.codec import (
+    FramedCodec,
+    ResidualQuantizer,
+    build_decoder,
+    build_encoder,
+    check_codebook_args,
+)
 
 
 class SemanticQuantizer(nn.Module):
@@ -55,12 +61,9 @@ class SemanticQuantizer(nn.Module):
                  commitment_weight: float = 1.0, kmeans_init: bool = False,
                  threshold_ema_dead_code: float = 2.0) -> None:
         super().__init__()
-        if codebook_size < 2:
-            raise ConfigError(f"semantic_codebook_size must be >= 2, got {codebook_size}")
+        check_codebook_args(codebook_size, ema_decay, prefix="semantic_")
         if codebook_dim < 1:
             raise ConfigError(f"semantic_codebook_dim must be >= 1, got {codebook_dim}")
-        if not 0.0 < ema_decay < 1.0:
-            raise ConfigError(f"ema_decay must be in (0, 1), got {ema_decay}")
         self.codebook_size, self.commitment_weight = codebook_size, commitment_weight
         self.project_in = nn.Linear(dim, codebook_dim)
         self.vq = VectorQuantize(dim=codebook_dim, codebook_size=codebook_size, decay=ema_decay,

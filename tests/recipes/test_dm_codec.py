@@ -32,10 +32,7 @@ def test_tiny_hubert_teacher_fits_two_steps(tmp_path):
         "--config", str(CONFIG), f"--data.init_args.manifest={manifest}",
         "--data.init_args.synthesize=false", "--data.init_args.batch_size=2", "--data.init_args.val_fraction=0.25",
         "--data.init_args.crop_seconds=0.5",
-        "--model.init_args.student.init_args.channels=4", "--model.init_args.student.init_args.dilations=[1]",
-        "--model.init_args.student.init_args.codebook_size=16",
-        "--trainer.max_steps=2", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
-        "--trainer.num_sanity_val_steps=0", f"--trainer.default_root_dir={tmp_path / 'run'}",
+        *TINY_CODEC, *TWO_STEPS, f"--trainer.default_root_dir={tmp_path / 'run'}",
     ], run=False)
     module = cli.model
     teacher = module.teacher
@@ -47,21 +44,24 @@ def test_tiny_hubert_teacher_fits_two_steps(tmp_path):
     fit_and_check_distillation(cli, projector, teacher)
 
 
-def test_tiny_lm_teacher_fits_two_steps(tmp_path):
+@pytest.fixture
+def corpus_and_tokenizer(tmp_path):
+    """A 4-sentence espeak corpus and a WordPiece tokenizer of its transcripts."""
     manifest = synthesize_speech_corpus(tmp_path / "synth", SENTENCES, voices=["en-us"], speeds=[175])
     (tmp_path / "texts.txt").write_text("\n".join(SENTENCES) + "\n")
     tok_dir = train_tokenizer([tmp_path / "texts.txt"], tmp_path / "tokenizer", vocab_size=96, algorithm="wordpiece")
-    tok = load_tokenizer(str(tok_dir))
+    return manifest, tok_dir, load_tokenizer(str(tok_dir))
+
+
+def test_tiny_lm_teacher_fits_two_steps(tmp_path, corpus_and_tokenizer):
+    manifest, tok_dir, tok = corpus_and_tokenizer
     lm = "--model.init_args.teacher.init_args.model.init_args"
     cli = run_cli([
         "--config", str(LM_CONFIG), f"--data.init_args.manifest={manifest}",
         "--data.init_args.synthesize=false", "--data.init_args.batch_size=2", "--data.init_args.val_fraction=0.25",
         f"--data.init_args.teacher_tokenizer={tok_dir}",
         f"{lm}.vocab_size={len(tok)}", f"{lm}.pad_token_id={tok.pad_token_id}",
-        "--model.init_args.student.init_args.channels=4", "--model.init_args.student.init_args.dilations=[1]",
-        "--model.init_args.student.init_args.codebook_size=16",
-        "--trainer.max_steps=2", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
-        "--trainer.num_sanity_val_steps=0", f"--trainer.default_root_dir={tmp_path / 'run'}",
+        *TINY_CODEC, *TWO_STEPS, f"--trainer.default_root_dir={tmp_path / 'run'}",
     ], run=False)
     module, dm = cli.model, cli.datamodule
     teacher = module.teacher
@@ -84,12 +84,9 @@ def test_tiny_lm_teacher_fits_two_steps(tmp_path):
     fit_and_check_distillation(cli, projector, teacher)
 
 
-def test_combined_teachers_fit_two_steps(tmp_path):
+def test_combined_teachers_fit_two_steps(tmp_path, corpus_and_tokenizer):
     """DM-Codec's combined mode: HuBERT on the waveform + LM on the transcript, one term each."""
-    manifest = synthesize_speech_corpus(tmp_path / "synth", SENTENCES, voices=["en-us"], speeds=[175])
-    (tmp_path / "texts.txt").write_text("\n".join(SENTENCES) + "\n")
-    tok_dir = train_tokenizer([tmp_path / "texts.txt"], tmp_path / "tokenizer", vocab_size=96, algorithm="wordpiece")
-    tok = load_tokenizer(str(tok_dir))
+    manifest, tok_dir, tok = corpus_and_tokenizer
     lm = "--model.init_args.teacher.init_args.model.init_args.members.text.init_args"
     cli = run_cli([
         "--config", str(COMBINED_CONFIG), f"--data.init_args.manifest={manifest}",
