@@ -20,7 +20,8 @@ only (the held-out utterances are never seen by any teacher, student or probe fi
 
 Arms (the same student codec, strides [2, 4, 5, 8] = 50 Hz, crop, batch size, steps, optimiser,
 data, reconstruction and commitment terms; only the distillation terms / teacher differ):
-``codec`` (no teacher), ``dm_sm``, ``dm_lm``, ``dm_combined`` (DM-Codec) and ``lm_spt``. Each run's
+``codec`` (no teacher), ``dm_sm``, ``dm_sm_t`` (the same with DM-Codec's per-frame ``t_axis``
+loss), ``dm_lm``, ``dm_combined`` (DM-Codec) and ``lm_spt``. Each run's
 YAML is the arm's config with the codec arm's student sizes, ``mel``/``wave``/``commit`` terms and
 optimiser copied in (LM-SPT: 1 semantic + 3 acoustic codebooks = the codec's 4 x 256, quantiser
 dropout 0 like the codec; its semantic terms stay), written to ``runs/<arm>_s<seed>/config.yaml``.
@@ -37,12 +38,13 @@ Budget (measured on the 2-core machine): the Whisper teacher takes ~4 min alone 
 HuBERT one ~5 min (both ~6.5 min when run side by side), the LM < 2 min; a codec step (batch 4 whole
 utterances) ~0.8 s (LM-SPT ~1.5 s) with two runs in parallel, ~8 s start-up per run; evaluation
 ~2 min once (teacher features, references) + ~75 s per run. Defaults: 400 steps per run, so ``all``
-with ``--jobs 2`` (5 arms x 3 seeds) takes ~70 min (measured: 61 min of fits, 8 min of evaluation). Every arm trains on WHOLE utterances (crop
+with ``--jobs 2`` (6 arms x 3 seeds) takes ~85 min (measured for 5 arms: 61 min of fits, 8 min of
+evaluation; the sixth adds ~15 min). Every arm trains on WHOLE utterances (crop
 null): the LM teacher reads the whole transcript, and the budget must be the same for every arm.
 
 Usage::
 
-    python scripts/experiment_speech.py all --jobs 2            # everything (~70 min on 2 cores)
+    python scripts/experiment_speech.py all --jobs 2            # everything (~85 min on 2 cores)
     python scripts/experiment_speech.py corpus|teachers|arms|evaluate|report [--arms ...] [--seeds ...]
     python scripts/experiment_speech.py all --smoke             # tiny everything, < 2 min
 
@@ -933,6 +935,9 @@ def teacher_caveats(teachers: dict[str, dict]) -> str:
     return ("\n".join(notes) + "\n") if notes else ""
 
 
+HAND_WRITTEN = "## Interpretation"
+
+
 def time_free_d_axis(work: Path) -> dict[str, float]:
     """DM-Codec's d_axis loss that a sequence WITHOUT timing reaches against the SM teacher.
 
@@ -969,7 +974,11 @@ def stage_report(work: Path, arms: Sequence[str], seeds: Sequence[int], meta: di
            f"DM-Codec's d_axis loss against the SM teacher on held-out utterances: {d_axis['time_constant']:.3f} "
            "for a sequence without timing (the teacher's per-utterance mean repeated over every frame), "
            f"{d_axis['perfect']:.3f} for a perfect copy.", ""]
-    out.with_suffix(".md").write_text("\n".join(doc))
+    md = out.with_suffix(".md")
+    previous = md.read_text() if md.is_file() else ""
+    if HAND_WRITTEN in previous:  # the reading written by hand after a run survives regeneration
+        doc.append(previous[previous.index(HAND_WRITTEN):].lstrip("\n"))
+    md.write_text("\n".join(doc))
     print(table)
     return table
 
