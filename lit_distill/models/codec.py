@@ -18,8 +18,9 @@ RVQ layer (DM-Codec distils layer 0) trains the encoder.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -244,6 +245,16 @@ class FramedCodec(ModelAdapter):
         """Waveform ``[B, 1, T]`` → codes long ``[B, Q, F]``."""
         raise NotImplementedError
 
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode inside the block (no EMA updates, no quantiser dropout), the previous mode after."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
     def decode(self, codes: Tensor) -> Tensor:
         """Codes long ``[B, Q', F]`` → waveform ``[B, 1, F * hop_length]``."""
         raise NotImplementedError
@@ -334,19 +345,11 @@ class ConvCodec(FramedCodec):
     @torch.no_grad()
     def encode(self, waveform: Tensor) -> Tensor:
         """Waveform ``[B, 1, T]`` → codes long ``[B, Q, ceil(T / hop_length)]`` (eval mode, all quantisers)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             return self.quantizer(self.encoder(self._pad(waveform)))["codes"]
-        finally:
-            self.train(was_training)
 
     @torch.no_grad()
     def decode(self, codes: Tensor) -> Tensor:
         """Codes long ``[B, Q', F]`` (the first ``Q' <= Q`` quantisers) → waveform ``[B, 1, F * hop_length]``."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             return self.decoder(self.quantizer.lookup(codes))
-        finally:
-            self.train(was_training)

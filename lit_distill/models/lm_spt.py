@@ -210,13 +210,9 @@ class LMSPTCodec(FramedCodec):
     @torch.no_grad()
     def encode(self, waveform: Tensor) -> Tensor:
         """Waveform ``[B, 1, T]`` → codes long ``[B, 1 + Q, ceil(T / hop_length)]`` (eval mode, all quantisers)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             parts = self._quantize(waveform, None)
             return torch.cat([parts["semantic"]["codes"][:, None], parts["acoustic"]["codes"]], 1)
-        finally:
-            self.train(was_training)
 
     def _lookup(self, codes: Tensor) -> tuple[Tensor, Tensor]:
         if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.num_quantizers:
@@ -229,25 +225,17 @@ class LMSPTCodec(FramedCodec):
     @torch.no_grad()
     def decode(self, codes: Tensor) -> Tensor:
         """Codes long ``[B, Q', F]`` (semantic + the first ``Q' − 1`` acoustic) → waveform ``[B, 1, F * hop_length]``."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             s, a = self._lookup(codes)
             return self.decoder(s + a)
-        finally:
-            self.train(was_training)
 
     @torch.no_grad()
     def decode_semantic(self, codes: Tensor) -> Tensor:
         """The auxiliary decoder's waveform ``[B, 1, F * hop_length]`` from the semantic codes
         (``[B, F]``, or ``[B, Q', F]`` whose first row is semantic)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             s, _ = self._lookup(codes[:, None] if codes.dim() == 2 else codes[:, :1])
             return self.aux_decoder(s)
-        finally:
-            self.train(was_training)
 
 
 __all__ = ["LMSPTCodec", "SemanticQuantizer"]
