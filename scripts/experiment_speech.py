@@ -72,6 +72,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module below, also in spawned workers
+from speech_probes import (  # noqa: E402
+    BLANK,
+    CHARS,
+    codebook_stats,
+    corpus_cer,
+    eval_ctc_probe,
+    fit_ctc_probe,
+    fit_ridge_probe,
+    greedy_ctc,
+    ids_to_text,
+    interpolate_frames,
+    kmeans,
+    pad_sequences,
+    ridge_r2,
+    stretch_tokens,
+    text_to_ids,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = REPO / "configs" / "speech"
 ARMS = {
@@ -94,9 +113,6 @@ STUDENT = {"strides": [2, 4, 5, 8], "channels": 8, "max_channels": 256, "dim": 6
            "num_quantizers": 4, "codebook_size": 256}
 SHARED_TERMS = ("mel", "wave", "commit")  # reconstruction + commitment, copied from the codec arm
 
-# Characters of the CTC vocabularies: 0 is the blank.
-CHARS = " '" + "abcdefghijklmnopqrstuvwxyz"
-BLANK = 0
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -112,162 +128,6 @@ def sizes(smoke: bool) -> dict:
             "lm": {"hidden": 64, "layers": 2, "steps": 1500, "batch": 32, "vocab": 512, "extra": 100000},
             "max_steps": 400, "batch_size": 4, "probe_steps": 120, "kmeans_iters": 10}
 
-
-# ----------------------------------------------------------------------------- characters and CER
-def text_to_ids(text: str) -> list[int]:
-    """Lower-case ``text`` to character ids ``1..len(CHARS)`` (other characters dropped, spaces squeezed)."""
-    kept = "".join(c for c in text.lower() if c in CHARS)
-    return [CHARS.index(c) + 1 for c in " ".join(kept.split())]
-
-
-def ids_to_text(ids: Sequence[int]) -> str:
-    """Inverse of :func:`text_to_ids` (blanks ignored)."""
-    return "".join(CHARS[i - 1] for i in ids if i != BLANK)
-
-
-def greedy_ctc(ids: Sequence[int]) -> list[int]:
-    """Greedy CTC decoding of frame labels: collapse repeats, then drop blanks."""
-    out, prev = [], None
-    for i in ids:
-        if i != prev and i != BLANK:
-            out.append(int(i))
-        prev = i
-    return out
-
-
-def edit_distance(a: Sequence, b: Sequence) -> int:
-    """Levenshtein distance between two sequences (unit costs)."""
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-    return row[-1]
-
-
-def corpus_cer(refs: Sequence[Sequence[int]], hyps: Sequence[Sequence[int]]) -> float:
-    """Character error rate over a corpus: total edit distance / total reference characters."""
-    return sum(edit_distance(r, h) for r, h in zip(refs, hyps, strict=True)) / max(1, sum(len(r) for r in refs))
-
-
-# ----------------------------------------------------------------------------- probes
-def _pad(seqs: Sequence[Tensor], value: int = 0) -> tuple[Tensor, Tensor]:
-    """Right-pad 1-D long tensors to ``[N, Lmax]``; returns (padded, lengths ``[N]``)."""
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    out = torch.full((len(seqs), int(lengths.max())), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, :len(s)] = s
-    return out, lengths
-
-
-def _ctc_nll(table: Tensor, tokens: Tensor, token_lengths: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
-    """Summed CTC negative log-likelihood (nats) of ``targets`` given per-token logits ``table[tokens]``."""
-    log_probs = table[tokens].log_softmax(-1).transpose(0, 1)  # [F, N, C]
-    return F.ctc_loss(log_probs, targets, token_lengths, target_lengths, blank=BLANK, reduction="sum",
-                      zero_infinity=True)
-
-
-def fit_ctc_probe(tokens: Sequence[Tensor], targets: Sequence[Sequence[int]], vocab: int,
-                  steps: int = 120, lr: float = 0.2) -> Tensor:
-    """Fit a linear CTC probe: one logit vector per token, ``table [vocab, 1 + len(CHARS)]``.
-
-    Args:
-        tokens: per utterance, long ``[F_i]`` token ids in ``[0, vocab)``.
-        targets: per utterance, character ids (``1..len(CHARS)``).
-        vocab: number of distinct token ids.
-        steps: full-batch Adam steps on the summed CTC loss per character.
-        lr: Adam learning rate.
-
-    Returns:
-        ``[vocab, 1 + len(CHARS)]`` logits (column 0 = blank).
-    """
-    table = torch.zeros(vocab, len(CHARS) + 1, requires_grad=True)
-    tok, tok_len = _pad(list(tokens))
-    tgt, tgt_len = _pad([torch.tensor(t, dtype=torch.long) for t in targets])
-    opt = torch.optim.Adam([table], lr=lr)
-    n_chars = float(tgt_len.sum())
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = _ctc_nll(table, tok, tok_len, tgt, tgt_len) / n_chars
-        loss.backward()
-        opt.step()
-    return table.detach()
-
-
-def eval_ctc_probe(table: Tensor, tokens: Sequence[Tensor], targets: Sequence[Sequence[int]]) -> dict[str, float]:
-    """Greedy CER and CTC nats per character of a probe from :func:`fit_ctc_probe` on held-out data."""
-    hyps = [greedy_ctc(table[t].argmax(-1).tolist()) for t in tokens]
-    tok, tok_len = _pad(list(tokens))
-    tgt, tgt_len = _pad([torch.tensor(t, dtype=torch.long) for t in targets])
-    with torch.no_grad():
-        nll = float(_ctc_nll(table, tok, tok_len, tgt, tgt_len))
-    return {"ctc_cer": corpus_cer(targets, hyps), "ctc_nats_per_char": nll / max(1, int(tgt_len.sum()))}
-
-
-def fit_ridge_probe(tokens: Sequence[Tensor], feats: Sequence[Tensor], vocab: int,
-                    lam: float = 1.0) -> tuple[Tensor, Tensor]:
-    """Ridge regression from one-hot tokens (plus an intercept) to features.
-
-    With centred targets ``y - mean`` and one-hot inputs the normal equations are diagonal:
-    ``W[k] = sum_{frames with token k} (y - mean) / (count_k + lam)``.
-
-    Args:
-        tokens: per utterance, long ``[F_i]``.
-        feats: per utterance, ``[F_i, D]``.
-        vocab: number of token ids.
-        lam: ridge penalty.
-
-    Returns:
-        ``(W [vocab, D], mean [D])``; the prediction for token ``k`` is ``mean + W[k]``.
-    """
-    tok = torch.cat(list(tokens))
-    y = torch.cat(list(feats)).double()
-    mean = y.mean(0)
-    sums = torch.zeros(vocab, y.shape[1], dtype=torch.float64).index_add_(0, tok, y - mean)
-    counts = torch.bincount(tok, minlength=vocab).double()
-    return sums / (counts + lam)[:, None], mean
-
-
-def ridge_r2(weights: Tensor, mean: Tensor, tokens: Sequence[Tensor], feats: Sequence[Tensor]) -> float:
-    """Held-out R^2 of a :func:`fit_ridge_probe` model, pooled over dimensions:
-    ``1 - sum (y - y_hat)^2 / sum (y - mean_heldout(y))^2``."""
-    tok = torch.cat(list(tokens))
-    y = torch.cat(list(feats)).double()
-    pred = mean + weights[tok]
-    return float(1.0 - (y - pred).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
-
-
-def codebook_stats(tokens: Sequence[Tensor], vocab: int) -> dict[str, float]:
-    """Usage (fraction of entries used at least once) and perplexity ``exp(H)`` of the token histogram."""
-    counts = torch.bincount(torch.cat(list(tokens)), minlength=vocab).double()
-    p = counts / counts.sum()
-    entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
-    return {"usage": float((counts > 0).double().mean()), "perplexity": math.exp(entropy)}
-
-
-def kmeans(x: Tensor, k: int, iters: int, seed: int = 0) -> Tensor:
-    """Lloyd's k-means on ``x [N, D]`` from ``k`` distinct random rows; returns centroids ``[k, D]``
-    (an empty cluster keeps its previous centroid)."""
-    g = torch.Generator().manual_seed(seed)
-    centroids = x[torch.randperm(len(x), generator=g)[:k]].clone()
-    for _ in range(iters):
-        assign = torch.cdist(x, centroids).argmin(1)
-        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=len(centroids)).to(x.dtype)
-        keep = counts > 0
-        centroids[keep] = sums[keep] / counts[keep, None]
-    return centroids
-
-
-def interpolate_frames(feats: Tensor, frames: int) -> Tensor:
-    """Stretch ``[F', D]`` linearly over ``frames`` time steps: ``[frames, D]``."""
-    return F.interpolate(feats.t()[None].float(), size=frames, mode="linear", align_corners=False)[0].t()
-
-
-def stretch_tokens(tokens: Tensor, frames: int) -> Tensor:
-    """Nearest-neighbour stretch of a token sequence ``[F']`` over ``frames`` steps: ``[frames]``."""
-    idx = (torch.arange(frames) * len(tokens)) // frames
-    return tokens[idx]
 
 
 # ----------------------------------------------------------------------------- data
@@ -331,7 +191,7 @@ def _ctc_train(forward, lengths: Sequence[int], targets: list[list[int]], params
     while step < steps:
         for idx in length_batches(lengths, batch, seed=epoch):
             log_probs, out_len = forward(idx)
-            tgt, tgt_len = _pad([torch.tensor(targets[i]) for i in idx])
+            tgt, tgt_len = pad_sequences([torch.tensor(targets[i]) for i in idx])
             loss = F.ctc_loss(log_probs.transpose(0, 1), tgt, out_len, tgt_len, blank=BLANK, zero_infinity=True)
             opt.zero_grad()
             loss.backward()
@@ -531,7 +391,7 @@ def train_lm(work: Path, smoke: bool) -> dict:
     def encode(batch_texts: list[str]) -> tuple[Tensor, Tensor]:
         # as the speech datamodule feeds the teacher: no BOS; EOS appended here for the LM objective
         ids = [tok(t)["input_ids"][:127] + [tok.eos_token_id] for t in batch_texts]
-        x, lengths = _pad([torch.tensor(i) for i in ids], tok.pad_token_id)
+        x, lengths = pad_sequences([torch.tensor(i) for i in ids], tok.pad_token_id)
         mask = (torch.arange(x.shape[1])[None] < lengths[:, None]).long()
         return x, mask
 

@@ -1,4 +1,4 @@
-"""The probe and metric helpers of scripts/experiment_speech.py against direct float64 references."""
+"""The probe and metric helpers of scripts/speech_probes.py (used by scripts/experiment_speech.py) against direct float64 references."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "experiment_speech.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "speech_probes.py"
 
 
 @pytest.fixture(scope="module")
 def exp():
-    spec = importlib.util.spec_from_file_location("experiment_speech", SCRIPT)
+    spec = importlib.util.spec_from_file_location("speech_probes", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -96,8 +96,8 @@ def test_ctc_probe_learns_a_token_to_character_code(exp):
     assert result["ctc_cer"] == 0.0
     assert 0 < result["ctc_nats_per_char"] < 0.3
     # its nats/char is the summed CTC loss of the probe's logits over the characters
-    tok, tok_len = exp._pad(tokens)
-    tgt, tgt_len = exp._pad([torch.tensor(t) for t in targets])
+    tok, tok_len = exp.pad_sequences(tokens)
+    tgt, tgt_len = exp.pad_sequences([torch.tensor(t) for t in targets])
     log_probs = table[tok].double().log_softmax(-1).transpose(0, 1)
     direct = torch.nn.functional.ctc_loss(log_probs, tgt, tok_len, tgt_len, blank=0, reduction="sum")
     # the probe runs in float32: per frame log-softmax rounding is ~1e-7 nats, ~3 frames per character
