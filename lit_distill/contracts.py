@@ -25,11 +25,16 @@ loss. Source paths:
 - ``student.hidden_states.<i>`` (negative indices allowed)
 - ``student.features.<name>`` (``<name>`` may contain dots, e.g. a module path)
 - ``batch.<key>`` (a top-level batch entry such as ``labels`` or ``loss_mask``)
+
+They are parsed once into :class:`~lit_distill.sources.Source` values when a term is built, and
+checked against what each model adapter declares it can output
+(:meth:`~lit_distill.models.base.ModelAdapter.output_spec`) before training.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -37,8 +42,11 @@ import torch
 from torch import Tensor, nn
 
 from lit_distill.errors import ConfigError
+from lit_distill.sources import Source, SourceError, parse_sources
 
 SIDES = ("student", "teacher")
+__all__ = ["SIDES", "LossTerm", "ModelOutput", "Source", "SourceError", "batch_size", "resolve_source",
+           "side_inputs", "valid_count"]
 
 
 @dataclass
@@ -97,50 +105,14 @@ def valid_count(batch: dict[str, Any]) -> Tensor:
     return torch.tensor(reference.shape[0], device=reference.device)
 
 
-def resolve_source(path: str, student: ModelOutput, teacher: ModelOutput | None, batch: dict) -> Any:
-    """Look up one source path (see the module docstring) in outputs or batch."""
-    root, _, rest = path.partition(".")
-    if root == "batch":
-        if rest not in batch:
-            raise KeyError(f"source '{path}': the batch has no key '{rest}' (keys: {sorted(batch)})")
-        return batch[rest]
-    output = student if root == "student" else teacher
-    if output is None:
-        raise KeyError(f"source '{path}' needs a teacher, but the module has none")
-    field_name, _, key = rest.partition(".")
-    if field_name == "logits":
-        return output.logits
-    if field_name == "hidden_states":
-        if output.hidden_states is None:
-            raise KeyError(f"source '{path}': the {root} adapter returned no hidden states "
-                           "(set output_hidden_states: true on it)")
-        return output.hidden_states[int(key)]
-    if field_name == "features":
-        if key not in output.features:
-            raise KeyError(f"source '{path}': {root} features are {sorted(output.features)}")
-        return output.features[key]
-    raise KeyError(f"source '{path}': unknown output field '{field_name}'")
+def resolve_source(path: str | Source, student: ModelOutput, teacher: ModelOutput | None, batch: dict) -> Any:
+    """Look up one source path (see the module docstring) in outputs or batch.
 
-
-def _check_source_path(path: str) -> str | None:
-    """Return an error message for a malformed source path, else None."""
-    root, _, rest = path.partition(".")
-    if root not in ("student", "teacher", "batch") or not rest:
-        return "must start with 'student.', 'teacher.' or 'batch.'"
-    if root == "batch":
-        return None
-    field_name, _, key = rest.partition(".")
-    if field_name == "logits" and not key:
-        return None
-    if field_name == "hidden_states":
-        try:
-            int(key)
-        except ValueError:
-            return "hidden_states needs an integer layer index, e.g. 'student.hidden_states.-1'"
-        return None
-    if field_name == "features" and key:
-        return None
-    return "valid forms: <side>.logits, <side>.hidden_states.<i>, <side>.features.<name>"
+    Raises:
+        SourceError: (a ``KeyError`` and a ``ConfigError``) the value is not there.
+    """
+    source = path if isinstance(path, Source) else Source.parse(path)
+    return source.read(student, teacher, batch)
 
 
 class LossTerm(nn.Module):
@@ -162,32 +134,39 @@ class LossTerm(nn.Module):
 
     def __init__(self, weight: float = 1.0, sources: dict[str, str] | None = None) -> None:
         super().__init__()
+        name = type(self).__name__
+        if not isinstance(weight, int | float) or isinstance(weight, bool) or not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"{name}.weight: must be a finite number >= 0, got {weight!r} (a negative "
+                              "weight would maximise the term; remove the term or set 0 to only log it)")
         self.weight = float(weight)
-        self.sources = {**self.default_sources, **(sources or {})}
         params = inspect.signature(self.forward).parameters
-        for arg, path in self.sources.items():
-            if arg not in params:
-                raise ConfigError(f"{type(self).__name__}.sources: '{arg}' is not an argument of its "
-                                  f"forward (valid: {sorted(params)})")
-            problem = _check_source_path(path)
-            if problem:
-                raise ConfigError(f"{type(self).__name__}.sources.{arg}: '{path}' {problem}")
-        self._optional_args = {name for name, p in params.items() if p.default is not inspect.Parameter.empty}
+        self.sources: dict[str, Source] = parse_sources({**self.default_sources, **(sources or {})}, name,
+                                                        set(params))
+        # A default source of an argument with a default may be absent (no loss_mask in image
+        # batches); one the user named must exist, so a typo never silently drops a mask.
+        self._skippable = {arg for arg, p in params.items()
+                           if p.default is not inspect.Parameter.empty and arg not in (sources or {})}
 
     @property
     def reads_teacher(self) -> bool:
         """Whether any source is a teacher output."""
-        return any(path.startswith("teacher.") for path in self.sources.values())
+        return any(source.root == "teacher" for source in self.sources.values())
+
+    def may_be_absent(self, argument: str) -> bool:
+        """Whether ``argument``'s source may be absent: ``forward`` has a default for it and its
+        source is the term's default (a source the user named must exist)."""
+        return argument in self._skippable
 
     def gather(self, student: ModelOutput, teacher: ModelOutput | None, batch: dict) -> dict[str, Any]:
         """Collect this term's ``forward`` arguments from model outputs and the batch.
 
-        A ``batch.<key>`` source that the batch lacks is left out when the
-        argument has a default (e.g. no ``loss_mask`` for image batches: all count).
+        An argument with a default whose *default* source is absent (a batch entry the batch
+        lacks, e.g. no ``loss_mask`` for image batches; a feature the model does not return,
+        e.g. an LM head without bias) is left out, so ``forward`` uses its default. A source
+        given in ``sources`` must be there.
+
+        Raises:
+            SourceError: a required source is absent; the message says what exists.
         """
-        kwargs = {}
-        for arg, path in self.sources.items():
-            if arg in self._optional_args and path.startswith("batch.") and path[6:] not in batch:
-                continue
-            kwargs[arg] = resolve_source(path, student, teacher, batch)
-        return kwargs
+        return {arg: source.read(student, teacher, batch) for arg, source in self.sources.items()
+                if arg not in self._skippable or source.present(student, teacher, batch)}

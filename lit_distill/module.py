@@ -18,9 +18,12 @@ from lit_distill.errors import ConfigError
 from lit_distill.losses.terms import cross_entropy
 from lit_distill.models.torch_module import as_adapter
 from lit_distill.sharding import ShardingConfig, is_sharded, shard_distillation_module
+from lit_distill.sources import Source, SourceError
 from lit_distill.teacher import Teacher
 
 _RESERVED = {"loss", "student_ce", "teacher_ce"}
+_STUDENT_LOGITS = Source.parse("student.logits")
+_TEACHER_LOGITS = Source.parse("teacher.logits")
 
 
 class DistillationModule(L.LightningModule):
@@ -105,14 +108,37 @@ class DistillationModule(L.LightningModule):
             if not isinstance(term, LossTerm):
                 raise ConfigError(f"{field}: {type(term).__name__} is not a lit_distill.contracts.LossTerm")
             if term.reads_teacher and self.teacher is None:
-                reads = sorted(p for p in term.sources.values() if p.startswith("teacher."))
+                reads = sorted(str(s) for s in term.sources.values() if s.root == "teacher")
                 raise ConfigError(f"{field}: reads {reads} but model.init_args.teacher is null; "
                                   "set a teacher or remove the term")
+            self._check_sources(name, term)
             # Terms comparing the two sides' logits entry by entry declare check_vocab.
             if hasattr(term, "check_vocab") and self.teacher is not None \
-                    and term.sources.get("student_logits") == "student.logits" \
-                    and term.sources.get("teacher_logits") == "teacher.logits":
+                    and term.sources.get("student_logits") == _STUDENT_LOGITS \
+                    and term.sources.get("teacher_logits") == _TEACHER_LOGITS:
                 term.check_vocab(self.student.output_size, self.teacher.output_size, field)
+
+    def _check_sources(self, name: str, term: LossTerm) -> None:
+        """Fail before training on a source that a model's declared outputs cannot give.
+
+        A default source of an argument with a default may be absent (e.g. a head's bias); a
+        feature missing there is not an error.
+        """
+        specs = {"student": self.student.output_spec(),
+                 "teacher": self.teacher.output_spec() if self.teacher is not None else None}
+        for arg, source in term.sources.items():
+            spec = specs.get(source.root)
+            if spec is None:
+                continue
+            problem = spec.problem(source)
+            if problem is None or (term.may_be_absent(arg) and source.field == "features"):
+                continue
+            raise ConfigError(f"model.init_args.losses.{name}.init_args.sources.{arg}: '{source}': {problem}; "
+                              f"the {source.root} ({type(self._adapter(source.root)).__name__}) gives "
+                              f"{spec.describe()}")
+
+    def _adapter(self, side: str) -> nn.Module:
+        return self.student if side == "student" else self.teacher.model
 
     def configure_model(self) -> None:
         """Shard with FSDP2 under ``ModelParallelStrategy`` (see ``lit_distill.sharding``); else nothing."""
@@ -137,10 +163,19 @@ class DistillationModule(L.LightningModule):
     def compute_losses(self, batch: dict[str, Any], student_out: ModelOutput,
                        teacher_out: ModelOutput | None) -> tuple[Tensor, dict[str, Tensor]]:
         """Evaluate every term; return the weighted total and the per-term values."""
-        values = {name: term(**term.gather(student_out, teacher_out, batch))
+        values = {name: term(**self._gather(name, term, batch, student_out, teacher_out))
                   for name, term in self.losses.items()}
         total = sum(self.losses[name].weight * value for name, value in values.items())
         return total, values
+
+    @staticmethod
+    def _gather(name: str, term: LossTerm, batch: dict[str, Any], student_out: ModelOutput,
+                teacher_out: ModelOutput | None) -> dict[str, Any]:
+        """``term.gather`` with a missing source reported as the term's config field."""
+        try:
+            return term.gather(student_out, teacher_out, batch)
+        except SourceError as err:
+            raise ConfigError(f"model.init_args.losses.{name}.init_args.sources: {err}") from None
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         student_out, teacher_out = self(batch, run_teacher=self._teacher_needed)
@@ -168,12 +203,12 @@ class DistillationModule(L.LightningModule):
             raise ConfigError("batch.loss_mask: the first training batch has no position to train on (all "
                               "False); check the data (e.g. responses cut off by data.init_args.max_length)")
         for name, term in self.losses.items():
-            path = term.sources.get("mask")
-            if path is None or (path.startswith("batch.") and path[6:] not in batch):
+            source = term.sources.get("mask")
+            if source is None or not source.present(student_out, teacher_out, batch):
                 continue
-            term_mask = term.gather(student_out, teacher_out, batch).get("mask")
+            term_mask = source.read(student_out, teacher_out, batch)
             if isinstance(term_mask, Tensor) and term_mask.dtype == torch.bool and not bool(term_mask.any()):
-                raise ConfigError(f"model.init_args.losses.{name}.sources.mask: '{path}' is all False on the "
+                raise ConfigError(f"model.init_args.losses.{name}.sources.mask: '{source}' is all False on the "
                                   "first training batch, so the term compares nothing; point it at a mask "
                                   "with valid positions")
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from lit_distill.contracts import ModelOutput
 from lit_distill.models.base import ModelAdapter, parse_dtype
 from lit_distill.models.torch_module import as_adapter
+from lit_distill.sources import OutputSpec
 
 
 class Teacher(nn.Module):
@@ -61,6 +62,10 @@ class Teacher(nn.Module):
     def output_size(self) -> int | None:
         """Size of the teacher's logits' last dimension when known without a forward."""
         return self.model.output_size
+
+    def output_spec(self) -> OutputSpec:
+        """What the teacher's ``ModelOutput`` can hold (its adapter's spec)."""
+        return self.model.output_spec()
 
     @torch.no_grad()
     def forward(self, **inputs: Any) -> ModelOutput:

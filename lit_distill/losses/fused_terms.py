@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from lit_distill.contracts import LossTerm, ModelOutput, resolve_source
+from lit_distill.contracts import LossTerm
 from lit_distill.errors import ConfigError
 from lit_distill.losses.fused import (
     fused_cross_entropy,
@@ -59,19 +59,6 @@ class FusedLogitDivergence(LossTerm):
                               f"got {temperature!r}")
         self.options: dict[str, Any] = {"temperature": float(temperature), "chunk_size": chunk_size}
 
-    def gather(self, student: ModelOutput, teacher: ModelOutput | None, batch: dict) -> dict[str, Any]:
-        kwargs = {}
-        for arg, path in self.sources.items():
-            root, _, rest = path.partition(".")
-            output = student if root == "student" else teacher if root == "teacher" else None
-            if arg in self._optional_args and output is not None and rest.startswith("features.") \
-                    and rest[len("features."):] not in output.features:
-                continue  # e.g. no lm_head.bias: the head has no bias
-            if arg in self._optional_args and root == "batch" and rest not in batch:
-                continue
-            kwargs[arg] = resolve_source(path, student, teacher, batch)
-        return kwargs
-
     def forward(self, student_hidden: Tensor, student_weight: Tensor, teacher_hidden: Tensor,
                 teacher_weight: Tensor, mask: Tensor | None = None, student_bias: Tensor | None = None,
                 teacher_bias: Tensor | None = None) -> Tensor:
@@ -103,8 +90,6 @@ class FusedCrossEntropy(LossTerm):
             raise ConfigError(f"FusedCrossEntropy.chunk_size: must be a positive int, got {chunk_size!r}")
         self.chunk_size = chunk_size
         self.ignore_index = ignore_index
-
-    gather = FusedLogitDivergence.gather
 
     def forward(self, hidden: Tensor, head_weight: Tensor, labels: Tensor,
                 head_bias: Tensor | None = None) -> Tensor:

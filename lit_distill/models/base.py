@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -9,6 +10,7 @@ from torch import Tensor, nn
 
 from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
+from lit_distill.sources import OutputSpec
 
 
 def parse_dtype(name: str | None, field: str = "dtype") -> torch.dtype | None:
@@ -66,6 +68,22 @@ class ModelAdapter(nn.Module):
     @property
     def output_size(self) -> int | None:
         """Size of the logits' last dimension when known without a forward (vocab or classes)."""
+        return None
+
+    def output_spec(self) -> OutputSpec:
+        """What this adapter's ``ModelOutput`` can hold, known before any forward pass.
+
+        ``DistillationModule`` checks every loss term's sources against it before training.
+        The default knows only the hooked features and leaves everything else to the first
+        step; adapters that know their outputs override :meth:`declared_outputs`.
+        """
+        declared = self.declared_outputs()
+        if declared is None:
+            return OutputSpec(features=frozenset(self.hook_paths))
+        return replace(declared, features=declared.features | frozenset(self.hook_paths))
+
+    def declared_outputs(self) -> OutputSpec | None:
+        """The outputs :meth:`run` returns (without the hooked features), or None when unknown."""
         return None
 
     def run(self, **inputs: Any) -> ModelOutput:

@@ -31,6 +31,7 @@ from vector_quantize_pytorch import VectorQuantize
 from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter
+from lit_distill.sources import OutputSpec
 
 
 class ResidualUnit(nn.Module):
@@ -328,6 +329,13 @@ class ConvCodec(FramedCodec):
     def codebook_sizes(self) -> list[int]:
         """Entries of each codebook, first quantiser first (all equal here)."""
         return [self.quantizer.codebook_size] * self.quantizer.num_quantizers
+
+    def declared_outputs(self) -> OutputSpec:
+        """Features only: latent, quantized, codes, layer_outputs (and ``layer_outputs.<q>`` per
+        quantiser), reconstruction and commit_loss."""
+        names = {"latent", "quantized", "codes", "layer_outputs", "reconstruction", "commit_loss"}
+        names |= {f"layer_outputs.{q}" for q in range(self.num_quantizers)}
+        return OutputSpec(logits=False, hidden_states=0, features=frozenset(names), closed=True)
 
     def run(self, waveform: Tensor, waveform_mask: Tensor | None = None, **_: Any) -> ModelOutput:
         length = waveform.shape[-1]

@@ -9,6 +9,7 @@ from typing import Any
 from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter, parse_dtype
+from lit_distill.sources import OutputSpec
 
 
 class HFCausalLM(ModelAdapter):
@@ -83,6 +84,18 @@ class HFCausalLM(ModelAdapter):
     def output_size(self) -> int | None:
         embeddings = self.module.get_output_embeddings()
         return embeddings.weight.shape[0] if embeddings is not None else self.module.config.vocab_size
+
+    def declared_outputs(self) -> OutputSpec:
+        """Logits (or, with ``compute_logits: false``, the last hidden state and the LM head as
+        features), plus every layer's hidden states when ``output_hidden_states``."""
+        features = frozenset()
+        if not self.compute_logits:
+            head = self.module.get_output_embeddings()
+            features = frozenset({"last_hidden_state", "lm_head.weight"}
+                                 | ({"lm_head.bias"} if getattr(head, "bias", None) is not None else set()))
+        layers = getattr(self.module.config, "num_hidden_layers", None)
+        hidden = (None if layers is None else int(layers) + 1) if self.output_hidden_states else 0
+        return OutputSpec(logits=self.compute_logits, hidden_states=hidden, features=features, closed=True)
 
     def run(self, **inputs: Any) -> ModelOutput:
         if not self.compute_logits:

@@ -11,6 +11,7 @@ from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter, parse_dtype
 from lit_distill.models.hf import load_pretrained_checked
+from lit_distill.sources import OutputSpec
 
 
 def normalize_waveform(waveform: Tensor, waveform_mask: Tensor | None = None, eps: float = 1e-7) -> Tensor:
@@ -87,6 +88,12 @@ class HFSpeechEncoder(ModelAdapter):
     def total_stride(self) -> int:
         """Input samples per output frame: the product of the feature extractor's strides."""
         return int(torch.tensor(list(self.module.config.conv_stride)).prod().item())
+
+    def declared_outputs(self) -> OutputSpec:
+        """Every layer's hidden states (the CNN features first) and ``features.last_hidden_state``."""
+        layers = getattr(self.module.config, "num_hidden_layers", None)
+        return OutputSpec(logits=False, hidden_states=None if layers is None else int(layers) + 1,
+                          features=frozenset({"last_hidden_state"}), closed=True)
 
     def run(self, waveform: Tensor, waveform_mask: Tensor | None = None, **_: Any) -> ModelOutput:
         if waveform.dim() == 3:

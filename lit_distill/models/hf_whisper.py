@@ -18,6 +18,7 @@ from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter, parse_dtype
 from lit_distill.models.hf import load_pretrained_checked
+from lit_distill.sources import OutputSpec
 
 WHISPER_SAMPLE_RATE = 16000
 N_FFT = 400
@@ -190,6 +191,14 @@ class HFWhisperEncoder(ModelAdapter):
         """Log-mel ``[B, M, 2 * T_enc]`` → last hidden state ``[B, T_enc, D]`` (in float32 or the mel's dtype)."""
         dtype = next(self.module.parameters()).dtype
         return self.module(input_features=mel.to(dtype)).last_hidden_state
+
+    def declared_outputs(self) -> OutputSpec:
+        """``features.last_hidden_state`` and ``features.frame_mask``; every layer's hidden
+        states when ``output_hidden_states``."""
+        layers = getattr(self.module.config, "encoder_layers", None)
+        hidden = (None if layers is None else int(layers) + 1) if self.output_hidden_states else 0
+        return OutputSpec(logits=False, hidden_states=hidden,
+                          features=frozenset({"last_hidden_state", "frame_mask"}), closed=True)
 
     def run(self, waveform: Tensor, waveform_mask: Tensor | None = None, **_: Any) -> ModelOutput:
         mel, frame_mask = self.prepare(waveform, waveform_mask)

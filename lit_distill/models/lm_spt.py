@@ -39,6 +39,7 @@ from lit_distill.models.codec import (
     build_encoder,
     check_codebook_args,
 )
+from lit_distill.sources import OutputSpec
 
 
 class SemanticQuantizer(nn.Module):
@@ -188,6 +189,14 @@ class LMSPTCodec(FramedCodec):
         sem = self.semantic_quantizer(semantic_latent, mask)
         rvq = self.acoustic_quantizer(latent - sem["quantized"], mask)
         return {"semantic_latent": semantic_latent, "latent": latent, "semantic": sem, "acoustic": rvq}
+
+    def declared_outputs(self) -> OutputSpec:
+        """Features only: both reconstructions, codes (semantic first), latents, quantized, the
+        commitment losses, layer_outputs and ``layer_outputs.<i>`` (0 = semantic)."""
+        names = {"reconstruction", "semantic_reconstruction", "codes", "semantic_codes", "layer_outputs",
+                 "semantic_latent", "latent", "quantized", "commit_loss", "semantic_commit_loss"}
+        names |= {f"layer_outputs.{i}" for i in range(self.num_quantizers)}
+        return OutputSpec(logits=False, hidden_states=0, features=frozenset(names), closed=True)
 
     def run(self, waveform: Tensor, waveform_mask: Tensor | None = None, **_: Any) -> ModelOutput:
         length = waveform.shape[-1]

@@ -11,6 +11,7 @@ from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter
 from lit_distill.models.torch_module import as_adapter
+from lit_distill.sources import OutputSpec
 
 
 class MultiModel(ModelAdapter):
@@ -55,6 +56,17 @@ class MultiModel(ModelAdapter):
         self.module = nn.ModuleDict({name: as_adapter(model) for name, model in members.items()})
         self.inputs = inputs
 
+    def declared_outputs(self) -> OutputSpec:
+        """Features only: each member's outputs as ``<member>.logits``, ``<member>.hidden_states.<i>``
+        and ``<member>.<feature>``."""
+        names: set[str] = set()
+        closed = True
+        for name, member in self.module.items():
+            member_names, complete = _flatten_spec(name, member.output_spec())
+            names |= member_names
+            closed = closed and complete
+        return OutputSpec(logits=False, hidden_states=0, features=frozenset(names), closed=closed)
+
     def run(self, **inputs: Any) -> ModelOutput:
         features = {}
         for name, member in self.module.items():
@@ -76,6 +88,19 @@ class MultiModel(ModelAdapter):
 
         for name, member in self.module.items():
             member.export(os.path.join(out_dir, name))
+
+
+def _flatten_spec(name: str, spec: OutputSpec) -> tuple[set[str], bool]:
+    """One member's declared outputs as the ``<name>.``-prefixed feature names :func:`_flatten` gives,
+    and whether that list is complete."""
+    names = {f"{name}.{key}" for key in spec.features}
+    if spec.logits is not False:
+        names.add(f"{name}.logits")
+    if spec.hidden_states:
+        n = spec.hidden_states
+        names |= {f"{name}.hidden_states.{i}" for i in range(-n, n)}
+    complete = spec.closed and spec.logits is not None and spec.hidden_states is not None
+    return names, complete
 
 
 def _flatten(name: str, out: ModelOutput) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter
 from lit_distill.models.image import _close_names, load_checked, read_state_dict
+from lit_distill.sources import OutputSpec
 
 __all__ = ["TimmSegmentation", "TorchvisionSegmentation", "widen_input_stem"]
 
@@ -88,6 +89,10 @@ class _SegmentationAdapter(ModelAdapter):
     @property
     def output_size(self) -> int | None:
         return self.num_classes
+
+    def declared_outputs(self) -> OutputSpec:
+        """Per-pixel logits ``[B, C, H, W]`` only (hooked features besides)."""
+        return OutputSpec(logits=True, hidden_states=0, closed=True)
 
     def export(self, out_dir: str) -> None:
         """Save ``model_state_dict.pt`` (loadable through ``checkpoint``) and a JSON of the arguments."""

@@ -33,6 +33,7 @@ from lit_distill.models.image import (  # noqa: F401 - re-exported
     load_checked,
     read_state_dict,
 )
+from lit_distill.sources import OutputSpec
 
 
 class TimmModel(ImageModelAdapter):
@@ -127,6 +128,13 @@ class TimmModel(ImageModelAdapter):
     @property
     def output_size(self) -> int | None:
         return self.module.num_classes or None
+
+    def declared_outputs(self) -> OutputSpec:
+        """Logits (when the model has a head), ``features.pooled``, ``features.dist_logits`` for
+        distilled models; ``features.tokens`` for token models (known only when run)."""
+        names = {"pooled"} | ({"dist_logits"} if self.distilled else set())
+        return OutputSpec(logits=bool(self.module.num_classes) or self.distilled, hidden_states=0,
+                          features=frozenset(names))
 
     def run(self, pixel_values: Tensor) -> ModelOutput:
         m = self.module
@@ -270,6 +278,10 @@ class TorchvisionModel(ImageModelAdapter):
         linears = [m for m in classifier.modules() if isinstance(m, nn.Linear)]
         return linears[-1].out_features if linears else None
 
+    def declared_outputs(self) -> OutputSpec:
+        """Logits; ``features.pooled`` when the classifier's input could be captured."""
+        return OutputSpec(logits=True, hidden_states=0)
+
     def run(self, pixel_values: Tensor) -> ModelOutput:
         self._pooled = None
         raw = self.module(pixel_values)
@@ -377,6 +389,11 @@ class OpenClipImageTower(ImageModelAdapter):
     @property
     def output_size(self) -> int | None:
         return self.classifier.out_features if self.classifier is not None else None
+
+    def declared_outputs(self) -> OutputSpec:
+        """``features.pooled`` (the image embedding); logits when a classifier is attached."""
+        return OutputSpec(logits=self.classifier is not None, hidden_states=0,
+                          features=frozenset({"pooled"}), closed=True)
 
     def run(self, pixel_values: Tensor) -> ModelOutput:
         embedding = self.module(pixel_values)

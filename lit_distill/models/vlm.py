@@ -37,6 +37,7 @@ from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter, parse_dtype
 from lit_distill.models.hf import HFCausalLM, load_pretrained_checked
 from lit_distill.models.moe import moe_aux_loss, upcycle
+from lit_distill.sources import OutputSpec
 
 
 class HFVisionTower(ModelAdapter):
@@ -309,6 +310,10 @@ class LlavaComposition(ModelAdapter):
         """``[B, 3, H, W]`` → projected image tokens ``[B, N, D_lm]``."""
         return self.projector(image_tokens(self.vision(pixel_values=pixel_values), self.vision_feature))
 
+    def declared_outputs(self) -> OutputSpec:
+        """Logits ``[B, L, V]``; ``features.moe_aux_loss`` when the LM has MoE layers."""
+        return OutputSpec(logits=True, hidden_states=0)
+
     def run(self, input_ids: Tensor, pixel_values: Tensor, attention_mask: Tensor | None = None) -> ModelOutput:
         if not self._checked:  # once: the count check needs a host sync
             counts = (input_ids == self.image_token_id).sum(dim=1)
@@ -417,6 +422,10 @@ class HFLlava(ModelAdapter):
     @property
     def output_size(self) -> int | None:
         return self.module.get_output_embeddings().weight.shape[0]
+
+    def declared_outputs(self) -> OutputSpec:
+        """Logits ``[B, L, V]``; ``features.moe_aux_loss`` when the LM has MoE layers."""
+        return OutputSpec(logits=True, hidden_states=0)
 
     def run(self, input_ids: Tensor, pixel_values: Tensor, attention_mask: Tensor | None = None) -> ModelOutput:
         out = self.module(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,

@@ -139,6 +139,16 @@ TEXT_CASES = {
     "max_length_too_small": (["--data.init_args.max_length=1"], ["max_length"]),
     "missing_data_path": (["--data.init_args.train_path={bad}/no_such.txt"], ["train_path", "no_such.txt"]),
     "bad_chunk_size": (["--model.init_args.losses.kd.init_args.chunk_size=0"], ["chunk_size"]),
+    "source_names_a_feature_the_model_lacks": (
+        ["--model.init_args.losses.kd.init_args.sources={{teacher_logits: teacher.features.logitz}}"],
+        ["losses.kd.init_args.sources.teacher_logits", "teacher.features.logitz", "gives logits"]),
+    "source_reads_hidden_states_not_returned": (
+        ["--model.init_args.losses.kd.init_args.sources={{student_logits: student.hidden_states.-1}}"],
+        ["sources.student_logits", "output_hidden_states"]),
+    "source_names_a_missing_batch_key": (
+        ["--model.init_args.losses.kd.init_args.sources={{mask: batch.loss_mask_typo}}"],
+        ["losses.kd.init_args.sources", "no key 'loss_mask_typo'"]),
+    "negative_loss_weight": (["--model.init_args.losses.kd.init_args.weight=-0.5"], ["ForwardKL.weight", ">= 0"]),
 }
 
 
