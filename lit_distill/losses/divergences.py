@@ -83,6 +83,61 @@ def _tvd(lp: Tensor, lq: Tensor) -> Tensor:
     return 0.5 * (lp.exp() - lq.exp()).abs().sum(-1)
 
 
+# Closed-form gradients with respect to the student's temperature-scaled logits x, for a
+# teacher without gradient. For a divergence D(p, q) of q = softmax(x):
+#   ∂D/∂x = q ⊙ g − q · Σ_v q_v g_v  with  g = ∂D/∂q.
+# Each function below takes finite log-probs lp, lq [n, V] (it may overwrite them), writes
+# ∂D/∂x into ``out`` [n, V] and returns the per-row divergence [n]. Products with q are formed
+# in log space where g alone could be infinite (entries with q = 0).
+ValueAndGrad = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def _kl_value_grad(lp: Tensor, lq: Tensor, out: Tensor) -> Tensor:
+    p = lp.exp()
+    per_row = torch.einsum("nv,nv->n", p, lp - lq)
+    torch.sub(lq.exp_(), p, out=out)  # g = −p / q: q ⊙ g − q Σ q g = q − p
+    return per_row
+
+
+def _reverse_kl_value_grad(lp: Tensor, lq: Tensor, out: Tensor) -> Tensor:
+    q = lq.exp()
+    d = lq.sub_(lp)  # log q − log p
+    per_row = torch.einsum("nv,nv->n", q, d)
+    torch.sub(d, per_row.unsqueeze(-1), out=out).mul_(q)  # g = d + 1: q ⊙ (d − KL(q ‖ p))
+    return per_row
+
+
+def _generic_value_grad(div: DivFn, q_times_g: Callable[[Tensor, Tensor], Tensor]) -> ValueAndGrad:
+    """Value and gradient from a per-row divergence and a function giving ``q ⊙ g``."""
+    def value_grad(lp: Tensor, lq: Tensor, out: Tensor) -> Tensor:
+        per_row = div(lp, lq)
+        qg = q_times_g(lp, lq)
+        q = lq.exp_()
+        torch.sub(qg, q.mul_(qg.sum(-1, keepdim=True)), out=out)
+        return per_row
+    return value_grad
+
+
+def _jsd_qg(lp: Tensor, lq: Tensor, beta: float) -> Tensor:
+    return (1.0 - beta) * lq.exp() * (lq - _log_mix(lp, lq, beta))  # g = (1−β)(log q − log M)
+
+
+def _skew_kl_qg(lp: Tensor, lq: Tensor, alpha: float) -> Tensor:
+    # D = KL(p ‖ m), m = αp + (1−α)q: g = −(1−α) p / m
+    return -(1.0 - alpha) * (lq + lp - _log_mix(lp, lq, alpha)).exp()
+
+
+def _skew_reverse_kl_qg(lp: Tensor, lq: Tensor, alpha: float) -> Tensor:
+    # D = KL(q ‖ m), m = αq + (1−α)p: g = log q − log m + 1 − α q / m (the 1 cancels)
+    lm = _log_mix(lq, lp, alpha)
+    return lq.exp() * (lq - lm - alpha * (lq - lm).exp())
+
+
+def _tvd_qg(lp: Tensor, lq: Tensor) -> Tensor:
+    q = lq.exp()
+    return 0.5 * q * torch.sign(q - lp.exp())  # g = ½ sign(q − p)
+
+
 def _log_probs(logits: Tensor, mask: Tensor | None, temperature: float,
                dtype: torch.dtype) -> Tensor:
     """``[n, V]`` logits -> ``log_softmax(max(logits, floor) / T)`` in ``dtype``, finite.
@@ -133,6 +188,49 @@ def _chunk_loop(div: DivFn, s: Tensor, t: Tensor, mask: Tensor | None, temperatu
         total = total + value.detach()
         del value, s_c, t_c
     return total
+
+
+def _analytic_loop(value_grad: ValueAndGrad, s: Tensor, t: Tensor, mask: Tensor | None,
+                   temperature: float, dtype: torch.dtype, chunk_size: int, grad_s: Tensor) -> Tensor:
+    """Sum of a divergence over all rows, ``chunk_size`` rows at a time, writing each chunk's
+    gradient with respect to ``s / temperature`` into ``grad_s`` ``[N, V]`` from its closed form
+    (no autograd graph). Masked-out rows get a zero gradient and add nothing."""
+    total = torch.zeros((), dtype=dtype, device=s.device)
+    for start in range(0, s.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        m_c = None if mask is None else mask[rows]
+        lp = _log_probs(t[rows], m_c, temperature, dtype)
+        lq = _log_probs(s[rows], m_c, temperature, dtype)
+        out = grad_s[rows]
+        per_row = value_grad(lp, lq, out)
+        if m_c is not None:  # their rows were zeroed: equal distributions, but keep it exact
+            per_row = torch.where(m_c, per_row, 0.0)
+            out.masked_fill_(~m_c.unsqueeze(-1), 0.0)
+        total = total + per_row.sum()
+        del lp, lq, out, per_row
+    return total
+
+
+class _AnalyticSum(torch.autograd.Function):
+    """Sum of a divergence over rows whose student gradient is its closed form (teacher without
+    gradient). Forward computes the value and the gradient chunk by chunk into one ``[N, V]``
+    buffer; backward scales it. Faster than autograd through log-softmax (fewer passes, no
+    saved graph) and lean: one chunk of float32 intermediates plus the gradient buffer. No
+    double backward (``once_differentiable``)."""
+
+    @staticmethod
+    def forward(ctx, s, t, mask, value_grad, temperature, dtype, chunk_size):
+        grad_s = torch.empty_like(s)
+        total = _analytic_loop(value_grad, s, t, mask, temperature, dtype, chunk_size, grad_s)
+        ctx.grad_s, ctx.temperature = grad_s, temperature
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_total):
+        # d(s / T)/ds = 1 / T, applied with the incoming scalar in one pass. Not in place: a graph
+        # may be differentiated more than once (retain_graph, gradcheck, GradientShare).
+        return ctx.grad_s * (grad_total / ctx.temperature), None, None, None, None, None, None
 
 
 class _ChunkedSum(torch.autograd.Function):
@@ -201,19 +299,27 @@ def _check(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None, 
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
 
 
-def _reduce(div: DivFn, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None,
-            temperature: float, chunk_size: int | None, scale_by_t2: bool = True) -> Tensor:
-    """Validate, flatten to ``[N, V]``, sum ``div`` over valid rows (chunked or not), mean, T²."""
+def _reduce(div: DivFn, value_grad: ValueAndGrad, student_logits: Tensor, teacher_logits: Tensor,
+            mask: Tensor | None, temperature: float, chunk_size: int | None,
+            scale_by_t2: bool = True) -> Tensor:
+    """Validate, flatten to ``[N, V]``, sum ``div`` over valid rows (chunked or not), mean, T².
+
+    When only the student needs a gradient (the usual distillation step) the sum runs through
+    :class:`_AnalyticSum` (closed-form gradient); with a teacher gradient, through autograd.
+    """
     temperature = float(temperature)
     _check(student_logits, teacher_logits, mask, temperature, chunk_size)
     wide = torch.float64 in (student_logits.dtype, teacher_logits.dtype)
     dtype = torch.float64 if wide else torch.float32
     s, t = (x.reshape(-1, x.shape[-1]) for x in (student_logits, teacher_logits))  # [N, V]
     m = None if mask is None else mask.reshape(-1)
-    if chunk_size is None:
+    need_s, need_t = (torch.is_grad_enabled() and x.requires_grad for x in (s, t))
+    if need_s and not need_t:
+        total = _AnalyticSum.apply(s, t.detach(), m, value_grad, temperature, dtype,
+                                   chunk_size or max(s.shape[0], 1))
+    elif chunk_size is None:
         total = _block_sum(div, s, t, m, temperature, dtype)
     else:
-        need_s, need_t = (torch.is_grad_enabled() and x.requires_grad for x in (s, t))
         if need_s or need_t:
             total = _ChunkedSum.apply(s, t, m, div, temperature, dtype, chunk_size, need_s, need_t)
         else:
@@ -247,7 +353,7 @@ def forward_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | No
         ValueError: shapes differ (different vocab sizes are reported as such), the mask
             is not bool ``[...]``, temperature <= 0, or chunk_size is not a positive int.
     """
-    return _reduce(_kl, student_logits, teacher_logits, mask, temperature, chunk_size)
+    return _reduce(_kl, _kl_value_grad, student_logits, teacher_logits, mask, temperature, chunk_size)
 
 
 def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None,
@@ -267,7 +373,7 @@ def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | No
     Raises:
         ValueError: as :func:`forward_kl`.
     """
-    return _reduce(_swap(_kl), student_logits, teacher_logits, mask, temperature, chunk_size)
+    return _reduce(_swap(_kl), _reverse_kl_value_grad, student_logits, teacher_logits, mask, temperature, chunk_size)
 
 
 def generalized_jsd(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None,
@@ -301,7 +407,8 @@ def generalized_jsd(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor
         raise ValueError(f"beta must be strictly in (0, 1), got {beta}; for beta=0 / beta=1 "
                          "(TRL's special cases) call forward_kl / reverse_kl instead")
     div = functools.partial(_jsd, beta=beta)
-    return _reduce(div, student_logits, teacher_logits, mask, temperature, chunk_size)
+    grad = _generic_value_grad(div, functools.partial(_jsd_qg, beta=beta))
+    return _reduce(div, grad, student_logits, teacher_logits, mask, temperature, chunk_size)
 
 
 def _check_alpha(alpha: float) -> float:
@@ -331,8 +438,10 @@ def skew_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None 
     Raises:
         ValueError: alpha outside [0, 1), or as :func:`forward_kl`.
     """
-    div = functools.partial(_skew_kl, alpha=_check_alpha(alpha))
-    return _reduce(div, student_logits, teacher_logits, mask, temperature, chunk_size)
+    alpha = _check_alpha(alpha)
+    div = functools.partial(_skew_kl, alpha=alpha)
+    grad = _generic_value_grad(div, functools.partial(_skew_kl_qg, alpha=alpha))
+    return _reduce(div, grad, student_logits, teacher_logits, mask, temperature, chunk_size)
 
 
 def skew_reverse_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None,
@@ -356,8 +465,10 @@ def skew_reverse_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor
     Raises:
         ValueError: alpha outside [0, 1), or as :func:`forward_kl`.
     """
-    div = _swap(functools.partial(_skew_kl, alpha=_check_alpha(alpha)))
-    return _reduce(div, student_logits, teacher_logits, mask, temperature, chunk_size)
+    alpha = _check_alpha(alpha)
+    div = _swap(functools.partial(_skew_kl, alpha=alpha))
+    grad = _generic_value_grad(div, functools.partial(_skew_reverse_kl_qg, alpha=alpha))
+    return _reduce(div, grad, student_logits, teacher_logits, mask, temperature, chunk_size)
 
 
 def total_variation(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None,
@@ -379,4 +490,4 @@ def total_variation(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor
     Raises:
         ValueError: as :func:`forward_kl`.
     """
-    return _reduce(_tvd, student_logits, teacher_logits, mask, 1.0, chunk_size, scale_by_t2=False)
+    return _reduce(_tvd, _generic_value_grad(_tvd, _tvd_qg), student_logits, teacher_logits, mask, 1.0, chunk_size, scale_by_t2=False)
