@@ -13,6 +13,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from datamodules.checks import check_loader_arguments, read_utf8
 from datamodules.local_corpus import split_documents
 from lit_distill.checkpointing import ResumableDataLoader, ResumableSampler
 from lit_distill.errors import ConfigError, MissingPathError
@@ -40,16 +41,17 @@ def _input_files(path: str, fmt: str) -> list[tuple[Path, str]]:
 
 
 def read_records(
-    path: str, fmt: str, text_field: str, prompt_field: str, response_field: str
+    path: str, fmt: str, text_field: str, prompt_field: str, response_field: str, field: str = "data path"
 ) -> list[Record]:
     """Read documents (blank-line separated in .txt) and JSONL records from a file or directory.
 
     A JSONL record holding both ``prompt_field`` and ``response_field`` is a pair; otherwise it
-    must hold ``text_field``.
+    must hold ``text_field``. ``field`` names the config field of ``path`` in error messages
+    (e.g. a file that is not UTF-8).
     """
     records: list[Record] = []
     for file, file_fmt in _input_files(path, fmt):
-        text = file.read_text(encoding="utf-8").replace("\r\n", "\n")
+        text = read_utf8(file, field).replace("\r\n", "\n")
         if file_fmt == "text":
             records += [d.strip() for d in re.split(r"\n[ \t]*\n", text) if d.strip()]
             continue
@@ -175,10 +177,13 @@ class RecordsDataModule(EpochLoaders, LightningDataModule):
         hp = self.hparams
         if hp.max_length < 2:
             raise ConfigError(f"max_length must be at least 2, got {hp.max_length}")
+        check_loader_arguments(hp.batch_size, hp.num_workers)
         if hp.val_path is None and not 0.0 < hp.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1) without val_path, got {hp.val_fraction}")
         for name in ("train_path", "val_path"):
             path = hp[name]
+            if path is not None and not str(path).strip():
+                raise ConfigError(f"{name}: the path is empty; {EXPECTED_DATA}")
             if path is not None and not Path(path).exists():
                 raise MissingPathError(f"{name} {path!r} does not exist; {EXPECTED_DATA}")
         self.train_dataset: list | None = None  # map-style datasets (plain lists)
@@ -199,11 +204,11 @@ class RecordsDataModule(EpochLoaders, LightningDataModule):
             return
         hp = self.hparams
         fields = (hp.text_field, hp.prompt_field, hp.response_field)
-        train, where = read_records(hp.train_path, hp.format, *fields), repr(hp.train_path)
+        train, where = read_records(hp.train_path, hp.format, *fields, "train_path"), repr(hp.train_path)
         if not train:
             raise ConfigError(f"train_path {where} holds no documents or records")
         if hp.val_path is not None:
-            val, val_where = read_records(hp.val_path, hp.format, *fields), repr(hp.val_path)
+            val, val_where = read_records(hp.val_path, hp.format, *fields, "val_path"), repr(hp.val_path)
             if not val:
                 raise ConfigError(f"val_path {val_where} holds no documents or records")
         elif len(train) < 2:

@@ -66,6 +66,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.checks import check_loader_arguments
 from datamodules.records import EpochLoaders, epoch_loader
 from lit_distill.errors import ConfigError, MissingPathError
 from lit_distill.models.image import IMAGENET_MEAN, IMAGENET_STD
@@ -334,8 +335,7 @@ class SegmentationDataModule(EpochLoaders, LightningDataModule):
             raise ConfigError(f"scale_range: need 0 < min <= max, got {list(hp.scale_range)}")
         if hp.image_size < 8:
             raise ConfigError(f"image_size: must be >= 8 pixels, got {hp.image_size}")
-        if hp.batch_size < 1:
-            raise ConfigError(f"batch_size: must be >= 1, got {hp.batch_size}")
+        check_loader_arguments(hp.batch_size, hp.num_workers)
         for name, positive in (("mean", False), ("std", True)):
             stats = [float(v) for v in hp[name]]
             if len(stats) != 3 or (positive and min(stats) <= 0):

@@ -61,6 +61,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.checks import check_loader_arguments, read_utf8
 from datamodules.records import EpochLoaders, epoch_loader
 from datamodules.speech_corpus import (  # noqa: F401 - re-exported: the corpus is part of this API
     AUDIO_EXTENSIONS,
@@ -89,7 +90,7 @@ def read_manifest(path: str | Path, field: str = "manifest") -> list[Utterance]:
         raise MissingPathError(f"{field}: {str(path)!r} does not exist; expected a JSONL file with "
                                "records {\"path\": ..., \"text\": ..., \"duration\": ...}")
     items = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_utf8(path, field).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -113,7 +114,7 @@ def read_librispeech(root: str | Path, field: str = "root") -> list[Utterance]:
                                "<root>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt with audio beside it")
     items = []
     for trans in sorted(root.glob("*/*/*.trans.txt")):
-        for line in trans.read_text(encoding="utf-8").splitlines():
+        for line in read_utf8(trans, field).splitlines():
             if not line.strip():
                 continue
             utt_id, _, text = line.strip().partition(" ")
@@ -276,8 +277,7 @@ class SpeechDataModule(EpochLoaders, LightningDataModule):
             raise ConfigError(f"crop_seconds must be positive (or null for whole utterances), got {crop_seconds}")
         if val_crop not in ("center", "full"):
             raise ConfigError(f"val_crop: {val_crop!r} is not one of ['center', 'full']")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        check_loader_arguments(batch_size, num_workers)
         if synthesize and (manifest is None or Path(manifest).name != "manifest.jsonl"):
             raise ConfigError(f"synthesize: needs manifest: <folder>/manifest.jsonl (got {manifest!r})")
         if teacher_max_length < 1:

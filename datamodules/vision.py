@@ -53,6 +53,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from datamodules.checks import check_loader_arguments
 from datamodules.long_tail import GROUPS, balanced_split, class_groups, long_tail_counts  # noqa: F401
 from datamodules.records import epoch_loader
 from lit_distill.errors import ConfigError, MissingPathError
@@ -348,8 +349,7 @@ class ImageClassificationDataModule(LightningDataModule):
             if len(stats) != 3 or (positive and min(stats) <= 0):
                 raise ConfigError(f"{name}: {list(hp[name])} is not three per-channel (RGB) "
                                   f"{'positive ' if positive else ''}values")
-        if hp.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {hp.batch_size}")
+        check_loader_arguments(hp.batch_size, hp.num_workers)
         if hp.augment == "strong" or hp.teacher_view == "strong":
             self._randaugment()  # fail early on a bad config string
 

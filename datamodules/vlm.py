@@ -45,6 +45,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from datamodules.checks import check_loader_arguments, read_utf8
 from datamodules.records import EpochLoaders, epoch_loader
 from datamodules.text import IGNORE_INDEX, _special_prefix
 from datamodules.tokenizer_training import load_tokenizer
@@ -60,7 +61,7 @@ def read_json_records(path: str, field: str) -> tuple[list[dict], Path]:
     if not p.is_file():
         raise MissingPathError(f"{field}: no JSON file '{path}'")
     try:
-        records = json.loads(p.read_text(encoding="utf-8"))
+        records = json.loads(read_utf8(p, field))
     except json.JSONDecodeError as err:
         raise ConfigError(f"{field}: '{path}' is not valid JSON ({err})") from err
     if not isinstance(records, list) or not records:
@@ -115,6 +116,7 @@ class VLMDataModule(EpochLoaders, LightningDataModule):
                  shuffle: bool = True) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_loader_arguments(batch_size, num_workers)
         if num_image_tokens < 1:
             raise ConfigError(f"data.init_args.num_image_tokens: must be >= 1, got {num_image_tokens}")
         for name in ("train_path", "val_path"):

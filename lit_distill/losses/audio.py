@@ -263,7 +263,10 @@ class CodecReconstruction(LossTerm):
     def forward(self, reconstruction: Tensor, waveform: Tensor, mask: Tensor | None = None) -> Tensor:
         """Scalar loss of ``reconstruction`` ``[B, 1, T]`` against ``waveform`` ``[B, 1, T]``."""
         total = reconstruction.new_zeros(())
-        if self.mel is not None:
+        if self.mel_weight > 0:
+            if self.mel is None:
+                raise ConfigError("CodecReconstruction.mel_weight: the term was built with mel_weight 0 and has no "
+                                  "mel filters; build it with a positive mel_weight to schedule that weight")
             total = total + self.mel_weight * self.mel(reconstruction, waveform, mask)
         if self.waveform_weight > 0:
             total = total + self.waveform_weight * waveform_l1(reconstruction, waveform, mask)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -57,13 +57,15 @@ class FusedLogitDivergence(LossTerm):
         if not (float(temperature) > 0 and math.isfinite(float(temperature))):
             raise ConfigError(f"{type(self).__name__}.temperature: must be a finite number > 0, "
                               f"got {temperature!r}")
-        self.options: dict[str, Any] = {"temperature": float(temperature), "chunk_size": chunk_size}
+        self.temperature = float(temperature)
+        self.chunk_size = chunk_size
 
     def forward(self, student_hidden: Tensor, student_weight: Tensor, teacher_hidden: Tensor,
                 teacher_weight: Tensor, mask: Tensor | None = None, student_bias: Tensor | None = None,
                 teacher_bias: Tensor | None = None) -> Tensor:
         return type(self).divergence(student_hidden, student_weight, teacher_hidden, teacher_weight, mask,
-                                     student_bias=student_bias, teacher_bias=teacher_bias, **self.options)
+                                     student_bias=student_bias, teacher_bias=teacher_bias,
+                                     temperature=self.temperature, chunk_size=self.chunk_size)
 
 
 class FusedCrossEntropy(LossTerm):

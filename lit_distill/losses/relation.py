@@ -186,7 +186,7 @@ class TRG(LossTerm):
                               f"num_tokens={num_tokens}, k={k}, sigma={sigma}, temperature={temperature}")
         self.num_tokens, self.k, self.sigma, self.temperature = num_tokens, k, sigma, temperature
         self.normalize_tokens = normalize_tokens
-        self.weights = {"local": local_weight, "global": global_weight, "contextual": contextual_weight}
+        self.local_weight, self.global_weight, self.contextual_weight = local_weight, global_weight, contextual_weight
         self.to_teacher = nn.Linear(student_dim, teacher_dim, bias=False)
         self.student_head = nn.Linear(teacher_dim, projection_dim)
         self.teacher_head = nn.Linear(teacher_dim, projection_dim)
@@ -198,11 +198,11 @@ class TRG(LossTerm):
         s = self.to_teacher(s.float())
         t = t.detach().float()
         flat_s, flat_t = s.flatten(0, 1), t.flatten(0, 1)
-        total = self.weights["contextual"] * contextual_relation(s, t)
+        total = self.contextual_weight * contextual_relation(s, t)
         if flat_t.shape[0] > self.k:
             graph_s, graph_t = ((F.normalize(flat_s, dim=-1), F.normalize(flat_t, dim=-1))
                                 if self.normalize_tokens else (flat_s, flat_t))
-            total = total + self.weights["local"] * local_graph_kl(graph_s, graph_t, self.k, self.sigma)
-        total = total + self.weights["global"] * global_contrastive(
+            total = total + self.local_weight * local_graph_kl(graph_s, graph_t, self.k, self.sigma)
+        total = total + self.global_weight * global_contrastive(
             self.student_head(flat_s), self.teacher_head(flat_t), self.temperature)
         return total

@@ -9,7 +9,7 @@ by default the logit divergences compare ``student.logits`` with
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,9 @@ _LOGIT_SOURCES = {"student_logits": "student.logits", "teacher_logits": "teacher
 class LogitDivergence(LossTerm):
     """Base of the logit-divergence terms (one subclass per divergence).
 
+    Every hyperparameter is a plain attribute read at ``forward`` time, so a
+    :class:`~lit_distill.callbacks.ParameterSchedule` can anneal it (e.g. ``temperature``).
+
     Args:
         temperature: divides both sides' logits; the result is scaled by its square.
         chunk_size: positions per chunk for the memory-lean path (None = one shot).
@@ -39,6 +42,8 @@ class LogitDivergence(LossTerm):
 
     default_sources: ClassVar[dict[str, str]] = _LOGIT_SOURCES
     divergence: ClassVar[Callable[..., Tensor]]
+    # The attributes passed to ``divergence`` as keyword arguments, read at every forward.
+    hyperparameters: ClassVar[tuple[str, ...]] = ("temperature", "chunk_size")
 
     def __init__(self, temperature: float = 1.0, chunk_size: int | None = None, padded_vocab: bool = False,
                  weight: float = 1.0, sources: dict[str, str] | None = None) -> None:
@@ -49,9 +54,9 @@ class LogitDivergence(LossTerm):
         if chunk_size is not None and chunk_size < 1:
             raise ConfigError(f"{name}.chunk_size: must be a positive number of positions or null, got {chunk_size}")
         self.padded_vocab = padded_vocab
-        self.options: dict[str, Any] = {"chunk_size": chunk_size}
-        if temperature is not None:
-            self.options["temperature"] = temperature
+        self.chunk_size = chunk_size
+        if "temperature" in self.hyperparameters:
+            self.temperature = 1.0 if temperature is None else temperature
 
     def check_vocab(self, student_size: int | None, teacher_size: int | None, field: str) -> None:
         """Fail early (before training) when the two vocabularies cannot be compared."""
@@ -60,7 +65,8 @@ class LogitDivergence(LossTerm):
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None) -> Tensor:
         if self.padded_vocab:
             student_logits, teacher_logits = shared_vocab_prefix(student_logits, teacher_logits)
-        return type(self).divergence(student_logits, teacher_logits, mask, **self.options)
+        options = {name: getattr(self, name) for name in self.hyperparameters}
+        return type(self).divergence(student_logits, teacher_logits, mask, **options)
 
 
 def check_vocab_sizes(student_size: int | None, teacher_size: int | None, padded_vocab: bool,
@@ -106,11 +112,12 @@ class GeneralizedJSD(LogitDivergence):
     """
 
     divergence = staticmethod(divergences.generalized_jsd)
+    hyperparameters = ("beta", "temperature", "chunk_size")
 
     def __init__(self, beta: float = 0.5, temperature: float = 1.0, chunk_size: int | None = None,
                  padded_vocab: bool = False, weight: float = 1.0, sources: dict[str, str] | None = None):
         super().__init__(temperature, chunk_size, padded_vocab, weight, sources)
-        self.options["beta"] = beta
+        self.beta = beta
 
 
 class SkewKL(LogitDivergence):
@@ -126,11 +133,12 @@ class SkewKL(LogitDivergence):
     """
 
     divergence = staticmethod(divergences.skew_kl)
+    hyperparameters = ("alpha", "temperature", "chunk_size")
 
     def __init__(self, alpha: float = 0.1, temperature: float = 1.0, chunk_size: int | None = None,
                  padded_vocab: bool = False, weight: float = 1.0, sources: dict[str, str] | None = None):
         super().__init__(temperature, chunk_size, padded_vocab, weight, sources)
-        self.options["alpha"] = alpha
+        self.alpha = alpha
 
 
 class SkewReverseKL(SkewKL):
@@ -150,6 +158,7 @@ class TotalVariation(LogitDivergence):
     """
 
     divergence = staticmethod(divergences.total_variation)
+    hyperparameters = ("chunk_size",)  # no temperature: TVD compares the distributions as they are
 
     def __init__(self, chunk_size: int | None = None, padded_vocab: bool = False, weight: float = 1.0,
                  sources: dict[str, str] | None = None):

@@ -47,6 +47,8 @@ def assets(text_dir, tokenizer_dir, teacher_dir, vocab_size, tmp_path_factory) -
 
     root = tmp_path_factory.mktemp("bad_assets")
     (root / "empty.txt").write_text("\n")
+    (root / "latin1.txt").write_bytes("A first document.\n\nCaf\u00e9 au lait, cr\u00e8me br\u00fbl\u00e9e.\n".encode("latin-1"))
+    (root / "no_text_files").mkdir()
     (root / "corrupt.ckpt").write_bytes(b"PK\x03\x04 not really a checkpoint")
     (root / "truncated.ckpt").write_bytes(b"\x80\x02}q\x00(X")
 
@@ -149,6 +151,14 @@ TEXT_CASES = {
         ["--model.init_args.losses.kd.init_args.sources={{mask: batch.loss_mask_typo}}"],
         ["losses.kd.init_args.sources", "no key 'loss_mask_typo'"]),
     "negative_loss_weight": (["--model.init_args.losses.kd.init_args.weight=-0.5"], ["ForwardKL.weight", ">= 0"]),
+    "zero_batch_size": (["--data.init_args.batch_size=0"], ["batch_size", ">= 1", "got 0"]),
+    "negative_batch_size": (["--data.init_args.batch_size=-4"], ["batch_size", ">= 1", "got -4"]),
+    "negative_num_workers": (["--data.init_args.num_workers=-1"], ["num_workers", ">= 0"]),
+    "non_utf8_training_text": (["--data.init_args.train_path={bad}/latin1.txt"],
+                               ["train_path", "latin1.txt", "not UTF-8", "offset 22", "line 3"]),
+    "empty_train_path": (["--data.init_args.train_path="], ["train_path", "empty"]),
+    "directory_without_text_files": (["--data.init_args.train_path={bad}/no_text_files"],
+                                     ["no_text_files", "no .txt/.jsonl files"]),
 }
 
 
@@ -173,6 +183,7 @@ VISION_CASES = {
                         ["randaugment"]),
     "imbalance_factor_below_one": (["--data.init_args.imbalance_factor=0.5"], ["imbalance_factor"]),
     "unknown_data_source": (["--data.init_args.source=mnist"], ["source", "mnist"]),
+    "zero_batch_size": (["--data.init_args.batch_size=0"], ["batch_size", ">= 1", "got 0"]),
 }
 
 
