@@ -7,11 +7,10 @@ arms × seeds (:func:`expand`). :func:`launch` runs each one as the command a us
         --trainer.default_root_dir=DIR --seed_everything=S [--ckpt_path=DIR/.../last.ckpt]
     python -m lit_distill export --ckpt DIR/.../last.ckpt --out DIR/export     (Run.export)
 
-in a subprocess, so resume, token normalisation and the early checks are the real ones,
-and independent runs go in parallel (``workers``; each gets ``cores // workers`` torch
-threads through ``OMP_NUM_THREADS``). Stages are successive calls: a teacher stage with
-``export=True``, then student runs whose overrides point at ``result.export_dir``; a
-pretrained student is a run like any other, reused while its directory is finished.
+in a subprocess (resume, token normalisation and the early checks are the real ones),
+``workers`` at a time with ``cores // workers`` torch threads each (``OMP_NUM_THREADS``).
+Stages are successive calls: a teacher stage with ``export=True``, then students whose
+overrides point at its ``export_dir``; a pretrained student is reused the same way.
 
 A run's directory, ``ROOT/<group>/<name>/seed<S>/``, holds ``run.log`` (the commands'
 output), ``run.json`` (its fit arguments: a rerun with other arguments is refused),
@@ -35,9 +34,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lit_distill.errors import ConfigError
@@ -67,9 +66,9 @@ class Run:
     group: str = "runs"
     export: bool = False
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "configs", tuple(str(c) for c in self.configs))
-        object.__setattr__(self, "overrides", tuple(str(o) for o in self.overrides))
+    def __post_init__(self) -> None:  # lists and Paths welcome; stored as tuples of str
+        object.__setattr__(self, "configs", tuple(map(str, self.configs)))
+        object.__setattr__(self, "overrides", tuple(map(str, self.overrides)))
 
     @property
     def label(self) -> str:
@@ -94,7 +93,7 @@ def expand(arms: Iterable[Run], seeds: Iterable[int]) -> list[Run]:
 class Metrics:
     """What a run logged: ``trajectories[key]`` = ``[(step, value), ...]`` sorted by step."""
 
-    trajectories: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    trajectories: dict[str, list[tuple[int, float]]]
 
     @property
     def final(self) -> dict[str, float]:
@@ -157,7 +156,7 @@ def launch(runs: Sequence[Run], root: str | Path, workers: int | None = None,
             fit arguments.
         RunFailed: after every other run has finished, if any run failed.
     """
-    directories = [run.directory(root) for run in runs]
+    directories = [run.directory(Path(root).resolve()) for run in runs]
     if len(set(directories)) != len(directories):
         raise ConfigError(f"runs: two runs share a directory under '{root}'; give them distinct names/groups")
     for run, directory in zip(runs, directories, strict=True):
@@ -179,7 +178,7 @@ def launch(runs: Sequence[Run], root: str | Path, workers: int | None = None,
 
 
 def _run_one(run: Run, directory: Path, env: dict[str, str], cwd: str | Path | None) -> RunResult | str:
-    """Fit (and export) one run; a one-line failure message (+ log tail) instead of raising."""
+    """Fit (and export) one run; on failure, a message naming it with its log's tail instead of raising."""
     done = directory / DONE
     if done.exists():
         return RunResult(run, directory, json.loads(done.read_text())["seconds"], skipped=True)
@@ -188,27 +187,29 @@ def _run_one(run: Run, directory: Path, env: dict[str, str], cwd: str | Path | N
     (directory / "run.json").write_text(json.dumps({"label": run.label, "fit": args}, indent=2) + "\n")
     resume = last_checkpoint(directory)
     commands = [[*args, f"--ckpt_path={resume}"] if resume else args]
-    start = time.perf_counter()
-    log_path = directory / "run.log"
+    log_path, start = directory / "run.log", time.perf_counter()
     with open(log_path, "a") as log:
-        for index in range(2 if run.export else 1):
-            if index == 1:  # the export step needs the checkpoint the fit just wrote
-                commands.append(["export", "--ckpt", str(last_checkpoint(directory)),
-                                 "--out", str(directory / "export")])
-            log.write(f"$ python -m lit_distill {shlex.join(commands[-1])}\n")
-            log.flush()
-            code = subprocess.run([sys.executable, "-m", "lit_distill", *commands[-1]], cwd=cwd, env=env,
-                                  stdout=log, stderr=subprocess.STDOUT, check=False).returncode
-            if code != 0:
-                tail = log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-                return (f"run '{run.label}' failed ({commands[-1][0]} exit {code}); last lines of {log_path}:\n"
-                        + "\n".join(f"    {line}" for line in tail))
+        code = _execute(commands[0], log, env, cwd)
+        if code == 0 and run.export:
+            commands.append(["export", "--ckpt", str(last_checkpoint(directory)), "--out", str(directory / "export")])
+            code = _execute(commands[1], log, env, cwd)
+    if code != 0:
+        tail = log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        return (f"run '{run.label}' failed ({commands[-1][0]} exit {code}); last lines of {log_path}:\n"
+                + "\n".join(f"    {line}" for line in tail))
     seconds = round(time.perf_counter() - start, 1)
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"seconds": seconds, "commands": commands}, indent=2) + "\n")
-    os.replace(tmp, done)
+    done.with_suffix(".tmp").write_text(json.dumps({"seconds": seconds, "commands": commands}, indent=2) + "\n")
+    os.replace(done.with_suffix(".tmp"), done)  # a marker is complete or absent
     print(f"finished {run.label} in {seconds:.0f} s", flush=True)
     return RunResult(run, directory, seconds, skipped=False)
+
+
+def _execute(args: list[str], log, env: dict[str, str], cwd: str | Path | None) -> int:
+    """``python -m lit_distill <args>`` with its output appended to ``log``; the exit status."""
+    log.write(f"$ python -m lit_distill {shlex.join(args)}\n")
+    log.flush()
+    return subprocess.run([sys.executable, "-m", "lit_distill", *args], cwd=cwd, env=env, stdout=log,
+                          stderr=subprocess.STDOUT, check=False).returncode
 
 
 def read_metrics(directory: str | Path) -> Metrics:
@@ -280,14 +281,13 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> s
     return "\n".join(lines)
 
 
-def summary_table(summary: Mapping[str, Mapping[str, Stat]], keys: Sequence[str], digits: int = 4,
-                  label: Callable[[str], str] = str) -> str:
+def summary_table(summary: Mapping[str, Mapping[str, Stat]], keys: Sequence[str], digits: int = 4) -> str:
     """One row per arm: ``arm | n | mean ± std of each key`` (``-`` where an arm lacks a key)."""
     rows = []
     for arm, stats in summary.items():
         n = max((stat.n for stat in stats.values()), default=0)
         rows.append([arm, n, *(stats[key].cell(digits) if key in stats else "-" for key in keys)])
-    return markdown_table(["arm", "n", *map(label, keys)], rows)
+    return markdown_table(["arm", "n", *keys], rows)
 
 
 def plot_trajectories(curves_by_arm: Mapping[str, Sequence[Sequence[tuple[int, float]]]], key: str,
@@ -301,12 +301,10 @@ def plot_trajectories(curves_by_arm: Mapping[str, Sequence[Sequence[tuple[int, f
         key: the metric (the y-axis label).
         path: the PNG file (its directory is created).
     """
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend and figures alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.subplots()
     for arm, curves in curves_by_arm.items():
         points = [dict(curve) for curve in curves if curve]
         steps = sorted(set.intersection(*(set(p) for p in points))) if points else []
@@ -322,4 +320,3 @@ def plot_trajectories(curves_by_arm: Mapping[str, Sequence[Sequence[tuple[int, f
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import statistics
 from pathlib import Path
@@ -26,6 +27,14 @@ from lit_distill.experiment import (
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO / "configs/quickstart.yaml")
+
+
+def test_the_toolkit_imports_neither_the_cli_nor_recipes_nor_scripts():
+    tree = ast.parse((REPO / "lit_distill/experiment.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert "lit_distill.errors" in imported
+    assert not {name for name in imported if name.startswith(("lit_distill.cli", "recipes", "scripts"))}
 
 
 def test_expand_crosses_every_arm_with_every_seed():
