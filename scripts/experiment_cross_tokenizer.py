@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import time
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from datamodules.cross_tokenizer import CrossTokenizerDataModule
 from datamodules.tokenizer_training import train_tokenizer
 from lit_distill.cli import run_cli
 from lit_distill.contracts import side_inputs
+from lit_distill.experiment import markdown_table, mean_std
 from lit_distill.models import HFCausalLM
 from lit_distill.quickstart import WORKDIR as QUICKSTART
 from lit_distill.quickstart import prepare_data, train_teacher
@@ -114,8 +114,8 @@ def plot(results: dict[str, list[float]], teacher: float, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = list(results)
-    means = [statistics.mean(v) for v in results.values()]
-    errs = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in results.values()]
+    stats = [mean_std(v) for v in results.values()]
+    means, errs = [s.mean for s in stats], [s.std for s in stats]
     fig, ax = plt.subplots(figsize=(7, 3.2))
     colors = ["#9e9e9e" if "CE only" in k else "#1f77b4" for k in labels]
     ax.barh(labels, means, xerr=errs, color=colors, capsize=3)
@@ -132,9 +132,9 @@ def write_report(results: dict[str, list[float]], teacher: float, seeds: list[in
                  seconds_per_run: float) -> None:
     DOCS.mkdir(parents=True, exist_ok=True)
     plot(results, teacher, DOCS / "cross_tokenizer.png")
-    rows = "\n".join(
-        f"| {label} | {statistics.mean(v):.4f} | {statistics.stdev(v) if len(v) > 1 else 0:.4f} | "
-        f"{', '.join(f'{x:.4f}' for x in v)} |" for label, v in results.items())
+    table = markdown_table(["student", "BPB mean", "std", "per seed"], [
+        [label, f"{stat.mean:.4f}", f"{stat.std:.4f}", ", ".join(f"{x:.4f}" for x in v)]
+        for label, v in results.items() for stat in [mean_std(v)]])
     (DOCS / "cross_tokenizer.json").write_text(json.dumps(
         {"teacher_bpb": teacher, "seeds": seeds, "steps": steps, "bpb": results}, indent=2))
     report = DOCS / "cross_tokenizer.md"
@@ -151,9 +151,7 @@ optimizer; tokenizer B = Unigram, 1,536 tokens. Metric: held-out bits per byte (
 
 Teacher (tokenizer A): **{teacher:.4f}** BPB.
 
-| student | BPB mean | std | per seed |
-|---|---|---|---|
-{rows}
+{table}
 
 ![held-out bits per byte](cross_tokenizer.png)
 

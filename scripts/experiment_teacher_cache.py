@@ -9,22 +9,27 @@
    with the online teacher, and the same student from each cache
    (``configs/text/kd/quickstart_cache.yaml``: 0.5·sparse forward KL + 0.5·CE, no
    teacher), for the same steps and seeds.
-4. Evaluates every final student on the held-out split: cross-entropy, the dense forward
+   Every run is ``python -m lit_distill fit`` + ``export`` through ``lit_distill.experiment``
+   (``--workers`` at a time, in ``artifacts/teacher_cache_experiment/students``); finished runs
+   are skipped on a rerun, so an interrupted experiment continues where it stopped.
+4. Evaluates every exported student on the held-out split: cross-entropy, the dense forward
    KL to the teacher, and the sparse forward KL from each cache (the loss gap between the
    sparse objective and the dense one at the same student).
 
-Writes ``docs/experiments/teacher_cache.json`` and ``.md``. One thread; about 10-15 min.
+Writes ``docs/experiments/teacher_cache.json`` and ``.md`` (``--out``), keeping the
+report's hand-written ``## Reading`` section. About 10-15 min on 2 cores.
 
 Usage::
 
     python scripts/experiment_teacher_cache.py [--steps 150 --seeds 0 1 2 --top-k 16 128 1024]
+    python scripts/experiment_teacher_cache.py --steps 4 --seeds 0 --top-k 16 --out /tmp/smoke   # the path only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,21 +40,22 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+# cache.py is being split into an on-disk format module and a command module: update this line then.
 from lit_distill.cache import TeacherCache, cache_teacher  # noqa: E402
-from lit_distill.cli import run_cli  # noqa: E402
+from lit_distill.experiment import Run, Stat, by_arm, expand, launch, markdown_table, mean_std  # noqa: E402
 from lit_distill.losses import cross_entropy, forward_kl, sparse_forward_kl  # noqa: E402
 
 WORK = REPO / "artifacts/teacher_cache_experiment"
 ONLINE = "configs/quickstart.yaml"
 CACHED = "configs/text/kd/quickstart_cache.yaml"
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.logger=false", "--trainer.callbacks=[]",
-         "--checkpoint.save_top_k=0", "--checkpoint.save_last=false"]
+READING = "\n## Reading"  # the report's hand-written section, kept when the tables are regenerated
 
 
-def _schedule(steps: int, seed: int, root: Path) -> list[str]:
-    return [f"--seed_everything={seed}", f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}",
-            f"--model.init_args.scheduler.init_args.total_steps={steps}", f"--trainer.default_root_dir={root}",
-            *QUIET]
+def schedule(steps: int) -> list[str]:
+    """Overrides of every student run: ``steps`` steps, one validation at the end, only last.ckpt."""
+    return [f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}",
+            f"--model.init_args.scheduler.init_args.total_steps={steps}", "--trainer.enable_progress_bar=false",
+            "--trainer.callbacks=[]", "--checkpoint.save_top_k=0"]
 
 
 def prepare() -> None:
@@ -106,90 +112,73 @@ def evaluate(student, teacher, data, caches: dict[int, TeacherCache]) -> dict[st
     return {key: value / count for key, value in sums.items()}
 
 
-def run_arm(name: str, args: list[str], teacher, caches) -> dict:
-    start = time.perf_counter()
-    cli = run_cli(["fit", *args])
-    seconds = time.perf_counter() - start
-    student = cli.model.student.eval()
-    data = cli.datamodule.data if hasattr(cli.datamodule, "caches") else cli.datamodule
-    metrics = evaluate(student, teacher, data, caches)
-    return {"arm": name, "train_seconds": round(seconds, 1), **{k: round(v, 5) for k, v in metrics.items()}}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--top-k", type=int, nargs="+", default=[16, 128, 1024],
                         help="k values to cache; 1024 = the whole vocabulary (a control: no truncation)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="student runs trained at once")
+    parser.add_argument("--out", type=Path, default=REPO / "docs/experiments", help="where the report goes")
     ns = parser.parse_args()
     torch.set_num_threads(1)
-    import os
-
     os.chdir(REPO)  # the configs use paths relative to the repository root
     total_start = time.perf_counter()
     prepare()
     caches_info = [write_cache(k) for k in ns.top_k]
     caches = {c["k"]: TeacherCache(REPO / c["dir"] / "val") for c in caches_info}
 
+    arms = [Run("online teacher", [ONLINE], schedule(ns.steps), group="students", export=True)]
+    arms += [Run(f"cache k={c['k']}", [CACHED], [f"--data.init_args.cache_dir={c['dir']}", *schedule(ns.steps)],
+                 group="students", export=True) for c in caches_info]
+    results = launch(expand(arms, ns.seeds), WORK, workers=ns.workers, cwd=REPO)
+
     from lit_distill.models import HFCausalLM
 
     teacher = HFCausalLM(path="artifacts/quickstart/teacher").eval()
+    data = val_data()
     runs = []
-    for seed in ns.seeds:
-        runs.append({"seed": seed, **run_arm("online teacher", [
-            "--config", ONLINE, *_schedule(ns.steps, seed, WORK / "runs/online")], teacher, caches)})
-        for info in caches_info:
-            k = info["k"]
-            runs.append({"seed": seed, **run_arm(f"cache k={k}", [
-                "--config", CACHED, f"--data.init_args.cache_dir={info['dir']}",
-                *_schedule(ns.steps, seed, WORK / f"runs/k{k}")], teacher, caches)})
-        print(json.dumps(runs[-1 - len(caches_info):]), flush=True)
+    for result in sorted(results, key=lambda r: r.run.seed):  # seed-major, arms in order, as before
+        student = HFCausalLM(path=str(result.export_dir)).eval()
+        metrics = evaluate(student, teacher, data, caches)
+        runs.append({"seed": result.run.seed, "arm": result.run.name, "train_seconds": result.seconds,
+                     **{k: round(v, 5) for k, v in metrics.items()}})
+    print(json.dumps(runs), flush=True)
 
-    arms = list(dict.fromkeys(r["arm"] for r in runs))
     keys = ["ce", "dense_kl", *[f"sparse_kl_k{k}" for k in ns.top_k], "train_seconds"]
-    summary = {}
-    for arm in arms:
-        rows = [r for r in runs if r["arm"] == arm]
-        summary[arm] = {key: {"mean": statistics.mean(r[key] for r in rows),
-                              "std": statistics.stdev(r[key] for r in rows) if len(rows) > 1 else 0.0}
-                        for key in keys}
     online_ce = {r["seed"]: r["ce"] for r in runs if r["arm"] == "online teacher"}
-    for arm in arms:
-        gaps = [r["ce"] - online_ce[r["seed"]] for r in runs if r["arm"] == arm]
-        summary[arm]["ce_gap_vs_online"] = {"mean": statistics.mean(gaps),
-                                            "std": statistics.stdev(gaps) if len(gaps) > 1 else 0.0}
-    result = {"steps": ns.steps, "seeds": ns.seeds, "caches": caches_info, "runs": runs, "summary": summary,
-              "teacher_val_ce": None, "seconds_total": round(time.perf_counter() - total_start, 1)}
-    teacher_ce = _teacher_ce(teacher)
-    result["teacher_val_ce"] = round(teacher_ce, 5)
-    out = REPO / "docs/experiments"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "teacher_cache.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = _table(result)
-    (out / "teacher_cache.md").write_text(_HEADER.format(**result, seeds_n=len(ns.seeds)) + table + "\n")
+    stats = {}
+    for arm in by_arm(results):
+        rows = [r for r in runs if r["arm"] == arm]
+        stats[arm] = {key: mean_std(r[key] for r in rows) for key in keys}
+        stats[arm]["ce_gap_vs_online"] = mean_std(r["ce"] - online_ce[r["seed"]] for r in rows)
+    summary = {arm: {key: {"mean": s.mean, "std": s.std} for key, s in row.items()} for arm, row in stats.items()}
+    result = {"steps": ns.steps, "seeds": ns.seeds, "workers": ns.workers, "caches": caches_info, "runs": runs,
+              "summary": summary, "teacher_val_ce": round(evaluate(teacher, teacher, data, {})["ce"], 5),
+              "seconds_total": round(time.perf_counter() - total_start, 1)}
+    ns.out.mkdir(parents=True, exist_ok=True)
+    (ns.out / "teacher_cache.json").write_text(json.dumps(result, indent=2) + "\n")
+    report = ns.out / "teacher_cache.md"
+    old = report.read_text() if report.exists() else ""
+    reading = old[old.index(READING):] if READING in old else "\n"
+    table = _table(result, stats)
+    report.write_text(_HEADER.format(**result, seeds_n=len(ns.seeds)) + table + "\n" + reading)
     print(table)
 
 
-@torch.no_grad()
-def _teacher_ce(teacher) -> float:
+def val_data():
+    """The quickstart's text data (``configs/quickstart.yaml``'s settings), set up for its val split."""
     from datamodules.text import TextDataModule
 
     data = TextDataModule(tokenizer="artifacts/quickstart/tokenizer", train_path="artifacts/quickstart/data/train.txt",
                           val_path="artifacts/quickstart/data/val.txt", max_length=128, pack=True)
     data.setup("fit")
-    collate, total, count = data.collate_fn(), 0.0, 0
-    for start in range(0, len(data.val_dataset), 32):
-        batch = collate(data.val_dataset[start:start + 32])
-        n = int(batch["loss_mask"].sum())
-        total += float(cross_entropy(teacher(**batch["inputs"]).logits, batch["labels"])) * n
-        count += n
-    return total / count
+    return data
 
 
 _HEADER = """# Offline teacher cache vs online teacher
 
-`python scripts/experiment_teacher_cache.py` (generated; {seconds_total} s on one CPU thread).
+`python scripts/experiment_teacher_cache.py` (generated; {seconds_total} s, {workers} runs at a time).
 Quickstart setup: the 4-layer teacher in `artifacts/quickstart/teacher`, a 1,024-token BPE
 tokenizer, packed 128-token blocks of the local English corpus, the 2-layer student of
 `configs/quickstart.yaml` trained {steps} steps (batch 16, OneCycle) with 0.5·KD + 0.5·CE,
@@ -198,30 +187,26 @@ step. Cache k: sparse forward KL (top-k + tail bin, `SparseForwardKL`) against
 `cache-teacher --top-k k`, `teacher: null`. All students are evaluated on the held-out
 split (val.txt): CE, the dense forward KL to the (re-run) teacher, and the sparse KL of
 each cache. Held-out teacher CE: {teacher_val_ce}. Mean ± std over seeds; the CE gap is
-paired by seed.
+paired by seed. "train s": wall time of a run's `fit` and `export` commands (process start-up
+included) while {workers} runs shared the machine.
 
 """
 
 
-def _fmt(stat: dict) -> str:
-    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
-
-
-def _table(result: dict) -> str:
+def _table(result: dict, stats: dict[str, dict[str, Stat]]) -> str:
     ks = [c["k"] for c in result["caches"]]
-    head = ["arm", "held-out CE", "CE gap vs online", "dense KL to teacher",
-            *[f"sparse KL (k={k})" for k in ks], "train s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for arm, s in result["summary"].items():
-        cells = [arm, _fmt(s["ce"]), _fmt(s["ce_gap_vs_online"]), _fmt(s["dense_kl"]),
-                 *[_fmt(s[f"sparse_kl_k{k}"]) for k in ks], f"{s['train_seconds']['mean']:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| k | bytes on disk per cached position | ids | log-probs | held-out tail mass mean "
-              "(median) | cache seconds (train+val) |", "|---|---|---|---|---|---|"]
-    for c in result["caches"]:
-        lines.append(f"| {c['k']} | {c['bytes_per_position']} | {c['id_dtype']} | {c['logprob_dtype']} | "
-                     f"{c['val_tail_mass_mean']:.4f} ({c['val_tail_mass_median']:.4f}) | {c['seconds']} |")
-    return "\n".join(lines)
+    arms = markdown_table(
+        ["arm", "held-out CE", "CE gap vs online", "dense KL to teacher", *[f"sparse KL (k={k})" for k in ks],
+         "train s"],
+        [[arm, s["ce"].cell(), s["ce_gap_vs_online"].cell(), s["dense_kl"].cell(),
+          *[s[f"sparse_kl_k{k}"].cell() for k in ks], f"{s['train_seconds'].mean:.0f}"] for arm, s in stats.items()])
+    sizes = markdown_table(
+        ["k", "bytes on disk per cached position", "ids", "log-probs", "held-out tail mass mean (median)",
+         "cache seconds (train+val)"],
+        [[c["k"], c["bytes_per_position"], c["id_dtype"], c["logprob_dtype"],
+          f"{c['val_tail_mass_mean']:.4f} ({c['val_tail_mass_median']:.4f})", c["seconds"]]
+         for c in result["caches"]])
+    return arms + "\n\n" + sizes
 
 
 if __name__ == "__main__":
