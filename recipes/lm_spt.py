@@ -3,16 +3,16 @@
 The method needs no new training step: ``configs/speech/lm_spt/*.yaml`` compose the codec
 (:class:`lit_distill.models.LMSPTCodec`), the reconstruction and commitment terms and the indirect
 semantic distillation (:class:`lit_distill.losses.IndirectSemanticDistillation`) for
-:class:`lit_distill.DistillationModule`. With ``--adversarial`` the overlays
-``configs/speech/overlays/adversarial.yaml`` and ``adversarial_lm-spt.yaml`` are stacked on the
-config: :class:`recipes.codec_gan.AdversarialStep` with a multi-scale STFT discriminator (paper
-weights: adversarial 1, feature matching 2)::
+:class:`lit_distill.DistillationModule`. With ``--adversarial`` the overlay
+``configs/speech/overlays/adversarial_lm-spt.yaml`` is stacked on the config:
+:class:`recipes.codec_gan.AdversarialStep` with a multi-scale STFT discriminator (paper weights:
+adversarial 1, feature matching 2)::
 
     python -m recipes.lm_spt                                   # 12.5 Hz, the tiny synthesised setup
     python -m recipes.lm_spt --frame-rate 25 --adversarial
     python -m recipes.lm_spt --trainer.max_epochs=2            # any extra flag goes to `fit`
 
-which is ``python -m lit_distill fit --config CONFIG [--config OVERLAY ...] [your flags]``, then
+which is ``python -m lit_distill fit --config CONFIG [--config OVERLAY] [your flags]``, then
 ``export`` of its ``last.ckpt`` into ``WORKDIR/export``.
 """
 
@@ -25,8 +25,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "speech" / "lm_spt"
-OVERLAYS = REPO / "configs" / "speech" / "overlays"
-ADVERSARIAL = (OVERLAYS / "adversarial.yaml", OVERLAYS / "adversarial_lm-spt.yaml")
+ADVERSARIAL = REPO / "configs" / "speech" / "overlays" / "adversarial_lm-spt.yaml"
 FRAME_RATES = {"25": "lm-spt-25hz", "12.5": "lm-spt-12.5hz", "6.25": "lm-spt-6.25hz"}
 
 
@@ -36,8 +35,8 @@ def config_path(frame_rate: str) -> Path:
 
 
 def fit_args(frame_rate: str = "12.5", adversarial: bool = False, config: str | None = None) -> list[str]:
-    """The ``--config`` arguments of a run: the frame rate's (or ``config``), then the overlays."""
-    configs = [Path(config) if config is not None else config_path(frame_rate), *(ADVERSARIAL if adversarial else ())]
+    """The ``--config`` arguments of a run: the frame rate's (or ``config``), then the adversarial overlay."""
+    configs = [Path(config) if config is not None else config_path(frame_rate), *([ADVERSARIAL] if adversarial else [])]
     return [arg for path in configs for arg in ("--config", str(path))]
 
 
@@ -61,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
                         help="tokens per second of the tiny synthesised-corpus config")
     parser.add_argument("--config", default=None, help="another LM-SPT config (overrides --frame-rate)")
     parser.add_argument("--adversarial", action="store_true",
-                        help="stack the adversarial overlays (recipes.codec_gan.AdversarialStep, "
+                        help=f"stack {ADVERSARIAL.relative_to(REPO)} (recipes.codec_gan.AdversarialStep, "
                              "feature-matching weight 2)")
     parser.add_argument("--workdir", default="artifacts/speech/lm_spt/recipe", help="run and export go here")
     return parser

@@ -106,7 +106,7 @@ def test_adversarial_overlays_stack_on_the_config(capsys):
     config = yaml.safe_load(capsys.readouterr().out)
     step = config["model"]["init_args"]["step"]
     assert step["class_path"] == "recipes.codec_gan.AdversarialStep"
-    # LM-SPT's overlay on the generic one: the paper's feature weight, the configs' learning rate
+    # the paper's feature weight, the LM-SPT configs' learning rate
     assert (step["init_args"]["adversarial_weight"], step["init_args"]["feature_weight"]) == (1.0, 2.0)
     assert step["init_args"]["disc_optimizer"]["init_args"]["lr"] == 2.0e-4
     assert step["init_args"]["grad_clip"] == 1.0 and config["trainer"]["gradient_clip_val"] is None
@@ -121,3 +121,14 @@ def test_help_lists_the_recipe_options_and_where_the_rest_go(capsys):
     for option in ("--frame-rate", "--config", "--adversarial", "--workdir"):
         assert option in out, option
     assert "passed to `python -m lit_distill fit`" in out and "python -m lit_distill fit --help" in out
+
+
+def test_lm_spt_overlay_is_the_generic_one_but_for_the_paper_weight_and_the_learning_rate():
+    overlays = REPO / "configs" / "speech" / "overlays"
+    generic = yaml.safe_load((overlays / "adversarial.yaml").read_text())
+    lm_spt = yaml.safe_load((overlays / "adversarial_lm-spt.yaml").read_text())
+    args = lm_spt["model"]["init_args"]["step"]["init_args"]
+    assert (args.pop("feature_weight"), args["disc_optimizer"]["init_args"].pop("lr")) == (2.0, 2.0e-4)
+    generic_args = generic["model"]["init_args"]["step"]["init_args"]
+    del generic_args["feature_weight"], generic_args["disc_optimizer"]["init_args"]["lr"]
+    assert lm_spt == generic
