@@ -19,6 +19,7 @@ from lit_distill.losses.terms import cross_entropy
 from lit_distill.models.torch_module import as_adapter
 from lit_distill.sharding import ShardingConfig, is_sharded, shard_distillation_module
 from lit_distill.sources import Source, SourceError
+from lit_distill.steps import StepResult, TrainingStep
 from lit_distill.teacher import Teacher
 
 _RESERVED = {"loss", "student_ce", "teacher_ce"}
@@ -59,6 +60,9 @@ class DistillationModule(L.LightningModule):
             ``ModelParallelStrategy`` (block names, mixed-precision dtypes; see
             ``lit_distill.sharding``). Ignored under other strategies; None uses
             the defaults.
+        step: what a training batch does (``lit_distill.steps.TrainingStep``); a method whose
+            step differs plugs its own here, e.g. ``recipes.codec_gan.AdversarialStep``. None:
+            plain distillation.
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class DistillationModule(L.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["step", "epoch"] = "step",
         sharding: ShardingConfig | None = None,
+        step: TrainingStep | None = None,
     ) -> None:
         super().__init__()
         # Under LightningCLI the hyperparameters are the config (class paths), which
@@ -77,7 +82,7 @@ class DistillationModule(L.LightningModule):
         # be the model objects themselves, which must not be pickled into checkpoints.
         built_by_cli = _given_hyperparameters.get() is not None
         self.save_hyperparameters(
-            ignore=None if built_by_cli else ["student", "teacher", "losses", "optimizer", "scheduler"])
+            ignore=None if built_by_cli else ["student", "teacher", "losses", "optimizer", "scheduler", "step"])
         self.student = as_adapter(student)
         if teacher is not None and not isinstance(teacher, Teacher):
             teacher = Teacher(teacher)
@@ -96,6 +101,9 @@ class DistillationModule(L.LightningModule):
         metric_names = ["loss", *self.losses, "student_ce", "teacher_ce"]
         self.val_metrics = nn.ModuleDict({name: MeanMetric() for name in metric_names})
         self.test_metrics = nn.ModuleDict({name: MeanMetric() for name in metric_names})
+        self.step = step if step is not None else TrainingStep()
+        self.automatic_optimization = self.step.automatic_optimization
+        self.step.attach(self)
 
     def _check_losses(self) -> None:
         if not self.losses:
@@ -177,7 +185,28 @@ class DistillationModule(L.LightningModule):
         except SourceError as err:
             raise ConfigError(f"model.init_args.losses.{name}.init_args.sources: {err}") from None
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        """Delegates to ``step`` (default: :meth:`distillation_loss` weighted by its valid count)."""
+        return self.step.training_step(self, batch, batch_idx)
+
+    def distillation_loss(self, batch: dict[str, Any]) -> StepResult:
+        """The part of every training step that steps share: models, first-batch checks, terms, count, logs.
+
+        Runs the student (and the teacher when a term reads it), checks the first batch (finite
+        teacher logits, masks with positions to compare), evaluates the terms, adds the batch's
+        valid count to the optimizer step's count, and logs ``train/loss`` and ``train/<term>``
+        on the steps the loggers write. Backpropagate ``result.weighted_total`` through the
+        module's optimizer: its gradients are divided by the step's global valid count (see the
+        class docstring).
+
+        Args:
+            batch: a training batch (see ``lit_distill.contracts``); a step may pass one it
+                changed, e.g. with student samples as responses and their ``loss_mask``.
+
+        Returns:
+            :class:`~lit_distill.steps.StepResult` (total ``[]``, per-term values ``[]``, valid
+            count ``[]``, the two sides' outputs, whether this step logs).
+        """
         student_out, teacher_out = self(batch, run_teacher=self._teacher_needed)
         if not self._teacher_checked:  # once: these checks synchronise with the host
             if teacher_out is not None:
@@ -187,14 +216,13 @@ class DistillationModule(L.LightningModule):
         total, values = self.compute_losses(batch, student_out, teacher_out)
         count = valid_count(batch)
         self._window_count = count if self._window_count is None else self._window_count + count
-        if self._logging_step():
+        logging = self._logging_step()
+        if logging:
             size = batch_size(batch)
             self.log("train/loss", total, prog_bar=True, batch_size=size)
             for name, value in values.items():
                 self.log(f"train/{name}", value, batch_size=size)
-        # Weighted by its own valid count; on_before_optimizer_step divides by the
-        # step's global count (see the class docstring).
-        return total * count
+        return StepResult(total, values, count, student_out, teacher_out, logging)
 
     def _check_masks(self, batch: dict[str, Any], student_out: ModelOutput, teacher_out: ModelOutput | None) -> None:
         """Fail on a first batch whose masks leave nothing to compare (the loss would be 0)."""
@@ -224,8 +252,13 @@ class DistillationModule(L.LightningModule):
         return trainer.global_step % max(trainer.log_every_n_steps, 1) == 0 or trainer.should_stop
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self._window_count is None:
-            return
+        # Only the module's optimizer (the first) is normalised; a step's own (a discriminator's)
+        # keeps the mean its loss was written with.
+        if self._window_count is not None and optimizer is self.trainer.optimizers[0]:
+            self._normalise_gradients(optimizer)
+        self.step.before_optimizer_step(self, optimizer)
+
+    def _normalise_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         global_count = self.trainer.strategy.reduce(self._window_count.float(), reduce_op="sum")
         # Lightning already divided each micro-batch loss by accumulate_grad_batches and
         # data parallelism averaged over ranks; undo both and divide by the true count.
@@ -270,14 +303,18 @@ class DistillationModule(L.LightningModule):
 
     # --------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:
-        params = [p for name, p in self.named_parameters()
-                  if p.requires_grad and not name.startswith("teacher.")]
+        """The module's optimizer (student and loss-term parameters), then the step's own, if any."""
+        params, seen = [], set()
+        for p in [*self.student.parameters(), *self.losses.parameters()]:
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
-            return optimizer
+            return self.step.configure_optimizers(self, optimizer)
         scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+        return self.step.configure_optimizers(self, {
+            "optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}})
 
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -288,6 +325,9 @@ class DistillationModule(L.LightningModule):
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith("teacher.")]:
                 del state[key]
+        step_state = self.step.checkpoint_state()
+        if step_state:
+            checkpoint["training_step_state"] = step_state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The teacher was rebuilt from its own config; keep its weights on load.
@@ -296,6 +336,7 @@ class DistillationModule(L.LightningModule):
             state = checkpoint["state_dict"]
             for key, value in self.teacher.state_dict(prefix="teacher.").items():
                 state.setdefault(key, value)
+        self.step.load_checkpoint_state(checkpoint.get("training_step_state", {}))
 
 
 def _local(tensor: Tensor) -> Tensor:

@@ -1,7 +1,14 @@
-"""Adversarial codec training: a multi-scale STFT discriminator and a two-optimizer module.
+"""Adversarial codec training: a multi-scale STFT discriminator and the step that trains it.
 
-The training step differs from :class:`~lit_distill.DistillationModule` (two optimisers, a
-discriminator update before every generator update), so it lives here. Per step, with ``x`` the
+The training step differs from plain distillation (two optimisers, a discriminator update
+before every generator update), so :class:`AdversarialStep` plugs into
+:class:`~lit_distill.DistillationModule` as its ``step`` (see :mod:`lit_distill.steps`); the
+overlay ``configs/speech/overlays/adversarial.yaml`` makes any codec config adversarial::
+
+    python -m lit_distill fit --config configs/speech/codec/codec_synth.yaml \
+        --config configs/speech/overlays/adversarial.yaml
+
+Per step, with ``x`` the
 input waveform and ``x̂`` the codec's reconstruction, for every discriminator ``D_k`` (one per
 STFT resolution) with logits ``D_k(·)`` and intermediate feature maps ``f_k^l(·)``:
 
@@ -19,17 +26,17 @@ strided along frequency, and a one-channel logit map.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import lightning as L
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
-from lit_distill.contracts import LossTerm, batch_size
+from lit_distill.contracts import batch_size
 from lit_distill.errors import ConfigError
-from lit_distill.module import DistillationModule
+from lit_distill.steps import StepResult, TrainingStep
 
 
 class STFTDiscriminator(nn.Module):
@@ -99,143 +106,103 @@ def feature_matching_loss(real: Sequence[Sequence[Tensor]], fake: Sequence[Seque
                         for r, f in zip(rs, fs, strict=True)]).mean()
 
 
-class CodecGANModule(DistillationModule):
-    """:class:`~lit_distill.DistillationModule` with a discriminator: manual optimisation, two optimisers.
+class AdversarialStep(TrainingStep):
+    """GAN training of a codec: per batch, a discriminator update, then a generator update.
 
-    The loss terms (and the teacher, if any) work as in the parent; the student must return
+    The generator's loss is the module's (its terms, through
+    ``DistillationModule.distillation_loss``, so with its valid-count normalisation, first-batch
+    checks and ``train/*`` logging) plus, from ``disc_start_step`` on, the adversarial and
+    feature-matching terms (see the module docstring). The student must return
     ``features.reconstruction`` ``[B, 1, T]`` and batches must hold ``waveform`` ``[B, 1, T]``
-    (:mod:`datamodules.speech`). Logged besides the terms: ``train/disc``, ``train/adv``,
+    (:mod:`datamodules.speech`). Logged besides the module's ``train/loss`` (its terms only,
+    comparable with ``val/loss``) and ``train/<term>``: ``train/disc``, ``train/adv`` and
     ``train/feat`` (after ``disc_start_step``).
 
+    Manual optimisation: set ``trainer.gradient_clip_val`` to null (clip with ``grad_clip``) and
+    keep ``accumulate_grad_batches`` at 1; ``model.init_args.scheduler`` is not supported yet.
+    Lightning's ``global_step`` (and so ``trainer.max_steps``) counts every optimiser step, i.e.
+    two per batch once the discriminator trains.
+
     Args:
-        student: the codec (e.g. ``lit_distill.models.ConvCodec``).
-        losses: the generator's loss terms.
-        discriminator: e.g. :class:`MultiScaleSTFTDiscriminator`.
-        teacher: optional frozen teacher (for distillation terms).
-        optimizer: the generator's optimiser (student and loss-term parameters).
-        disc_optimizer: the discriminator's optimiser.
+        discriminator: e.g. :class:`MultiScaleSTFTDiscriminator`; saved with the module under
+            ``step.discriminator.``.
+        disc_optimizer: the discriminator's optimiser (the generator's is the module's).
         adversarial_weight: weight of the generator's least-squares adversarial loss.
         feature_weight: weight of the feature-matching loss.
-        disc_start_step: optimizer step from which the discriminator trains and the adversarial
-            terms count.
-        grad_clip: max gradient norm of each optimiser's step (0 = off); Lightning's
-            ``gradient_clip_val`` does not apply under manual optimisation.
-        scheduler: not supported yet (must be null).
-
-    Note: under manual optimisation Lightning's ``global_step`` (and so ``trainer.max_steps``)
-    counts every optimiser step, i.e. two per batch once the discriminator trains.
+        disc_start_step: generator step (batch) from which the discriminator trains and the
+            adversarial terms count.
+        grad_clip: max gradient norm of each optimiser's step (0 = off), applied after the
+            module's normalisation.
     """
 
-    def __init__(
-        self,
-        student: nn.Module,
-        losses: dict[str, LossTerm],
-        discriminator: nn.Module,
-        teacher: nn.Module | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        disc_optimizer: OptimizerCallable = torch.optim.AdamW,
-        adversarial_weight: float = 1.0,
-        feature_weight: float = 1.0,
-        disc_start_step: int = 0,
-        grad_clip: float = 0.0,
-        scheduler: LRSchedulerCallable | None = None,
-    ) -> None:
-        if scheduler is not None:
-            raise ConfigError("model.init_args.scheduler: CodecGANModule does not support schedulers yet; set null")
-        with warnings.catch_warnings():  # the parent's save_hyperparameters sees our module arguments too
-            warnings.filterwarnings("ignore", message=r"Attribute 'discriminator' is an instance of `nn.Module`")
-            super().__init__(student=student, losses=losses, teacher=teacher, optimizer=optimizer)
-        for key in ("discriminator", "disc_optimizer"):  # objects, not config, outside LightningCLI
-            if not isinstance(self.hparams.get(key), dict | str | type(None)):
-                self.hparams.pop(key)
+    automatic_optimization = False
+
+    def __init__(self, discriminator: nn.Module, disc_optimizer: OptimizerCallable = torch.optim.AdamW,
+                 adversarial_weight: float = 1.0, feature_weight: float = 1.0, disc_start_step: int = 0,
+                 grad_clip: float = 0.0) -> None:
+        super().__init__()
         self.discriminator = discriminator
         self.disc_optimizer_factory = disc_optimizer
         self.adversarial_weight, self.feature_weight = float(adversarial_weight), float(feature_weight)
         self.disc_start_step, self.grad_clip = int(disc_start_step), float(grad_clip)
         self.generator_steps = 0  # batches trained; saved in checkpoints
-        self.automatic_optimization = False
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["codec_gan_generator_steps"] = self.generator_steps
+    def attach(self, module: L.LightningModule) -> None:
+        if module.scheduler_factory is not None:
+            raise ConfigError("model.init_args.scheduler: AdversarialStep does not step schedulers yet; set null")
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self.generator_steps = int(checkpoint.get("codec_gan_generator_steps", 0))
+    def configure_optimizers(self, module: L.LightningModule, module_optimizer: Any) -> list[Any]:
+        return [module_optimizer, self.disc_optimizer_factory(self.discriminator.parameters())]
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        generator = [p for name, p in self.named_parameters()
-                     if p.requires_grad and not name.startswith(("teacher.", "discriminator."))]
-        return [self.optimizer_factory(generator), self.disc_optimizer_factory(self.discriminator.parameters())]
-
-    def _step(self, optimizer, loss: Tensor) -> None:
-        optimizer.zero_grad()
-        self.manual_backward(loss)
-        if self.grad_clip > 0:
-            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
-        optimizer.step()
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        opt_g, opt_d = self.optimizers()
-        student_out, teacher_out = self(batch, run_teacher=self._teacher_needed)
-        total, values = self.compute_losses(batch, student_out, teacher_out)
-        real, fake = batch["waveform"], student_out.features["reconstruction"]
-        adversarial = self.generator_steps >= self.disc_start_step
-        if adversarial:
+    def training_step(self, module: L.LightningModule, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        generator_optimizer, disc_optimizer = module.optimizers()
+        result = module.distillation_loss(batch)
+        real, fake = _waveforms(batch, result)
+        generator_loss, logged = result.total, {}
+        if self.generator_steps >= self.disc_start_step:
             d_real, d_fake = self.discriminator(real), self.discriminator(fake.detach())
             disc = discriminator_loss([r[0] for r in d_real], [f[0] for f in d_fake])
-            self._step(opt_d, disc)
+            _update(module, disc_optimizer, disc)
             g_fake, g_real = self.discriminator(fake), self.discriminator(real)
-            values["adv"] = generator_adversarial_loss([f[0] for f in g_fake])
-            values["feat"] = feature_matching_loss([r[1] for r in g_real], [f[1] for f in g_fake])
-            total = total + self.adversarial_weight * values["adv"] + self.feature_weight * values["feat"]
-            values["disc"] = disc.detach()
-        self._step(opt_g, total)
+            logged["adv"] = generator_adversarial_loss([f[0] for f in g_fake])
+            logged["feat"] = feature_matching_loss([r[1] for r in g_real], [f[1] for f in g_fake])
+            generator_loss = generator_loss + self.adversarial_weight * logged["adv"] \
+                + self.feature_weight * logged["feat"]
+            logged["disc"] = disc.detach()
+        # Weighted by the batch's valid count like the module's terms: the module divides the
+        # generator's gradients by the step's count (a batch mean for codecs).
+        _update(module, generator_optimizer, generator_loss * result.count)
         self.generator_steps += 1
-        if self._logging_step():
+        if result.logging:
             size = batch_size(batch)
-            self.log("train/loss", total, prog_bar=True, batch_size=size)
-            for name, value in values.items():
-                self.log(f"train/{name}", value, batch_size=size)
-        return total.detach()
+            for name, value in logged.items():
+                module.log(f"train/{name}", value, batch_size=size)
+        return generator_loss.detach()
+
+    def before_optimizer_step(self, module: L.LightningModule, optimizer: Any) -> None:
+        if self.grad_clip > 0:
+            module.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"generator_steps": self.generator_steps}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.generator_steps = int(state.get("generator_steps", 0))
 
 
-def with_discriminator(config: dict[str, Any], fft_sizes: Sequence[int] = (1024, 512, 256), channels: int = 32,
-                       disc_lr: float | None = None, adversarial_weight: float = 1.0, feature_weight: float = 1.0,
-                       disc_start_step: int = 0) -> dict[str, Any]:
-    """Turn a codec config (a ``DistillationModule`` dict, as ``yaml.safe_load`` reads it) adversarial.
+def _update(module: L.LightningModule, optimizer: Any, loss: Tensor) -> None:
+    """One manual optimiser step on ``loss`` (clipping happens in ``before_optimizer_step``)."""
+    optimizer.zero_grad()
+    module.manual_backward(loss)
+    optimizer.step()
 
-    The model becomes a :class:`CodecGANModule` with the same student, teacher and loss terms
-    plus a :class:`MultiScaleSTFTDiscriminator` and its own AdamW; the trainer's
-    ``gradient_clip_val`` moves into the module's ``grad_clip`` (manual optimisation).
 
-    Args:
-        config: the parsed config; not modified.
-        fft_sizes: the discriminators' FFT sizes.
-        channels: their convolution channels.
-        disc_lr: the discriminator's learning rate (None: the generator's, else 1e-4).
-        adversarial_weight: weight of the generator's adversarial loss.
-        feature_weight: weight of the feature-matching loss.
-        disc_start_step: generator step from which the adversarial terms count.
-
-    Returns:
-        A new config dict.
-    """
-    import copy
-
-    config = copy.deepcopy(config)
-    model = config.get("model") or {}
-    if model.get("class_path") not in ("lit_distill.DistillationModule", "lit_distill.module.DistillationModule"):
-        raise ConfigError(f"model.class_path: '{model.get('class_path')}' is not lit_distill.DistillationModule; "
-                          "only a DistillationModule codec config can be made adversarial")
-    args = model.setdefault("init_args", {})
-    if disc_lr is None:
-        disc_lr = ((args.get("optimizer") or {}).get("init_args") or {}).get("lr", 1.0e-4)
-    model["class_path"] = "recipes.codec_gan.CodecGANModule"
-    clip = (config.get("trainer") or {}).pop("gradient_clip_val", None)
-    args.update(discriminator={"class_path": "recipes.codec_gan.MultiScaleSTFTDiscriminator",
-                               "init_args": {"fft_sizes": list(fft_sizes), "channels": channels}},
-                disc_optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": disc_lr, "betas": [0.8, 0.99]}},
-                adversarial_weight=adversarial_weight, feature_weight=feature_weight,
-                disc_start_step=disc_start_step, grad_clip=float(clip or 0.0))
-    return config
+def _waveforms(batch: dict[str, Any], result: StepResult) -> tuple[Tensor, Tensor]:
+    """The real ``batch.waveform`` and the student's ``features.reconstruction``, both ``[B, 1, T]``."""
+    if "waveform" not in batch:
+        raise ConfigError("data: AdversarialStep needs batches with 'waveform' [B, 1, T] "
+                          "(e.g. datamodules.SpeechDataModule)")
+    if "reconstruction" not in result.student_out.features:
+        raise ConfigError("model.init_args.student: AdversarialStep needs a codec that returns "
+                          "features.reconstruction [B, 1, T] (e.g. lit_distill.models.ConvCodec)")
+    return batch["waveform"], result.student_out.features["reconstruction"]

@@ -30,8 +30,10 @@ STUDENT_CONFIG = CONFIGS / "deit-tiny_from_resnet18_digits-lt100.yaml"
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m recipes.deit_lt``."""
-    parser = argparse.ArgumentParser(prog="python -m recipes.deit_lt", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m recipes.deit_lt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any other --x.y=z flag is passed to both `python -m lit_distill fit` runs after their configs\n"
+               "(so it wins), e.g. --trainer.max_epochs=5; `python -m lit_distill fit --help` lists them all.")
     parser.add_argument("--teacher-config", default=str(TEACHER_CONFIG), help="the CNN teacher's config")
     parser.add_argument("--student-config", default=str(STUDENT_CONFIG), help="the DeiT student's config")
     parser.add_argument("--workdir", default="artifacts/deit_lt", help="runs and exports go here")

@@ -106,8 +106,12 @@ def run_pipeline(teacher_config: str, student_config: str, workdir: str,
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m recipes.lad",
-                                     description="LAD: train the label-assisted teacher, then distil the student.")
+    """Entry point of ``python -m recipes.lad``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m recipes.lad", description="LAD: train the label-assisted teacher, then distil the student.",
+        epilog="Any other --x.y=z flag is passed to both `python -m lit_distill fit` runs after their configs\n"
+               "(so it wins), e.g. --trainer.max_epochs=1; `python -m lit_distill fit --help` lists them all.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher-config", required=True, help="stage-1 config (trains the LAD teacher)")
     parser.add_argument("--student-config", required=True, help="stage-2 config (distils the student)")
     parser.add_argument("--workdir", default="artifacts/lad", help="runs and exports go here")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from recipes.deit_lt import main
@@ -16,3 +17,13 @@ def test_one_command_trains_exports_and_distils(tmp_path, capsys):
     student = torch.load(tmp_path / "student" / "model_state_dict.pt", weights_only=True)
     assert "fc.weight" in teacher and "head_dist.weight" in student  # ResNet teacher, distilled DeiT student
     assert (tmp_path / "student" / "timm_config.json").exists()
+
+
+def test_help_lists_the_recipe_options_and_where_the_rest_go(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for option in ("--teacher-config", "--student-config", "--workdir"):
+        assert option in out, option
+    assert "passed to both `python -m lit_distill fit` runs" in out and "python -m lit_distill fit --help" in out

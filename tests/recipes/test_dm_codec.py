@@ -129,22 +129,55 @@ def test_recipe_trains_a_tokenizer_and_goes_adversarial(tmp_path):
     config = yaml.safe_load(LM_CONFIG.read_text())
     config["data"]["init_args"]["teacher_tokenizer"] = str(tmp_path / "missing" / "tokenizer")
     (tmp_path / "lm.yaml").write_text(yaml.safe_dump(config))
-    result = main(["--config", str(tmp_path / "lm.yaml"), "--adversarial", "--workdir", str(tmp_path / "work"),
+    result = main(["--config", str(tmp_path / "lm.yaml"), "--adversarial", "--disc-start-step", "1",
+                   "--workdir", str(tmp_path / "work"),
                    f"--data.init_args.manifest={manifest}", "--data.init_args.synthesize=false",
                    "--data.init_args.batch_size=2", "--data.init_args.val_fraction=0.25", *TINY_CODEC,
                    "--trainer.max_steps=3", "--trainer.enable_progress_bar=false",
                    "--trainer.num_sanity_val_steps=0", "--trainer.limit_val_batches=1"])
     work = tmp_path / "work"
-    config = yaml.safe_load((work / "config.yaml").read_text())
+    ran = yaml.safe_load(next((work / "run").rglob("config.yaml")).read_text())  # what fit merged and ran
     tok = load_tokenizer(str(work / "tokenizer"))
-    # the config's tokenizer is missing: one was trained on this corpus
-    assert config["data"]["init_args"]["teacher_tokenizer"] == str(work / "tokenizer")
-    teacher = config["model"]["init_args"]["teacher"]["init_args"]["model"]["init_args"]
+    # the config's tokenizer is missing: one was trained on this corpus and given to fit as flags
+    assert ran["data"]["init_args"]["teacher_tokenizer"] == str(work / "tokenizer")
+    teacher = ran["model"]["init_args"]["teacher"]["init_args"]["model"]["init_args"]
     assert teacher["pad_token_id"] == tok.pad_token_id and teacher["vocab_size"] >= len(tok)
-    assert config["model"]["class_path"] == "recipes.codec_gan.CodecGANModule"
+    step = ran["model"]["init_args"]["step"]
+    assert step["class_path"] == "recipes.codec_gan.AdversarialStep" and step["init_args"]["disc_start_step"] == 1
+    assert ran["trainer"]["gradient_clip_val"] is None
+    # 3 training utterances in batches of 2: generator, then discriminator + generator
+    ckpt = torch.load(next((work / "run").rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert ckpt["training_step_state"] == {"generator_steps": 2}
     assert (Path(result["export"]) / "model_state_dict.pt").is_file()
     for key in ("val/mel_distance", "val/si_snr", "val/distill"):
         assert torch.isfinite(torch.tensor(result["metrics"][key])), key
+
+
+def test_text_teachers_are_found_in_every_mode_config():
+    from recipes.dm_codec import MODE_CONFIGS, text_teachers
+
+    lm = "model.init_args.teacher.init_args.model.init_args"
+    found = {mode: sorted(text_teachers(yaml.safe_load(path.read_text()))) for mode, path in MODE_CONFIGS.items()}
+    assert found == {"sm": [], "lm": [lm], "combined": [f"{lm}.members.text.init_args"]}
+
+
+def test_help_lists_the_recipe_options_and_where_the_rest_go(capsys):
+    from recipes.dm_codec import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for option in ("--mode", "--config", "--adversarial", "--disc-start-step", "--workdir"):
+        assert option in out, option
+    assert "passed to `python -m lit_distill fit`" in out and "python -m lit_distill fit --help" in out
+
+
+def test_disc_start_step_needs_adversarial(tmp_path):
+    from recipes.dm_codec import main
+
+    with pytest.raises(ConfigError, match="--disc-start-step: only with --adversarial"):
+        main(["--disc-start-step", "5", "--workdir", str(tmp_path)])
 
 
 def test_recipe_rejects_a_missing_config(tmp_path):

@@ -76,3 +76,13 @@ def test_one_command_runs_both_stages_and_exports_the_student(tmp_path, capsys):
         assert student(pixel_values=torch.randn(1, 3, 32, 32)).logits.shape == (1, 11, 32, 32)
     pngs = list((tmp_path / "student_run").rglob("segmentation/epoch_000.png"))
     assert pngs, "the validation figure was not written"
+
+
+def test_help_lists_the_recipe_options_and_where_the_rest_go(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for option in ("--teacher-config", "--student-config", "--workdir"):
+        assert option in out, option
+    assert "passed to both `python -m lit_distill fit` runs" in out and "python -m lit_distill fit --help" in out

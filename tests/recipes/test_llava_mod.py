@@ -125,3 +125,13 @@ def test_sampled_proposals_without_candidates(tmp_path):
     for pair in pairs:
         assert pair["chosen"] != pair["rejected"] and pair["teacher_margin"] > 0
         assert "<image>" not in pair["chosen"] + pair["rejected"]  # never sampled
+
+
+def test_help_lists_every_command_with_its_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        recipe_main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for option in ("make-data", "--train-scenes", "pretrain-vision", "--steps", "make-pairs", "--student-ckpt",
+                   "--teacher-ckpt", "--num-samples", "--tokenizer"):
+        assert option in out, option

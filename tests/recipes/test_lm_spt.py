@@ -9,9 +9,10 @@ import torch
 import yaml
 
 from datamodules.speech import read_audio, synthesize_speech_corpus
+from lit_distill.cli import run_cli
 from lit_distill.codec_cli import decode_files, load_codec, tokenize_files
 from lit_distill.models import LMSPTCodec
-from recipes.lm_spt import FRAME_RATES, config_path, run
+from recipes.lm_spt import FRAME_RATES, config_path, fit_args, main, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -92,7 +93,42 @@ def test_adversarial_recipe_fits_one_epoch(tmp_path):
     metrics = result["metrics"]
     for key in ("val/loss", "val/mel", "val/semantic", "val/si_snr"):
         assert torch.isfinite(torch.tensor(metrics[key])), key
-    ckpt = torch.load(next((tmp_path / "work" / "run").rglob("last.ckpt")), map_location="cpu", weights_only=False)
-    assert ckpt["codec_gan_generator_steps"] == 2 and len(ckpt["optimizer_states"]) == 2
-    assert any(k.startswith("discriminator.") for k in ckpt["state_dict"])
+    ckpt = torch.load(next((tmp_path / "work" / "run").rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert ckpt["training_step_state"] == {"generator_steps": 2} and len(ckpt["optimizer_states"]) == 2
+    assert any(k.startswith("step.discriminator.") for k in ckpt["state_dict"])
+    assert ckpt["hyper_parameters"]["step"]["init_args"]["feature_weight"] == 2.0
     assert (Path(result["export"]) / "model_state_dict.pt").exists()
+
+
+def test_adversarial_overlays_stack_on_the_config(capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["fit", *fit_args("25", adversarial=True), "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    step = config["model"]["init_args"]["step"]
+    assert step["class_path"] == "recipes.codec_gan.AdversarialStep"
+    # the paper's feature weight, the LM-SPT configs' learning rate
+    assert (step["init_args"]["adversarial_weight"], step["init_args"]["feature_weight"]) == (1.0, 2.0)
+    assert step["init_args"]["disc_optimizer"]["init_args"]["lr"] == 2.0e-4
+    assert step["init_args"]["grad_clip"] == 1.0 and config["trainer"]["gradient_clip_val"] is None
+    assert config["model"]["init_args"]["student"]["class_path"] == "lit_distill.models.LMSPTCodec"
+
+
+def test_help_lists_the_recipe_options_and_where_the_rest_go(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for option in ("--frame-rate", "--config", "--adversarial", "--workdir"):
+        assert option in out, option
+    assert "passed to `python -m lit_distill fit`" in out and "python -m lit_distill fit --help" in out
+
+
+def test_lm_spt_overlay_is_the_generic_one_but_for_the_paper_weight_and_the_learning_rate():
+    overlays = REPO / "configs" / "speech" / "overlays"
+    generic = yaml.safe_load((overlays / "adversarial.yaml").read_text())
+    lm_spt = yaml.safe_load((overlays / "adversarial_lm-spt.yaml").read_text())
+    args = lm_spt["model"]["init_args"]["step"]["init_args"]
+    assert (args.pop("feature_weight"), args["disc_optimizer"]["init_args"].pop("lr")) == (2.0, 2.0e-4)
+    generic_args = generic["model"]["init_args"]["step"]["init_args"]
+    del generic_args["feature_weight"], generic_args["disc_optimizer"]["init_args"]["lr"]
+    assert lm_spt == generic
