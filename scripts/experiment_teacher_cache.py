@@ -35,8 +35,9 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lit_distill.cache import TeacherCache, cache_teacher  # noqa: E402
-from lit_distill.cli import run_cli  # noqa: E402
+from lit_distill.build import fit  # noqa: E402
+from lit_distill.cache import TeacherCache  # noqa: E402
+from lit_distill.cache_teacher import cache_teacher  # noqa: E402
 from lit_distill.losses import cross_entropy, forward_kl, sparse_forward_kl  # noqa: E402
 
 WORK = REPO / "artifacts/teacher_cache_experiment"
@@ -108,7 +109,7 @@ def evaluate(student, teacher, data, caches: dict[int, TeacherCache]) -> dict[st
 
 def run_arm(name: str, args: list[str], teacher, caches) -> dict:
     start = time.perf_counter()
-    cli = run_cli(["fit", *args])
+    cli = fit((), args)
     seconds = time.perf_counter() - start
     student = cli.model.student.eval()
     data = cli.datamodule.data if hasattr(cli.datamodule, "caches") else cli.datamodule
