@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import warnings
@@ -81,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropCloudTips())
     # Lightning advises `srun` whenever SLURM is installed; runs meant for SLURM use `slurm`.
     warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
+    # Lightning's own pytree helper still builds torch's deprecated LeafSpec; nothing a user can change.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args and args[0] in COMMANDS:
@@ -88,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             run_cli(None if argv is None else args)
     except argparse.ArgumentError as err:  # the config does not parse: one line, not the usage
+        yaml_error = find_yaml_error(err, args)
+        if yaml_error is not None:
+            print(f"error: {yaml_error}", file=sys.stderr)
+            raise SystemExit(2) from None
         print(f"error: {condense_parse_error(str(err))} "
               f"(python -m lit_distill {args[0] if args else 'fit'} --help lists every option)", file=sys.stderr)
         raise SystemExit(2) from None
@@ -97,6 +105,45 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def find_yaml_error(err: BaseException, args: Sequence[str]) -> str | None:
+    """``<file>:<line>: <reason>`` when ``err`` comes from a config file in ``args`` that is not valid YAML.
+
+    jsonargparse's YAML errors carry the line and the reason but not the file; the file is
+    the first existing ``.yaml``/``.yml``/``.json`` named in ``args`` (``--config FILE`` or
+    ``--flag=FILE``) that does not load. None when ``err`` is no YAML error.
+    """
+    import yaml
+
+    seen: set[int] = set()
+    while err is not None and not isinstance(err, yaml.MarkedYAMLError) and id(err) not in seen:
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    if not isinstance(err, yaml.MarkedYAMLError):
+        return None
+    mark = err.problem_mark or err.context_mark
+    reason = err.problem or err.context or "not valid YAML"
+    if err.context and err.context_mark and mark and err.context_mark.line != mark.line:
+        reason += f" ({err.context} started on line {err.context_mark.line + 1})"
+    where = "config"
+    for arg in args:
+        path = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
+        if path.endswith((".yaml", ".yml", ".json")) and os.path.isfile(path) and not _loads(path):
+            where = path
+            break
+    return f"{where}:{mark.line + 1 if mark else '?'}: {reason}"
+
+
+def _loads(path: str) -> bool:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as file:
+            yaml.safe_load(file)
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return True
 
 
 _STRUCTURE = ("Parser key", "Does not validate", "Subtypes:", "Errors:", "Given value",
