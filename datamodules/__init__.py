@@ -7,20 +7,21 @@
   long-tailed subsampling, strong/teacher views, mixup/cutmix.
 - :mod:`datamodules.local_corpus`, :mod:`datamodules.tokenizer_training`: an offline
   English corpus and tiny tokenizers for examples and tests.
+
+Names are imported from their module on first use (:mod:`lit_distill.lazy_exports`), so
+``datamodules.TextDataModule`` does not load torchvision or torchaudio.
 """
 
-from datamodules.cross_tokenizer import CrossTokenizerDataModule
-from datamodules.local_corpus import write_local_corpus
-from datamodules.segmentation import SegmentationDataModule
-from datamodules.speech import SpeechDataModule, synthesize_speech_corpus
-from datamodules.teacher_cache import CachedTeacherDataModule
-from datamodules.text import TextDataModule
-from datamodules.tokenizer_training import train_tokenizer
-from datamodules.vision import ImageClassificationDataModule
-from datamodules.vlm import VLMDataModule, write_digit_vqa
+from lit_distill.lazy_exports import lazy_exports
 
-__all__ = ["CrossTokenizerDataModule", "ImageClassificationDataModule", "TextDataModule", "train_tokenizer",
-           "write_local_corpus", "VLMDataModule", "write_digit_vqa"]
-__all__ += ["SegmentationDataModule"]
-__all__ += ["CachedTeacherDataModule"]
-__all__ += ["SpeechDataModule", "synthesize_speech_corpus"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "datamodules.cross_tokenizer": ["CrossTokenizerDataModule"],
+    "datamodules.local_corpus": ["write_local_corpus"],
+    "datamodules.segmentation": ["SegmentationDataModule"],
+    "datamodules.speech": ["SpeechDataModule", "synthesize_speech_corpus"],
+    "datamodules.teacher_cache": ["CachedTeacherDataModule"],
+    "datamodules.text": ["TextDataModule"],
+    "datamodules.tokenizer_training": ["train_tokenizer"],
+    "datamodules.vision": ["ImageClassificationDataModule"],
+    "datamodules.vlm": ["VLMDataModule", "write_digit_vqa"],
+})

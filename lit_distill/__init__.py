@@ -2,13 +2,20 @@
 
 The public core: :class:`DistillationModule`, :class:`Teacher`, the contracts
 (:class:`ModelOutput`, :class:`LossTerm`) and :class:`ConfigError`. Losses are in
-:mod:`lit_distill.losses`, model adapters in :mod:`lit_distill.models`.
+:mod:`lit_distill.losses`, model adapters in :mod:`lit_distill.models`, and
+:func:`lit_distill.build.build` builds from a config what ``python -m lit_distill`` would.
+
+Names are imported on first use (:mod:`lit_distill.lazy_exports`), so ``import lit_distill``
+or one loss module loads neither Lightning nor any modality library.
 """
 
-from lit_distill.contracts import LossTerm, ModelOutput
 from lit_distill.errors import ConfigError
-from lit_distill.module import DistillationModule
-from lit_distill.teacher import Teacher
+from lit_distill.lazy_exports import lazy_exports
 
-__all__ = ["ConfigError", "DistillationModule", "LossTerm", "ModelOutput", "Teacher"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "lit_distill.contracts": ["LossTerm", "ModelOutput"],
+    "lit_distill.module": ["DistillationModule"],
+    "lit_distill.teacher": ["Teacher"],
+})
+__all__ += ["ConfigError"]
 __version__ = "0.1.0"

@@ -1,9 +1,9 @@
-"""Offline teacher cache: sparse top-k log-probabilities written once, read while training.
+"""The offline teacher cache's file format: sparse top-k log-probabilities written once, read while training.
 
-``python -m lit_distill cache-teacher --config FIT.yaml --out DIR [--top-k 128]`` builds the
-config's teacher and data (the same fit config that distils online), runs the teacher once
-over every sample of the train and validation splits in index order, and writes per split
-``DIR/<split>/``:
+:func:`write_split` writes one split and :class:`TeacherCache` reads it; the
+``cache-teacher`` command (:mod:`lit_distill.cache_teacher`) runs a config's teacher to
+produce it, and ``datamodules.CachedTeacherDataModule`` serves it with the batches. This
+module needs neither: per split, ``DIR/<split>/`` holds
 
 - ``manifest.json``: what the cache holds and what it was made from (sample count, token
   positions, k, vocabulary, dtypes, temperature, fingerprints of the tokenizer and of the
@@ -23,13 +23,11 @@ file either is complete or does not exist. A rerun with the same settings skips 
 shards, deletes leftover temporary files and redoes the unfinished shard; other settings
 in an existing cache directory are refused (ConfigError) instead of being mixed in.
 
-:class:`TeacherCache` reads one split by sample index (memory-mapped, one slice per
-sample); ``datamodules.CachedTeacherDataModule`` serves it with the batches.
+:class:`TeacherCache` reads one split by sample index (memory-mapped, one slice per sample).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -51,7 +49,7 @@ SPLITS = ("train", "val")
 _IDENTITY = ("format", "version", "split", "num_samples", "num_positions", "samples_per_shard",
              "num_shards", "top_k", "vocab_size", "data_vocab_size", "id_dtype", "logprob_dtype",
              "temperature", "tokenizer_fingerprint", "samples_fingerprint", "teacher")
-_LOGPROB_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+LOGPROB_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def id_dtype(vocab_size: int) -> torch.dtype:
@@ -182,9 +180,9 @@ def write_split(run_teacher: Callable[[dict[str, Any]], Tensor], dataset: Sequen
         progress: show a progress bar.
     """
     split_dir = Path(split_dir)
-    if logprob_dtype not in _LOGPROB_DTYPES:
+    if logprob_dtype not in LOGPROB_DTYPES:
         raise ConfigError(f"cache-teacher --logprob-dtype: '{logprob_dtype}' is not one of "
-                          f"{sorted(_LOGPROB_DTYPES)}")
+                          f"{sorted(LOGPROB_DTYPES)}")
     kept_vocab = min(vocab_size, data_vocab_size or vocab_size)
     if not 0 < top_k <= kept_vocab:
         raise ConfigError(f"cache-teacher --top-k: must be in [1, {kept_vocab}] (the vocabulary), got {top_k}")
@@ -238,7 +236,7 @@ def write_split(run_teacher: Callable[[dict[str, Any]], Tensor], dataset: Sequen
                 bar.update(len(indices))
             tensors = {
                 "topk_ids": torch.cat(ids_parts).to(id_dtype(kept_vocab)).contiguous(),
-                "topk_logprobs": torch.cat(lp_parts).to(_LOGPROB_DTYPES[logprob_dtype]).contiguous(),
+                "topk_logprobs": torch.cat(lp_parts).to(LOGPROB_DTYPES[logprob_dtype]).contiguous(),
                 "tail_mass": torch.cat(tail_parts).float().contiguous(),
                 "lengths": torch.tensor(lengths[first:stop], dtype=torch.int32),
                 "sample_index": torch.arange(first, stop, dtype=torch.int64),
@@ -301,90 +299,3 @@ class TeacherCache:
         rows = slice(offsets[local], offsets[local + 1])
         return (handle.get_slice("topk_ids")[rows].long(), handle.get_slice("topk_logprobs")[rows],
                 handle.get_slice("tail_mass")[rows])
-
-
-# ------------------------------------------------------------------------------ subcommand
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m lit_distill cache-teacher",
-        description="Run a fit config's teacher once over its data and write sparse top-k log-probs, "
-                    "token ids and tail mass in shards (resumable). Options not listed here are "
-                    "passed to the config parser, e.g. --data.init_args.batch_size=32.")
-    parser.add_argument("--config", action="append", required=True,
-                        help="fit config YAML (model.init_args.teacher and data are used); repeatable")
-    parser.add_argument("--out", required=True, help="cache directory (one subdirectory per split)")
-    parser.add_argument("--top-k", type=int, default=128, help="entries kept per position (default 128)")
-    parser.add_argument("--samples-per-shard", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="samples per teacher forward (default: the data's batch_size)")
-    parser.add_argument("--temperature", type=float, default=1.0,
-                        help="cache log_softmax(logits / T); train with the same temperature")
-    parser.add_argument("--logprob-dtype", default="float16", choices=sorted(_LOGPROB_DTYPES))
-    parser.add_argument("--splits", default=",".join(SPLITS), help="comma-separated, of: train,val")
-    parser.add_argument("--max-new-shards", type=int, default=None,
-                        help="stop after this many new shards per split (resume later)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def _unwrap_data(datamodule: Any) -> Any:
-    from datamodules.teacher_cache import CachedTeacherDataModule
-
-    return datamodule.data if isinstance(datamodule, CachedTeacherDataModule) else datamodule
-
-
-def cache_teacher(args: Sequence[str]) -> dict[str, bool]:
-    """``cache-teacher``: returns ``{split: complete}``. See :func:`_parser` for the options."""
-    from lit_distill.cli import run_cli
-    from lit_distill.contracts import side_inputs
-
-    ns, overrides = _parser().parse_known_args(list(args))
-    splits = [s for s in ns.splits.split(",") if s]
-    if not splits or any(s not in SPLITS for s in splits):
-        raise ConfigError(f"cache-teacher --splits: '{ns.splits}'; valid: a comma-separated subset of {SPLITS}")
-    if ns.temperature <= 0 or not math.isfinite(ns.temperature):
-        raise ConfigError(f"cache-teacher --temperature: must be > 0, got {ns.temperature}")
-    cli_args = [arg for path in ns.config for arg in ("--config", path)] + overrides
-    cli = run_cli(cli_args, run=False)
-    teacher = cli.model.teacher
-    if teacher is None:
-        raise ConfigError("model.init_args.teacher: cache-teacher needs a teacher in the config, got null")
-    data = _unwrap_data(cli.datamodule)
-    if not callable(getattr(data, "collate_fn", None)):
-        raise ConfigError(f"data: cache-teacher needs a datamodule with map-style train_dataset/val_dataset "
-                          f"and a collate_fn() (e.g. datamodules.TextDataModule), got {type(data).__name__}")
-    data.setup("fit")
-    vocab = teacher.output_size
-    data_vocab = getattr(data, "vocab_size", None)
-
-    def run_teacher(batch: dict[str, Any]) -> Tensor:
-        out = teacher(**side_inputs(batch, "teacher"))
-        if out.logits is None:
-            raise ConfigError("model.init_args.teacher: returned no logits (compute_logits: false?); "
-                              "cache-teacher needs the teacher's logits")
-        return out.logits
-
-    datasets = {"train": data.train_dataset, "val": data.val_dataset}
-    model_cfg = getattr(teacher.model, "path", None) or type(teacher.model).__name__
-    done = {}
-    for split in splits:
-        dataset = datasets[split]
-        if vocab is None:
-            probe = run_teacher(data.collate_fn()([dataset[0]]))
-            vocab = probe.shape[-1]
-        done[split] = write_split(
-            run_teacher, dataset, data.collate_fn(), Path(ns.out) / split, top_k=ns.top_k,
-            samples_per_shard=ns.samples_per_shard,
-            batch_size=ns.batch_size or getattr(getattr(data, "hparams", {}), "batch_size", None) or 8,
-            vocab_size=vocab, data_vocab_size=data_vocab,
-            tokenizer_fp=tokenizer_fingerprint(getattr(data, "tokenizer", None)), teacher=str(model_cfg),
-            temperature=ns.temperature, logprob_dtype=ns.logprob_dtype, max_new_shards=ns.max_new_shards,
-            progress=not ns.no_progress)
-    return done
-
-
-def main(args: Sequence[str]) -> None:
-    """Entry point of ``python -m lit_distill cache-teacher``."""
-    done = cache_teacher(args)
-    for split, complete in done.items():
-        print(f"{split}: {'complete' if complete else 'incomplete (rerun the same command to resume)'}")

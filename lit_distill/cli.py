@@ -15,94 +15,18 @@ import os
 import re
 import sys
 import warnings
-import zipfile
 from collections.abc import Callable, Sequence
 
-from jsonargparse import DefaultHelpFormatter
-from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import LightningCLI
-
-from lit_distill.checkpointing import DistillationCheckpoint
-from lit_distill.errors import ConfigError, MissingPathError
-from lit_distill.module import DistillationModule
-
-DESCRIPTION = """lit_distill: knowledge distillation on Lightning.
-
-  python -m lit_distill fit --config configs/quickstart.yaml
-  python -m lit_distill fit --help            (every option, from the docstrings)
-  python -m lit_distill export --ckpt CKPT --out DIR
-  python -m lit_distill quickstart            (build data, teacher, distill, compare)
-  python -m lit_distill slurm --config A.yaml --nodes 2 --ntasks-per-node 4 --save job.sbatch
-  python -m lit_distill cache-teacher --config A.yaml --out CACHE_DIR
-  python -m lit_distill tokenize|decode --ckpt CODEC.ckpt --out DIR FILES...   (speech codecs)
-"""
-
-# Values a datamodule only knows once it is built (its tokenizer's size and pad
-# id, its number of classes) flow into the student. A link whose source the chosen datamodule lacks, or
-# whose target the chosen student lacks, is skipped, so one CLI serves every modality.
-DATA_TO_STUDENT_LINKS = ("vocab_size", "pad_token_id", "num_classes")
-
-
-class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Keeps the description's line breaks (the command examples)."""
-
-
-class DistillationCLI(LightningCLI):
-    """LightningCLI with lit_distill's links and a default checkpoint callback (``last.ckpt`` + best).
-
-    The checkpoint callback is :class:`~lit_distill.checkpointing.DistillationCheckpoint`:
-    atomic writes and the generators' states, so ``--ckpt_path last.ckpt`` resumes exactly.
-    """
-
-    def add_arguments_to_parser(self, parser) -> None:
-        for name in DATA_TO_STUDENT_LINKS:
-            parser.link_arguments(f"data.{name}", f"model.init_args.student.init_args.{name}",
-                                  apply_on="instantiate")
-        parser.add_lightning_class_args(DistillationCheckpoint, "checkpoint")
-        parser.set_defaults({
-            "checkpoint.monitor": "val/loss",
-            "checkpoint.mode": "min",
-            "checkpoint.save_last": True,
-            "checkpoint.save_top_k": 1,
-            "checkpoint.filename": "best-step{step}",
-            "checkpoint.auto_insert_metric_name": False,
-        })
-
-
-    def _parse_ckpt_path(self) -> None:
-        # Lightning reads the checkpoint's hyperparameters right after parsing; check it first so
-        # a bad file gives one line, not a deserialisation traceback.
-        self._check_ckpt_path()
-        super()._parse_ckpt_path()
-
-    def _check_ckpt_path(self) -> None:
-        """Fail with one line on a ``--ckpt_path`` that is missing or not a readable checkpoint."""
-        subcommand = self.config.get("subcommand")
-        path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not path or path in ("last", "best", "hpc", "registry") or os.path.isdir(path):
-            return  # Lightning's keywords, and sharded checkpoints (directories)
-        if not os.path.isfile(path):
-            raise MissingPathError(f"ckpt_path: no file '{path}'")
-        if not zipfile.is_zipfile(path):
-            raise ConfigError(f"ckpt_path: '{path}' is not a readable checkpoint (truncated or not written "
-                              "by torch.save); resume from another one, e.g. an earlier last.ckpt")
+from lit_distill.distillation_cli import DistillationCLI, make_cli
+from lit_distill.errors import ConfigError
 
 
 def run_cli(args: Sequence[str] | None = None, run: bool = True) -> DistillationCLI:
-    """Build (and by default run) the Lightning CLI on ``args`` (None: ``sys.argv``); returns it."""
-    return DistillationCLI(
-        DistillationModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=None if args is None else list(args),
-        run=run,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": DESCRIPTION, "default_env": False, "prog": "python -m lit_distill",
-                       "formatter_class": _HelpFormatter, "exit_on_error": False},
-        auto_configure_optimizers=False,
-    )
+    """Build (and by default run) the command line on ``args`` (None: ``sys.argv``); returns it.
+
+    Library code uses :mod:`lit_distill.build` instead; this is the command line itself.
+    """
+    return make_cli(args, run=run)
 
 
 def _export(args: Sequence[str]) -> None:
@@ -124,7 +48,7 @@ def _slurm(args: Sequence[str]) -> None:
 
 
 def _cache_teacher(args: Sequence[str]) -> None:
-    from lit_distill.cache import main as cache_main
+    from lit_distill.cache_teacher import main as cache_main
 
     cache_main(args)
 
@@ -158,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropCloudTips())
     # Lightning advises `srun` whenever SLURM is installed; runs meant for SLURM use `slurm`.
     warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
+    # Lightning's own pytree helper still builds torch's deprecated LeafSpec; nothing a user can change.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args and args[0] in COMMANDS:
@@ -165,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             run_cli(None if argv is None else args)
     except argparse.ArgumentError as err:  # the config does not parse: one line, not the usage
+        yaml_error = find_yaml_error(err, args)
+        if yaml_error is not None:
+            print(f"error: {yaml_error}", file=sys.stderr)
+            raise SystemExit(2) from None
         print(f"error: {condense_parse_error(str(err))} "
               f"(python -m lit_distill {args[0] if args else 'fit'} --help lists every option)", file=sys.stderr)
         raise SystemExit(2) from None
@@ -174,6 +105,45 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def find_yaml_error(err: BaseException, args: Sequence[str]) -> str | None:
+    """``<file>:<line>: <reason>`` when ``err`` comes from a config file in ``args`` that is not valid YAML.
+
+    jsonargparse's YAML errors carry the line and the reason but not the file; the file is
+    the first existing ``.yaml``/``.yml``/``.json`` named in ``args`` (``--config FILE`` or
+    ``--flag=FILE``) that does not load. None when ``err`` is no YAML error.
+    """
+    import yaml
+
+    seen: set[int] = set()
+    while err is not None and not isinstance(err, yaml.MarkedYAMLError) and id(err) not in seen:
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    if not isinstance(err, yaml.MarkedYAMLError):
+        return None
+    mark = err.problem_mark or err.context_mark
+    reason = err.problem or err.context or "not valid YAML"
+    if err.context and err.context_mark and mark and err.context_mark.line != mark.line:
+        reason += f" ({err.context} started on line {err.context_mark.line + 1})"
+    where = "config"
+    for arg in args:
+        path = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
+        if path.endswith((".yaml", ".yml", ".json")) and os.path.isfile(path) and not _loads(path):
+            where = path
+            break
+    return f"{where}:{mark.line + 1 if mark else '?'}: {reason}"
+
+
+def _loads(path: str) -> bool:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as file:
+            yaml.safe_load(file)
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return True
 
 
 _STRUCTURE = ("Parser key", "Does not validate", "Subtypes:", "Errors:", "Given value",

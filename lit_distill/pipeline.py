@@ -12,6 +12,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from lit_distill.build import fit
+from lit_distill.export import export_checkpoint
+
 TEACHER_CHECKPOINT_ARG = "--model.init_args.teacher.init_args.model.init_args.checkpoint"
 
 
@@ -60,10 +63,6 @@ def fit_and_export(args: Sequence[str], run_dir: str, export_dir: str) -> dict[s
     Returns:
         ``{"export": export_dir, "metrics": {val/...: float}}`` (the last validation's values).
     """
-    from lit_distill.cli import run_cli
-    from lit_distill.export import export_checkpoint
-
-    run = run_cli(["fit", *args, f"--trainer.default_root_dir={run_dir}"])
+    run = fit((), [*args, f"--trainer.default_root_dir={run_dir}"])
     export = export_checkpoint(run.trainer.checkpoint_callback.last_model_path, export_dir)
-    metrics = {k: float(v) for k, v in run.trainer.callback_metrics.items() if k.startswith("val/")}
-    return {"export": export, "metrics": metrics}
+    return {"export": export, "metrics": run.metrics()}

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from lit_distill.build import fit
 from lit_distill.callbacks.metrics_table import metrics_table
-from lit_distill.cli import run_cli
 from lit_distill.errors import ConfigError
 from lit_distill.export import export_checkpoint
 
@@ -54,13 +54,8 @@ def train_teacher(workdir: Path, retrain: bool) -> None:
     if (target / "config.json").exists() and not retrain:
         return
     shutil.rmtree(target, ignore_errors=True)
-    cli = run_cli(["fit", "--config", TEACHER_CONFIG])
-    export_checkpoint(cli.trainer.checkpoint_callback.last_model_path, str(target))
-
-
-def _final_metrics(args: list[str]) -> dict[str, float]:
-    cli = run_cli(args)
-    return {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
+    run = fit(TEACHER_CONFIG)
+    export_checkpoint(run.trainer.checkpoint_callback.last_model_path, str(target))
 
 
 def main(args: Sequence[str] = ()) -> None:
@@ -73,8 +68,8 @@ def main(args: Sequence[str] = ()) -> None:
     start = time.perf_counter()
     prepare_data(WORKDIR)
     train_teacher(WORKDIR, ns.retrain_teacher)
-    distilled = _final_metrics(["fit", "--config", STUDENT_CONFIG])
-    baseline = _final_metrics(["fit", "--config", STUDENT_CONFIG, *BASELINE_OVERRIDES])
+    distilled = fit(STUDENT_CONFIG).metrics()
+    baseline = fit(STUDENT_CONFIG, BASELINE_OVERRIDES).metrics()
     rows = {
         "teacher (4 layers, 128 wide)": {"val CE": distilled["val/teacher_ce"]},
         "student without distillation": {"val CE": baseline["val/student_ce"]},

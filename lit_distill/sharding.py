@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import nn
 
@@ -46,10 +46,22 @@ from lit_distill.models.base import parse_dtype
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
 
-    from lit_distill.module import DistillationModule
+    from lit_distill.teacher import Teacher
 
 _CONTAINERS = (nn.ModuleList, nn.Sequential)
 _FIELD = "model.init_args.sharding"
+
+
+class ShardableDistillation(Protocol):
+    """What :func:`shard_distillation_module` reads of a ``DistillationModule``.
+
+    Typed by its shape so that the module (which calls the sharding) and this file do not
+    import each other.
+    """
+
+    student: nn.Module
+    teacher: Teacher | None
+    losses: nn.ModuleDict
 
 
 @dataclass
@@ -199,7 +211,7 @@ def _register_model_output() -> None:
         pytree.register_dataclass(ModelOutput)
 
 
-def shard_distillation_module(module: DistillationModule, mesh: DeviceMesh, config: ShardingConfig | None) -> None:
+def shard_distillation_module(module: ShardableDistillation, mesh: DeviceMesh, config: ShardingConfig | None) -> None:
     """Shard student, teacher and parameterised loss terms of ``module`` on ``mesh`` (idempotent).
 
     Args:

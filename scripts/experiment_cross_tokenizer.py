@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from datamodules.cross_tokenizer import CrossTokenizerDataModule
 from datamodules.tokenizer_training import train_tokenizer
-from lit_distill.cli import run_cli
+from lit_distill.build import fit
 from lit_distill.contracts import side_inputs
 from lit_distill.experiment import markdown_table, mean_std
 from lit_distill.models import HFCausalLM
@@ -89,10 +89,10 @@ def bits_per_byte(model: torch.nn.Module, loader, side: str) -> float:
 def run(label: str, seed: int, steps: int) -> float:
     config, overrides = RUNS[label]
     root = ROOT / "runs" / label.replace(":", "").replace(" ", "_").replace("+", "plus") / f"seed{seed}"
-    cli = run_cli(["fit", "--config", config, *overrides, f"--seed_everything={seed}",
-                   f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={root}",
-                   f"--model.init_args.scheduler.init_args.total_steps={steps}",
-                   "--trainer.enable_progress_bar=false", "--trainer.callbacks=[]"])
+    cli = fit(config, [*overrides, f"--seed_everything={seed}",
+                       f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={root}",
+                       f"--model.init_args.scheduler.init_args.total_steps={steps}",
+                       "--trainer.enable_progress_bar=false", "--trainer.callbacks=[]"])
     cli.model.eval()
     return bits_per_byte(cli.model.student, cli.datamodule.val_dataloader(), "student")
 

@@ -40,8 +40,8 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# cache.py is being split into an on-disk format module and a command module: update this line then.
-from lit_distill.cache import TeacherCache, cache_teacher  # noqa: E402
+from lit_distill.cache import TeacherCache  # noqa: E402
+from lit_distill.cache_teacher import cache_teacher  # noqa: E402
 from lit_distill.experiment import Run, Stat, by_arm, expand, launch, markdown_table, mean_std  # noqa: E402
 from lit_distill.losses import cross_entropy, forward_kl, sparse_forward_kl  # noqa: E402
 

@@ -113,8 +113,8 @@ def run_one(job: dict) -> dict:
 
     torch.set_num_threads(1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from lit_distill.build import run
     from lit_distill.callbacks import ClassGroupAccuracy
-    from lit_distill.cli import run_cli
 
     root = Path(job["root"])
     root.mkdir(parents=True, exist_ok=True)
@@ -129,9 +129,9 @@ def run_one(job: dict) -> dict:
     start = time.time()
     finished = _finished_checkpoint(root, job["epochs"]) if arm != "teacher" else None
     if finished is not None:  # trained by an earlier, interrupted invocation: evaluate it
-        cli = run_cli(["validate", *args[1:], f"--ckpt_path={finished}"])
+        cli = run("validate", (), [*args[1:], f"--ckpt_path={finished}"])
     else:
-        cli = run_cli(args)
+        cli = run("fit", (), args[1:])
     seconds = time.time() - start
     callback = next(c for c in cli.trainer.callbacks if isinstance(c, ClassGroupAccuracy))
     head = "avg" if "avg" in callback.per_class_accuracy else "cls"

@@ -1,13 +1,16 @@
-"""Lightning callbacks: reporting, and schedules whose state survives checkpoint/resume."""
+"""Lightning callbacks: reporting, and schedules whose state survives checkpoint/resume.
 
-from lit_distill.callbacks.codec_metrics import CodecMetrics
-from lit_distill.callbacks.drw import DeferredReweighting
-from lit_distill.callbacks.group_accuracy import ClassGroupAccuracy
-from lit_distill.callbacks.metrics_table import MetricsTable
-from lit_distill.callbacks.schedule import ParameterSchedule
-from lit_distill.callbacks.segmentation import SegmentationMetrics
-from lit_distill.callbacks.taid import TAIDSchedule
+Names are imported from their module on first use (:mod:`lit_distill.lazy_exports`).
+"""
 
-__all__ = ["ClassGroupAccuracy", "DeferredReweighting", "MetricsTable", "ParameterSchedule", "TAIDSchedule"]
-__all__ += ["SegmentationMetrics"]
-__all__ += ["CodecMetrics"]
+from lit_distill.lazy_exports import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "lit_distill.callbacks.codec_metrics": ["CodecMetrics"],
+    "lit_distill.callbacks.drw": ["DeferredReweighting"],
+    "lit_distill.callbacks.group_accuracy": ["ClassGroupAccuracy"],
+    "lit_distill.callbacks.metrics_table": ["MetricsTable"],
+    "lit_distill.callbacks.schedule": ["ParameterSchedule"],
+    "lit_distill.callbacks.segmentation": ["SegmentationMetrics"],
+    "lit_distill.callbacks.taid": ["TAIDSchedule"],
+})

@@ -22,118 +22,71 @@ one module per family; the ``LossTerm`` classes wrap them for YAML.
 - :mod:`lit_distill.losses.terms`: ``ForwardKL``, ``ReverseKL``,
   ``GeneralizedJSD``, ``SkewKL``, ``SkewReverseKL``, ``TotalVariation``,
   ``CrossEntropy``.
+
+Names are imported from their module on first use (:mod:`lit_distill.lazy_exports`):
+importing one loss family loads no other family's library (torchaudio, transformers).
 """
 
-from lit_distill.losses.alm import ALM, alm
-from lit_distill.losses.audio import (
-    CodecReconstruction,
-    Commitment,
-    MultiResolutionMelLoss,
-    multi_resolution_stft_loss,
-    si_snr,
-    si_snr_loss,
-    waveform_l1,
-)
-from lit_distill.losses.cross_tokenizer import ULD, uld
-from lit_distill.losses.deit import (
-    DeiTHardDistillation,
-    deit_hard_distillation,
-    effective_number_weights,
-)
-from lit_distill.losses.divergences import (
-    forward_kl,
-    generalized_jsd,
-    reverse_kl,
-    skew_kl,
-    skew_reverse_kl,
-    total_variation,
-)
-from lit_distill.losses.feature import FeatureMSE, feature_mse
-from lit_distill.losses.fused import fused_cross_entropy, fused_forward_kl, fused_reverse_kl
-from lit_distill.losses.fused_terms import FusedCrossEntropy, FusedForwardKL, FusedReverseKL
-from lit_distill.losses.preference import DPO, MoEAuxLoss, dpo_loss, sequence_logprobs
-from lit_distill.losses.relation import TRG, contextual_relation, global_contrastive, local_graph_kl
-from lit_distill.losses.segmentation import (
-    ChannelWiseDistillation,
-    PixelCrossEntropy,
-    PixelKD,
-    channel_wise_distillation,
-    pixel_cross_entropy,
-    pixel_kd,
-)
-from lit_distill.losses.sparse import SparseForwardKL, sparse_forward_kl
-from lit_distill.losses.taid import TAID, taid_cross_entropy
-from lit_distill.losses.terms import (
-    CrossEntropy,
-    ForwardKL,
-    GeneralizedJSD,
-    LogitDivergence,
-    ReverseKL,
-    SkewKL,
-    SkewReverseKL,
-    TotalVariation,
-    cross_entropy,
-)
+from lit_distill.lazy_exports import lazy_exports
 
-__all__ = [
-    "FeatureMSE",
-    "feature_mse",
-    "ALM",
-    "forward_kl",
-    "reverse_kl",
-    "generalized_jsd",
-    "skew_kl",
-    "skew_reverse_kl",
-    "total_variation",
-    "cross_entropy",
-    "alm",
-    "deit_hard_distillation",
-    "effective_number_weights",
-    "uld",
-    "taid_cross_entropy",
-    "local_graph_kl",
-    "global_contrastive",
-    "contextual_relation",
-    "CrossEntropy",
-    "DeiTHardDistillation",
-    "ForwardKL",
-    "GeneralizedJSD",
-    "LogitDivergence",
-    "ReverseKL",
-    "SkewKL",
-    "SkewReverseKL",
-    "TAID",
-    "TRG",
-    "ULD",
-    "TotalVariation",
-    "FusedCrossEntropy",
-    "FusedForwardKL",
-    "FusedReverseKL",
-    "fused_cross_entropy",
-    "fused_forward_kl",
-    "fused_reverse_kl",
-    "ChannelWiseDistillation",
-    "PixelCrossEntropy",
-    "PixelKD",
-    "channel_wise_distillation",
-    "pixel_cross_entropy",
-    "pixel_kd",
-]
-__all__ += ["DPO", "MoEAuxLoss", "dpo_loss", "sequence_logprobs"]
-__all__ += ["SparseForwardKL", "sparse_forward_kl"]
-__all__ += ["CodecReconstruction", "Commitment", "MultiResolutionMelLoss", "multi_resolution_stft_loss",
-            "si_snr", "si_snr_loss", "waveform_l1"]
-from lit_distill.losses.speech_distill import (  # noqa: E402
-    CodecFeatureDistillation,
-    cosine_frame_loss,
-    cosine_time_loss,
-    indirect_semantic_loss,
-    interpolate_align,
-    positional_align,
-)
+# `alm` is both a function and this package's submodule; imported eagerly, the function is what
+# `lit_distill.losses.alm` names, as it always has (alm.py needs only torch).
+from lit_distill.losses.alm import ALM, alm  # noqa: I001
 
-__all__ += ["CodecFeatureDistillation", "cosine_frame_loss", "cosine_time_loss", "indirect_semantic_loss",
-            "interpolate_align", "positional_align"]
-from lit_distill.losses.lm_spt import IndirectSemanticDistillation  # noqa: E402
-
-__all__ += ["IndirectSemanticDistillation"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "lit_distill.losses.audio": [
+        "CodecReconstruction",
+        "Commitment",
+        "MultiResolutionMelLoss",
+        "multi_resolution_stft_loss",
+        "si_snr",
+        "si_snr_loss",
+        "waveform_l1",
+    ],
+    "lit_distill.losses.cross_tokenizer": ["ULD", "uld"],
+    "lit_distill.losses.deit": ["DeiTHardDistillation", "deit_hard_distillation", "effective_number_weights"],
+    "lit_distill.losses.divergences": [
+        "forward_kl",
+        "generalized_jsd",
+        "reverse_kl",
+        "skew_kl",
+        "skew_reverse_kl",
+        "total_variation",
+    ],
+    "lit_distill.losses.feature": ["FeatureMSE", "feature_mse"],
+    "lit_distill.losses.fused": ["fused_cross_entropy", "fused_forward_kl", "fused_reverse_kl"],
+    "lit_distill.losses.fused_terms": ["FusedCrossEntropy", "FusedForwardKL", "FusedReverseKL"],
+    "lit_distill.losses.preference": ["DPO", "MoEAuxLoss", "dpo_loss", "sequence_logprobs"],
+    "lit_distill.losses.relation": ["TRG", "contextual_relation", "global_contrastive", "local_graph_kl"],
+    "lit_distill.losses.segmentation": [
+        "ChannelWiseDistillation",
+        "PixelCrossEntropy",
+        "PixelKD",
+        "channel_wise_distillation",
+        "pixel_cross_entropy",
+        "pixel_kd",
+    ],
+    "lit_distill.losses.sparse": ["SparseForwardKL", "sparse_forward_kl"],
+    "lit_distill.losses.taid": ["TAID", "taid_cross_entropy"],
+    "lit_distill.losses.terms": [
+        "CrossEntropy",
+        "ForwardKL",
+        "GeneralizedJSD",
+        "LogitDivergence",
+        "ReverseKL",
+        "SkewKL",
+        "SkewReverseKL",
+        "TotalVariation",
+        "cross_entropy",
+    ],
+    "lit_distill.losses.speech_distill": [
+        "CodecFeatureDistillation",
+        "cosine_frame_loss",
+        "cosine_time_loss",
+        "indirect_semantic_loss",
+        "interpolate_align",
+        "positional_align",
+    ],
+    "lit_distill.losses.lm_spt": ["IndirectSemanticDistillation"],
+})
+__all__ += ["ALM", "alm"]

@@ -1,33 +1,22 @@
-"""Model adapters: every model, whatever library built it, returns a ``ModelOutput``."""
+"""Model adapters: every model, whatever library built it, returns a ``ModelOutput``.
 
-from lit_distill.models.base import ModelAdapter
-from lit_distill.models.codec import ConvCodec, ResidualQuantizer
-from lit_distill.models.hf import HFCausalLM
-from lit_distill.models.hf_audio import HFSpeechEncoder
-from lit_distill.models.moe import MoEFeedForward, upcycle
-from lit_distill.models.multi import MultiModel
-from lit_distill.models.segmentation import (
-           TimmSegmentation,
-           TorchvisionSegmentation,
-           widen_input_stem,
-)
-from lit_distill.models.torch_module import TorchModule, as_adapter
-from lit_distill.models.vision import (
-           ImageModelAdapter,
-           OpenClipImageTower,
-           TimmModel,
-           TorchvisionModel,
-)
-from lit_distill.models.vlm import HFLlava, HFVisionTower, LlavaComposition
+Names are imported from their module on first use (:mod:`lit_distill.lazy_exports`), so
+``from lit_distill.models import HFCausalLM`` loads transformers but not timm or torchaudio.
+"""
 
-__all__ = ["HFCausalLM", "ImageModelAdapter", "ModelAdapter", "OpenClipImageTower", "TimmModel",
-           "TorchModule", "TorchvisionModel", "as_adapter",
-           "HFLlava", "HFVisionTower", "LlavaComposition", "MoEFeedForward", "upcycle"]
-__all__ += ["TimmSegmentation", "TorchvisionSegmentation", "widen_input_stem"]
-__all__ += ["ConvCodec", "ResidualQuantizer"]
-__all__ += ["HFSpeechEncoder"]
-__all__ += ["MultiModel"]
-from lit_distill.models.hf_whisper import HFWhisperEncoder  # noqa: E402
-from lit_distill.models.lm_spt import LMSPTCodec  # noqa: E402
+from lit_distill.lazy_exports import lazy_exports
 
-__all__ += ["HFWhisperEncoder", "LMSPTCodec"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "lit_distill.models.base": ["ModelAdapter"],
+    "lit_distill.models.codec": ["ConvCodec", "ResidualQuantizer"],
+    "lit_distill.models.hf": ["HFCausalLM"],
+    "lit_distill.models.hf_audio": ["HFSpeechEncoder"],
+    "lit_distill.models.moe": ["MoEFeedForward", "upcycle"],
+    "lit_distill.models.multi": ["MultiModel"],
+    "lit_distill.models.segmentation": ["TimmSegmentation", "TorchvisionSegmentation", "widen_input_stem"],
+    "lit_distill.models.torch_module": ["TorchModule", "as_adapter"],
+    "lit_distill.models.vision": ["ImageModelAdapter", "OpenClipImageTower", "TimmModel", "TorchvisionModel"],
+    "lit_distill.models.vlm": ["HFLlava", "HFVisionTower", "LlavaComposition"],
+    "lit_distill.models.hf_whisper": ["HFWhisperEncoder"],
+    "lit_distill.models.lm_spt": ["LMSPTCodec"],
+})

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from datamodules import CachedTeacherDataModule, TextDataModule
-from lit_distill.cache import TeacherCache, cache_teacher
+from lit_distill.cache import TeacherCache
+from lit_distill.cache_teacher import cache_teacher
 from lit_distill.cli import run_cli
 from lit_distill.errors import ConfigError, MissingPathError
 

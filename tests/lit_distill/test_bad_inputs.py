@@ -210,3 +210,20 @@ def test_remote_code_stays_off_unless_asked():
     from lit_distill.models import HFCausalLM
 
     assert inspect.signature(HFCausalLM).parameters["trust_remote_code"].default is False
+
+
+MALFORMED_YAML = {
+    # id: (file text, the line the error names, words of yaml's reason)
+    "tab_indentation": ("model:\n  class_path: lit_distill.DistillationModule\n\tinit_args: {}\n", 3, "tab"),
+    "unclosed_bracket": ("trainer:\n  callbacks: [a, b\nmodel: {}\n", 3, "']'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_YAML))
+def test_malformed_yaml_names_the_file_and_line(case, tmp_path, capsys):
+    text, line, reason = MALFORMED_YAML[case]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    message = expect_one_line_error(capsys, ["fit", "--config", str(REPO / "configs/quickstart.yaml"),
+                                             "--config", str(bad)], tmp_path, reason)
+    assert message.startswith(f"error: {bad}:{line}: "), message

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lit_distill.cache import MANIFEST, TeacherCache, cache_teacher, id_dtype, shard_name
+from lit_distill.cache import MANIFEST, TeacherCache, id_dtype, shard_name
+from lit_distill.cache_teacher import cache_teacher
 from lit_distill.cli import main
 from lit_distill.errors import ConfigError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,17 @@ def test_fit_quickstart_writes_last_and_best_and_logs_terms(tmp_path, text_dir, 
     assert any(name.startswith("best") for name in checkpoints)
     # vocab size reached the student through the datamodule link
     assert cli.model.student.output_size == cli.datamodule.vocab_size
+
+
+def test_fit_prints_no_warning_a_user_cannot_act_on(tmp_path, text_dir, tokenizer_dir, teacher_dir, monkeypatch):
+    # sys.argv holding another command, as when the quickstart runs fit
+    monkeypatch.setattr(sys, "argv", ["python -m lit_distill", "quickstart"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(quickstart_args(tmp_path, text_dir, tokenizer_dir, teacher_dir, "--trainer.max_steps=2"))
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "args parameter" in m or "LeafSpec" in m or "srun" in m], messages
+    assert list(tmp_path.rglob("last.ckpt"))
 
 
 def test_resume_two_plus_two_steps_equals_four(tmp_path, text_dir, tokenizer_dir, teacher_dir):

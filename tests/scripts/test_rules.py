@@ -32,8 +32,6 @@ ALLOWED: dict[str, tuple[int, frozenset[str]]] = {
     "scripts/experiment_llava_mod.py": (15, frozenset({"in-process"})),
     "recipes/llava_mod.py": (15, frozenset({"loop"})),
     "scripts/experiment_lad.py": (14, frozenset({"in-process"})),
-    "scripts/experiment_vision_lt.py": (14, frozenset({"in-process"})),
-    "scripts/experiment_cross_tokenizer.py": (16, frozenset({"in-process"})),
 }
 
 
