@@ -12,11 +12,14 @@ import argparse
 import os
 import zipfile
 from collections.abc import Sequence
+from typing import Any
 
 from jsonargparse import DefaultHelpFormatter, Namespace
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
+from lit_distill.callbacks.progress import StepProgressBar
 from lit_distill.checkpointing import DistillationCheckpoint
 from lit_distill.errors import ConfigError, MissingPathError
 from lit_distill.module import DistillationModule
@@ -62,6 +65,18 @@ class DistillationCLI(LightningCLI):
             "checkpoint.filename": "best-step{step}",
             "checkpoint.auto_insert_metric_name": False,
         })
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with :class:`~lit_distill.callbacks.progress.StepProgressBar` unless the
+        config turns the bar off or brings its own (Lightning's bar shows "Epoch 1/-2" when only
+        ``max_steps`` bounds the run)."""
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        callbacks = trainer_config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+        if trainer_config.get("enable_progress_bar") is not False \
+                and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs["callbacks"] = [*callbacks, StepProgressBar()]
+        return super().instantiate_trainer(**kwargs)
 
     def parse_arguments(self, parser, args) -> None:
         # Lightning warns when `args` is given while sys.argv holds arguments too; here that is

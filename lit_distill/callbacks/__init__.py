@@ -8,8 +8,10 @@ from lit_distill.lazy_exports import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "lit_distill.callbacks.codec_metrics": ["CodecMetrics"],
     "lit_distill.callbacks.drw": ["DeferredReweighting"],
+    "lit_distill.callbacks.gradient_share": ["GradientShare"],
     "lit_distill.callbacks.group_accuracy": ["ClassGroupAccuracy"],
     "lit_distill.callbacks.metrics_table": ["MetricsTable"],
+    "lit_distill.callbacks.progress": ["StepProgressBar"],
     "lit_distill.callbacks.schedule": ["ParameterSchedule"],
     "lit_distill.callbacks.segmentation": ["SegmentationMetrics"],
     "lit_distill.callbacks.taid": ["TAIDSchedule"],

@@ -77,3 +77,16 @@ def test_no_lightning_args_warning_inside_another_command(tmp_path, text_dir, to
         warnings.simplefilter("always")
         build(QUICKSTART, tiny(tmp_path, text_dir, tokenizer_dir, teacher_dir))
     assert not [w for w in caught if "args parameter" in str(w.message)]
+
+
+def test_the_step_progress_bar_is_the_default_unless_turned_off(tmp_path, text_dir, tokenizer_dir, teacher_dir):
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from lit_distill.callbacks.progress import StepProgressBar
+
+    flags = [f for f in tiny(tmp_path, text_dir, tokenizer_dir, teacher_dir) if "enable_progress_bar" not in f]
+    assert isinstance(build(QUICKSTART, flags).trainer.progress_bar_callback, StepProgressBar)
+    own = build(QUICKSTART, [*flags, "--trainer.callbacks=lightning.pytorch.callbacks.TQDMProgressBar"])
+    assert type(own.trainer.progress_bar_callback) is TQDMProgressBar
+    off = build(QUICKSTART, [*flags, "--trainer.enable_progress_bar=false"])
+    assert off.trainer.progress_bar_callback is None
