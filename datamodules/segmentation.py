@@ -69,7 +69,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.checks import check_loader_arguments
 from datamodules.records import EpochLoaders, epoch_loader
 from lit_distill.errors import ConfigError, MissingPathError
-from lit_distill.models.image import IMAGENET_MEAN, IMAGENET_STD
+from lit_distill.models.vision_base import IMAGENET_MEAN, IMAGENET_STD
 
 SOURCES = ("digit_scenes", "voc")
 ENCODINGS = ("none", "fixed", "random")

@@ -57,7 +57,7 @@ from datamodules.checks import check_loader_arguments
 from datamodules.long_tail import GROUPS, balanced_split, class_groups, long_tail_counts  # noqa: F401
 from datamodules.records import epoch_loader
 from lit_distill.errors import ConfigError, MissingPathError
-from lit_distill.models.image import IMAGENET_MEAN, IMAGENET_STD
+from lit_distill.models.vision_base import IMAGENET_MEAN, IMAGENET_STD
 
 SOURCES = ("imagefolder", "digits")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")

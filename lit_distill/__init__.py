@@ -1,7 +1,9 @@
 """lit_distill: knowledge distillation across modalities, on Lightning.
 
 The public core: :class:`DistillationModule`, :class:`Teacher`, the contracts
-(:class:`ModelOutput`, :class:`LossTerm`) and :class:`ConfigError`. Losses are in
+(:class:`ModelOutput`, :class:`LossTerm`, typed loss :class:`Source` paths checked against each
+adapter's :class:`OutputSpec`), :class:`TrainingStep` (a step variant a recipe plugs in) and
+:class:`ConfigError`. Losses are in
 :mod:`lit_distill.losses`, model adapters in :mod:`lit_distill.models`, and
 :func:`lit_distill.build.build` builds from a config what ``python -m lit_distill`` would.
 
@@ -15,6 +17,8 @@ from lit_distill.lazy_exports import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "lit_distill.contracts": ["LossTerm", "ModelOutput"],
     "lit_distill.module": ["DistillationModule"],
+    "lit_distill.sources": ["OutputSpec", "Source"],
+    "lit_distill.steps": ["StepResult", "TrainingStep"],
     "lit_distill.teacher": ["Teacher"],
 })
 __all__ += ["ConfigError"]

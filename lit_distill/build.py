@@ -5,10 +5,10 @@ objects here rather than through the command line::
 
     from lit_distill.build import build, fit
 
-    built = build("configs/quickstart.yaml", ["--trainer.max_steps=2"])
+    built = build("configs/text/kd/quickstart-student_from_quickstart-teacher.yaml", ["--trainer.max_steps=2"])
     built.model, built.datamodule, built.trainer        # instantiated, nothing run
 
-    run = fit(["configs/quickstart.yaml", {"trainer": {"max_steps": 2}}])
+    run = fit(["configs/text/kd/quickstart-student_from_quickstart-teacher.yaml", {"trainer": {"max_steps": 2}}])
     run.metrics()                                      # {"val/loss": ..., "val/kd": ...}
 
 Both go through :func:`lit_distill.distillation_cli.make_cli`: the same parser, the same

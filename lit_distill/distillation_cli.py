@@ -26,7 +26,7 @@ from lit_distill.module import DistillationModule
 
 DESCRIPTION = """lit_distill: knowledge distillation on Lightning.
 
-  python -m lit_distill fit --config configs/quickstart.yaml
+  python -m lit_distill fit --config configs/text/kd/quickstart-student_from_quickstart-teacher.yaml
   python -m lit_distill fit --help            (every option, from the docstrings)
   python -m lit_distill export --ckpt CKPT --out DIR
   python -m lit_distill quickstart            (build data, teacher, distill, compare)

@@ -2,9 +2,9 @@
 
 1. Writes an English corpus from documentation installed with Python
    (``datamodules.local_corpus``) and trains a 1,024-token BPE tokenizer on it.
-2. Trains the teacher with ``configs/text/kd/quickstart_teacher.yaml`` (once;
+2. Trains the teacher with ``configs/text/kd/quickstart-teacher.yaml`` (once;
    exported to ``artifacts/quickstart/teacher`` and reused afterwards).
-3. Distils it into a smaller student with ``configs/quickstart.yaml``.
+3. Distils it into a smaller student with ``configs/text/kd/quickstart-student_from_quickstart-teacher.yaml``.
 4. Trains the same student without the teacher (same data, steps and seed).
 5. Prints validation cross-entropy and perplexity of all three.
 
@@ -29,8 +29,8 @@ from lit_distill.errors import ConfigError
 from lit_distill.export import export_checkpoint
 
 WORKDIR = Path("artifacts/quickstart")
-TEACHER_CONFIG = "configs/text/kd/quickstart_teacher.yaml"
-STUDENT_CONFIG = "configs/quickstart.yaml"
+TEACHER_CONFIG = "configs/text/kd/quickstart-teacher.yaml"
+STUDENT_CONFIG = "configs/text/kd/quickstart-student_from_quickstart-teacher.yaml"
 BASELINE_OVERRIDES = [
     "--model.init_args.teacher=null",
     '--model.init_args.losses={"ce": {"class_path": "lit_distill.losses.CrossEntropy"}}',

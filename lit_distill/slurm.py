@@ -1,6 +1,6 @@
 """``python -m lit_distill slurm``: render an sbatch script that runs ``fit`` on a SLURM allocation.
 
-    python -m lit_distill slurm --config configs/text/kd/quickstart_ddp.yaml \\
+    python -m lit_distill slurm --config configs/text/kd/quickstart-student_from_quickstart-teacher_ddp.yaml \\
         --nodes 2 --ntasks-per-node 4 --gpus-per-node 4 --cpus-per-task 8 --time 12:00:00 \\
         --partition gpu --setup 'source .venv/bin/activate' --save job.sbatch \\
         -- --trainer.max_steps=10000

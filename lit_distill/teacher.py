@@ -49,7 +49,7 @@ class Teacher(nn.Module):
         the student's statistics, resized to the teacher's input size if it differs, and
         re-normalised with the teacher's (a no-op when everything matches).
         """
-        from lit_distill.models.image import ImageModelAdapter
+        from lit_distill.models.vision_base import ImageModelAdapter
 
         if isinstance(self.model, ImageModelAdapter) and isinstance(student, ImageModelAdapter):
             self.source_stats = (tuple(student.mean), tuple(student.std))

@@ -5,9 +5,9 @@
 2. Caches the teacher with ``cache-teacher`` at each k (default 16, 128 and 1024 = the
    whole vocabulary, a control without truncation) and measures the bytes on disk per
    cached position and the teacher's tail mass.
-3. Trains the quickstart student (``configs/quickstart.yaml``: 0.5·forward KL + 0.5·CE)
+3. Trains the quickstart student (``configs/text/kd/quickstart-student_from_quickstart-teacher.yaml``: 0.5·forward KL + 0.5·CE)
    with the online teacher, and the same student from each cache
-   (``configs/text/kd/quickstart_cache.yaml``: 0.5·sparse forward KL + 0.5·CE, no
+   (``configs/text/kd/quickstart-student_from_quickstart-teacher_cache.yaml``: 0.5·sparse forward KL + 0.5·CE, no
    teacher), for the same steps and seeds.
    Every run is ``python -m lit_distill fit`` + ``export`` through ``lit_distill.experiment``
    (``--workers`` at a time, in ``artifacts/teacher_cache_experiment/students``); finished runs
@@ -46,8 +46,8 @@ from lit_distill.experiment import Run, Stat, by_arm, expand, launch, markdown_t
 from lit_distill.losses import cross_entropy, forward_kl, sparse_forward_kl  # noqa: E402
 
 WORK = REPO / "artifacts/teacher_cache_experiment"
-ONLINE = "configs/quickstart.yaml"
-CACHED = "configs/text/kd/quickstart_cache.yaml"
+ONLINE = "configs/text/kd/quickstart-student_from_quickstart-teacher.yaml"
+CACHED = "configs/text/kd/quickstart-student_from_quickstart-teacher_cache.yaml"
 READING = "\n## Reading"  # the report's hand-written section, kept when the tables are regenerated
 
 
@@ -167,7 +167,7 @@ def main() -> None:
 
 
 def val_data():
-    """The quickstart's text data (``configs/quickstart.yaml``'s settings), set up for its val split."""
+    """The quickstart's text data (``configs/text/kd/quickstart-student_from_quickstart-teacher.yaml``'s settings), set up for its val split."""
     from datamodules.text import TextDataModule
 
     data = TextDataModule(tokenizer="artifacts/quickstart/tokenizer", train_path="artifacts/quickstart/data/train.txt",
@@ -181,7 +181,7 @@ _HEADER = """# Offline teacher cache vs online teacher
 `python scripts/experiment_teacher_cache.py` (generated; {seconds_total} s, {workers} runs at a time).
 Quickstart setup: the 4-layer teacher in `artifacts/quickstart/teacher`, a 1,024-token BPE
 tokenizer, packed 128-token blocks of the local English corpus, the 2-layer student of
-`configs/quickstart.yaml` trained {steps} steps (batch 16, OneCycle) with 0.5·KD + 0.5·CE,
+`configs/text/kd/quickstart-student_from_quickstart-teacher.yaml` trained {steps} steps (batch 16, OneCycle) with 0.5·KD + 0.5·CE,
 seeds {seeds} ({seeds_n} per arm). Online: dense forward KL against the teacher run every
 step. Cache k: sparse forward KL (top-k + tail bin, `SparseForwardKL`) against
 `cache-teacher --top-k k`, `teacher: null`. All students are evaluated on the held-out

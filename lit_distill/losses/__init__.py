@@ -87,6 +87,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
         "interpolate_align",
         "positional_align",
     ],
-    "lit_distill.losses.lm_spt": ["IndirectSemanticDistillation"],
+    "lit_distill.losses.indirect_semantic": ["IndirectSemanticDistillation"],
 })
 __all__ += ["ALM", "alm"]

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter
-from lit_distill.models.image import _close_names, load_checked, read_state_dict
+from lit_distill.models.vision_base import _close_names, load_checked, read_state_dict
 from lit_distill.sources import OutputSpec
 
 __all__ = ["TimmSegmentation", "TorchvisionSegmentation", "widen_input_stem"]

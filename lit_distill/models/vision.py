@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
-from lit_distill.models.image import (  # noqa: F401 - re-exported
+from lit_distill.models.vision_base import (  # noqa: F401 - re-exported
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageModelAdapter,

@@ -27,7 +27,7 @@ def _data_overrides(prefix, text_dir, tokenizer_dir) -> list[str]:
 
 
 def _write_cache(out, top_k, text_dir, tokenizer_dir, teacher_dir) -> Path:
-    done = cache_teacher(["--config", str(REPO / "configs/quickstart.yaml"), "--out", str(out),
+    done = cache_teacher(["--config", str(REPO / "configs/text/kd/quickstart-student_from_quickstart-teacher.yaml"), "--out", str(out),
                           "--top-k", str(top_k), "--samples-per-shard", "16", "--no-progress",
                           *_data_overrides("data.init_args", text_dir, tokenizer_dir),
                           f"--model.init_args.teacher.init_args.model.init_args.path={teacher_dir}",
@@ -88,7 +88,7 @@ def test_cache_that_does_not_match_the_data_is_refused(cache_k8, text_dir, token
 
 
 def _cache_config_args(cache_dir, tmp_path, text_dir, tokenizer_dir, *extra) -> list[str]:
-    return ["--config", str(REPO / "configs/text/kd/quickstart_cache.yaml"),
+    return ["--config", str(REPO / "configs/text/kd/quickstart-student_from_quickstart-teacher_cache.yaml"),
             f"--data.init_args.cache_dir={cache_dir}",
             *_data_overrides("data.init_args.data.init_args", text_dir, tokenizer_dir),
             "--trainer.enable_progress_bar=false", "--trainer.callbacks=[]", "--trainer.logger=false",
@@ -113,7 +113,7 @@ def test_cache_at_k_equal_v_gives_the_online_forward_kl(tmp_path, text_dir, toke
                                                          vocab_size):
     cache = _write_cache(tmp_path / "full", vocab_size, text_dir, tokenizer_dir, teacher_dir)
     cached = run_cli(["validate", *_cache_config_args(cache, tmp_path / "c", text_dir, tokenizer_dir)])
-    online = run_cli(["validate", "--config", str(REPO / "configs/quickstart.yaml"),
+    online = run_cli(["validate", "--config", str(REPO / "configs/text/kd/quickstart-student_from_quickstart-teacher.yaml"),
                       *_data_overrides("data.init_args", text_dir, tokenizer_dir),
                       f"--model.init_args.teacher.init_args.model.init_args.path={teacher_dir}",
                       "--trainer.enable_progress_bar=false", "--trainer.callbacks=[]", "--trainer.logger=false",

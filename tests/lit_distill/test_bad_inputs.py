@@ -21,7 +21,7 @@ VISION = REPO / "configs" / "vision" / "baseline" / "deit-tiny_digits-lt100.yaml
 
 def text_args(root: Path, assets: dict, *extra: str) -> list[str]:
     """The quickstart config on the tiny test assets (two steps)."""
-    return ["fit", "--config", str(REPO / "configs/quickstart.yaml"),
+    return ["fit", "--config", str(REPO / "configs/text/kd/quickstart-student_from_quickstart-teacher.yaml"),
             f"--data.init_args.tokenizer={assets['tokenizer']}",
             f"--data.init_args.train_path={assets['text'] / 'train.txt'}",
             f"--data.init_args.val_path={assets['text'] / 'val.txt'}",
@@ -224,6 +224,6 @@ def test_malformed_yaml_names_the_file_and_line(case, tmp_path, capsys):
     text, line, reason = MALFORMED_YAML[case]
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
-    message = expect_one_line_error(capsys, ["fit", "--config", str(REPO / "configs/quickstart.yaml"),
+    message = expect_one_line_error(capsys, ["fit", "--config", str(REPO / "configs/text/kd/quickstart-student_from_quickstart-teacher.yaml"),
                                              "--config", str(bad)], tmp_path, reason)
     assert message.startswith(f"error: {bad}:{line}: "), message

@@ -16,13 +16,13 @@ from lit_distill.checkpointing import DistillationCheckpoint
 from lit_distill.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
-QUICKSTART = REPO / "configs/quickstart.yaml"
+QUICKSTART = REPO / "configs/text/kd/quickstart-student_from_quickstart-teacher.yaml"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(root: Path, text_dir: Path, tokenizer_dir: Path, teacher_dir: Path) -> list[str]:
-    """Flags that point configs/quickstart.yaml at the tiny test assets, two steps."""
+    """Flags that point configs/text/kd/quickstart-student_from_quickstart-teacher.yaml at the tiny test assets, two steps."""
     return [f"--data.init_args.tokenizer={tokenizer_dir}",
             f"--data.init_args.train_path={text_dir / 'train.txt'}",
             f"--data.init_args.val_path={text_dir / 'val.txt'}",

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cache_args(out, text_dir, tokenizer_dir, teacher_dir, *extra: str) -> list[str]:
-    """cache-teacher on configs/quickstart.yaml pointed at the tiny test assets."""
-    return ["--config", str(REPO / "configs/quickstart.yaml"), "--out", str(out), "--top-k", "8",
+    """cache-teacher on configs/text/kd/quickstart-student_from_quickstart-teacher.yaml pointed at the tiny test assets."""
+    return ["--config", str(REPO / "configs/text/kd/quickstart-student_from_quickstart-teacher.yaml"), "--out", str(out), "--top-k", "8",
             "--samples-per-shard", "16", "--batch-size", "5", "--no-progress",
             f"--data.init_args.tokenizer={tokenizer_dir}",
             f"--data.init_args.train_path={text_dir / 'train.txt'}",

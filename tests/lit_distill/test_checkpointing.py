@@ -152,7 +152,7 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, tex
     kill.write_text("trainer:\n  callbacks:\n    - {class_path: killer.KillAt, init_args: {step: 5}}\n")
 
     def args(root: Path, *extra: str) -> list[str]:
-        return ["fit", "--config", str(REPO / "configs/quickstart.yaml"), "--config", str(dropout), *extra,
+        return ["fit", "--config", str(REPO / "configs/text/kd/quickstart-student_from_quickstart-teacher.yaml"), "--config", str(dropout), *extra,
                 f"--data.init_args.tokenizer={tokenizer_dir}", f"--data.init_args.train_path={text_dir / 'train.txt'}",
                 f"--data.init_args.val_path={text_dir / 'val.txt'}", "--data.init_args.max_length=16",
                 "--data.init_args.batch_size=2",

@@ -26,7 +26,7 @@ from lit_distill.experiment import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-QUICKSTART = str(REPO / "configs/quickstart.yaml")
+QUICKSTART = str(REPO / "configs/text/kd/quickstart-student_from_quickstart-teacher.yaml")
 
 
 def test_the_toolkit_imports_neither_the_cli_nor_recipes_nor_scripts():
@@ -117,7 +117,7 @@ def test_plot_draws_the_steps_every_seed_logged(tmp_path):
 # ----------------------------------------------------------- through the real subprocess path
 @pytest.fixture(scope="module")
 def tiny_arm(text_dir, tokenizer_dir, teacher_dir) -> Run:
-    """configs/quickstart.yaml on the tiny test assets, 2 steps, validating and logging each step."""
+    """configs/text/kd/quickstart-student_from_quickstart-teacher.yaml on the tiny test assets, 2 steps, validating and logging each step."""
     return Run("kd", [QUICKSTART], [
         f"--data.init_args.tokenizer={tokenizer_dir}", f"--data.init_args.train_path={text_dir / 'train.txt'}",
         f"--data.init_args.val_path={text_dir / 'val.txt'}", "--data.init_args.max_length=32",

@@ -16,7 +16,7 @@ from lit_distill.errors import ConfigError
 from lit_distill.sharding import ShardingConfig, data_parallel_mesh, find_blocks
 
 REPO = Path(__file__).resolve().parents[2]
-FSDP2_CONFIG = REPO / "configs/text/kd/quickstart_fsdp2.yaml"
+FSDP2_CONFIG = REPO / "configs/text/kd/quickstart-student_from_quickstart-teacher_fsdp2.yaml"
 
 
 def tiny_llama(layers: int = 3):

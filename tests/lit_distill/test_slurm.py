@@ -20,8 +20,8 @@ from lit_distill.errors import ConfigError
 from lit_distill.slurm import SlurmJob, render_sbatch
 
 REPO = Path(__file__).resolve().parents[2]
-DDP_CONFIG = "configs/text/kd/quickstart_ddp.yaml"
-FSDP2_CONFIG = "configs/text/kd/quickstart_fsdp2.yaml"
+DDP_CONFIG = "configs/text/kd/quickstart-student_from_quickstart-teacher_ddp.yaml"
+FSDP2_CONFIG = "configs/text/kd/quickstart-student_from_quickstart-teacher_fsdp2.yaml"
 
 # Callbacks the training processes import from a temporary directory. WorldProbe: each
 # rank writes what Lightning made of its environment, and a checksum of the trained

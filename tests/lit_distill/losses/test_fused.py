@@ -250,12 +250,12 @@ def _fit_args(config, tmp_path, text_dir, tokenizer_dir, teacher_dir):
 
 @pytest.mark.slow
 def test_fused_config_trains_like_the_dense_quickstart(tmp_path, text_dir, tokenizer_dir, teacher_dir):
-    """configs/text/kd/quickstart_fused.yaml: 2 steps give the dense config's losses and weights."""
+    """configs/text/kd/quickstart-student_from_quickstart-teacher_fused.yaml: 2 steps give the dense config's losses and weights."""
     from lit_distill.cli import run_cli
 
-    fused = run_cli(_fit_args(REPO / "configs/text/kd/quickstart_fused.yaml", tmp_path / "f",
+    fused = run_cli(_fit_args(REPO / "configs/text/kd/quickstart-student_from_quickstart-teacher_fused.yaml", tmp_path / "f",
                               text_dir, tokenizer_dir, teacher_dir))
-    dense = run_cli(_fit_args(REPO / "configs/quickstart.yaml", tmp_path / "d",
+    dense = run_cli(_fit_args(REPO / "configs/text/kd/quickstart-student_from_quickstart-teacher.yaml", tmp_path / "d",
                               text_dir, tokenizer_dir, teacher_dir))
     assert fused.model.student.output_size == dense.model.student.output_size
     f_metrics, d_metrics = fused.trainer.callback_metrics, dense.trainer.callback_metrics

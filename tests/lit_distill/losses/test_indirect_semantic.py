@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lit_distill.errors import ConfigError
-from lit_distill.losses.lm_spt import IndirectSemanticDistillation
+from lit_distill.losses.indirect_semantic import IndirectSemanticDistillation
 from lit_distill.models.hf_whisper import HFWhisperEncoder
 from lit_distill.models.lm_spt import LMSPTCodec
 
