@@ -1,4 +1,5 @@
-"""Codec metrics per validation epoch: mel distance, SI-SNR, codebook use, teacher cosine, spectrograms."""
+"""Codec metrics per validation epoch (mel distance, SI-SNR, codebook use, teacher cosine, spectrograms)
+and, every N training steps, codebook use of the training batch (a trajectory, not one reading)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,14 @@ def codebook_stats(counts: Tensor, sizes: Sequence[int] | None = None) -> tuple[
         return (counts > 0).double().mean(-1), perplexity
     used = (counts > 0).double().sum(-1)
     return used / torch.tensor([float(k) for k in sizes], dtype=used.dtype, device=used.device), perplexity
+
+
+def code_counts(codes: Tensor, size: int) -> Tensor:
+    """How often each code was chosen: long ``[B, Q, F]`` (``-1`` = no code) → ``[Q, size]``."""
+    q = codes.shape[1]
+    valid = codes >= 0
+    flat = (codes.clamp_min(0) + torch.arange(q, device=codes.device)[None, :, None] * size)[valid]
+    return torch.bincount(flat, minlength=q * size).view(q, size)
 
 
 def spectrogram_image(waveforms: Sequence[Tensor], sample_rate: int, n_fft: int = 1024, n_mels: int = 80,
@@ -83,6 +92,12 @@ class CodecMetrics(L.Callback):
       term projects it and the teacher feature as it aligns it (``CodecFeatureDistillation.align``),
       whatever the two widths.
 
+    With ``train_every_n_steps: N`` it also logs, every ``N`` optimizer steps, the codebook use of
+    that step's training batch: ``train/codebook_usage``, ``train/codebook_perplexity`` and per
+    quantiser ``..._q<i>``. The codes come from the student's ``encode`` (eval mode: all
+    quantisers, no EMA update) of ``batch["waveform"]``, frames of padding left out; read them
+    as a trajectory (usage from one batch of ``B·F`` frames is bounded by ``B·F / K``).
+
     The PNG ``<log_dir>/codec/epoch_<E>.png`` shows the log-mel spectrogram of the first
     validation waveform (real samples only) above that of its reconstruction.
 
@@ -99,14 +114,19 @@ class CodecMetrics(L.Callback):
             projected student and aligned teacher features are compared.
         spectrogram: write the PNG.
         prefix: logged-name prefix.
+        train_every_n_steps: log the codebook use of a training batch every this many optimizer
+            steps (0: never).
     """
 
     def __init__(self, sample_rate: int = 16000, mel_fft_sizes: Sequence[int] = (1024, 512, 256),
                  student_source: str | None = None, teacher_source: str | None = None,
                  student_channels_first: bool = True, teacher_terms: Sequence[str] = (), spectrogram: bool = True,
-                 prefix: str = "val") -> None:
+                 prefix: str = "val", train_every_n_steps: int = 0) -> None:
         if (student_source is None) != (teacher_source is None):
             raise ConfigError("CodecMetrics: set both student_source and teacher_source (or neither)")
+        if train_every_n_steps < 0:
+            raise ConfigError(f"CodecMetrics.train_every_n_steps: must be >= 0 (0: off), got {train_every_n_steps}")
+        self.train_every_n_steps = train_every_n_steps
         self.sample_rate, self.prefix, self.spectrogram = sample_rate, prefix, spectrogram
         self.student_source, self.teacher_source = student_source, teacher_source
         self.student_channels_first = student_channels_first
@@ -161,11 +181,30 @@ class CodecMetrics(L.Callback):
         size = getattr(pl_module.student, "codebook_size", None)
         if size is None:
             size = int(codes.max()) + 1
-        q = codes.shape[1]
-        valid = codes >= 0
-        flat = (codes.clamp_min(0) + torch.arange(q, device=codes.device)[None, :, None] * size)[valid]
-        counts = torch.bincount(flat, minlength=q * size).view(q, size)
+        counts = code_counts(codes, size)
         self._counts = counts if self._counts is None else self._counts + counts
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        n = self.train_every_n_steps
+        if not n or trainer.global_step % n or not isinstance(batch, dict) or "waveform" not in batch:
+            return
+        student = pl_module.student
+        if not hasattr(student, "encode"):
+            raise ConfigError("CodecMetrics.train_every_n_steps: the student has no encode(); use a codec "
+                              "adapter such as lit_distill.models.ConvCodec")
+        codes = student.encode(batch["waveform"])  # [B, Q, F], no grad, eval mode
+        mask = batch.get("waveform_mask")
+        if mask is not None and hasattr(student, "frame_mask"):
+            codes = codes.masked_fill(~student.frame_mask(mask.bool())[:, None, : codes.shape[-1]], -1)
+        size = getattr(student, "codebook_size", None) or int(codes.max()) + 1
+        counts = trainer.strategy.reduce(code_counts(codes, size), reduce_op="sum")
+        sizes = getattr(student, "codebook_sizes", None)
+        usage, perplexity = codebook_stats(counts, sizes if sizes is not None and len(sizes) == len(counts) else None)
+        pl_module.log("train/codebook_usage", usage.mean().float(), on_step=True, on_epoch=False)
+        pl_module.log("train/codebook_perplexity", perplexity.mean().float(), on_step=True, on_epoch=False)
+        for q in range(usage.shape[0]):
+            pl_module.log(f"train/codebook_usage_q{q}", usage[q].float(), on_step=True, on_epoch=False)
+            pl_module.log(f"train/codebook_perplexity_q{q}", perplexity[q].float(), on_step=True, on_epoch=False)
 
     def _cosine(self, student, teacher, batch) -> Tensor:
         s = resolve_source(self.student_source, student, teacher, batch)

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from lit_distill.contracts import LossTerm
 from lit_distill.errors import ConfigError
@@ -121,7 +121,8 @@ def _check_pair(student: Tensor, teacher: Tensor, name: str) -> None:
                           f"{list(student.shape)} and {list(teacher.shape)}")
 
 
-def cosine_time_loss(student: Tensor, teacher: Tensor, mask: Tensor | None = None, eps: float = 1e-8) -> Tensor:
+def cosine_time_loss(student: Tensor, teacher: Tensor, mask: Tensor | None = None, eps: float = 1e-8,
+                     centered: bool = False) -> Tensor:
     """DM-Codec's "d_axis" loss: cosine along time for every feature dimension.
 
     With ``n = min(T, T')``, ``m`` the frame mask, ``s = student[:, :n] * m`` and
@@ -130,11 +131,25 @@ def cosine_time_loss(student: Tensor, teacher: Tensor, mask: Tensor | None = Non
     least one valid frame and the ``D`` dimensions, so every sample weighs the same whatever its
     length. A positive rescaling of any teacher (or student) dimension leaves ``L`` unchanged.
 
+    With ``centered``, ``s`` and ``t`` first lose their per-utterance mean over the valid frames
+    (``s[b,:,d] − mean_t s[b,t,d]``), so ``cos[b, d]`` is the Pearson correlation in time. The
+    uncentred cosine is maximised by a large time-constant offset that matches the sign of the
+    teacher's mean, which says nothing about the content of the frames (issue 15: at weight
+    120 it pushed such an offset into the codec's latent and collapsed codebook 0).
+
+    Which reading of the authors' loss this is: their ``d_axis_distill_loss`` takes the cosine
+    along axis 1 of ``[B, T, D]`` features, i.e. along time per utterance and dimension, as the
+    paper writes it, and that is what we implement. Their released feature extraction and
+    collate, read literally, hand it features whose axis 1 is the batch on a single frame, so
+    the released code would compare one frame across the utterances of a batch. We do not copy
+    that: it depends on which utterances share a batch, and gives each utterance one frame.
+
     Args:
         student: ``[B, T, D]`` (already in the teacher's width).
         teacher: ``[B, T', D]`` (no gradient flows into it).
         mask: bool ``[B, >= n]``, True on frames that count (None: all of the first ``n``).
         eps: floor of the norm product.
+        centered: subtract each utterance's mean over its valid frames first (Pearson correlation).
 
     Returns:
         0-dim float32 tensor (0 when no sample has a valid frame).
@@ -142,12 +157,16 @@ def cosine_time_loss(student: Tensor, teacher: Tensor, mask: Tensor | None = Non
     _check_pair(student, teacher, "cosine_time_loss")
     n = min(student.shape[1], teacher.shape[1])
     s, t = student[:, :n].float(), teacher[:, :n].detach().float()
+    m = torch.ones_like(s[..., :1]) if mask is None else mask[:, :n].to(s.dtype)[..., None]  # [B, n, 1]
     if mask is not None:
-        m = mask[:, :n].to(s.dtype)[..., None]
         s, t = s * m, t * m
         counts = mask[:, :n].sum(-1) > 0  # [B]
     else:
         counts = torch.full((s.shape[0],), n > 0, dtype=torch.bool, device=s.device)
+    if centered:
+        frames = m.sum(1, keepdim=True).clamp_min(1)  # [B, 1, 1]
+        s = (s - s.sum(1, keepdim=True) / frames) * m
+        t = (t - t.sum(1, keepdim=True) / frames) * m
     cos = (s * t).sum(1) / (s.norm(dim=1) * t.norm(dim=1)).clamp_min(eps)  # [B, D]
     per_sample = -F.logsigmoid(cos).mean(-1)  # [B]
     weights = counts.to(per_sample.dtype)
@@ -235,7 +254,7 @@ class CodecFeatureDistillation(LossTerm):
     """DM-Codec's semantic distillation: one RVQ layer's output, projected, matched to a teacher sequence.
 
     The student feature ``[B, Ds, F]`` (default ``student.features.layer_outputs.0``, RVQ layer 0)
-    is transposed to ``[B, F, Ds]`` and projected to ``[B, F, Dt]``; the teacher feature
+    is transposed to ``[B, F, Ds]`` and projected to ``[B, F, Dt]`` (linear, optionally with a bias); the teacher feature
     ``[B, Tt, Dt]`` (default ``teacher.hidden_states.-1``; or e.g. ``teacher.features.<name>``) is
     aligned to ``F`` frames, then :func:`cosine_time_loss` (``d_axis``) or
     :func:`cosine_frame_loss` (``t_axis``) compares them. Frames without a real teacher step (zero
@@ -253,9 +272,16 @@ class CodecFeatureDistillation(LossTerm):
             ``teacher_mask`` and a ``waveform_mask`` every sample's real teacher steps are
             stretched over its own real frames, see :func:`interpolate_align`).
         lambda_cos: weight of the cosine term in ``t_axis`` mode.
+        centered: ``d_axis`` on time-centred features (each utterance's mean over its frames
+            subtracted first; see :func:`cosine_time_loss`). Off: DM-Codec's uncentred cosine.
+        projector_bias: give the projector a bias, as DM-Codec's ``nn.Linear`` has (off by
+            default so that checkpoints of the bias-free projector still load; the DM-Codec
+            configs turn it on).
         hop_length: codec samples per frame; when given and the batch has ``waveform_mask``
             ``[B, T]``, frames of padding samples are left out.
-        weight: multiplier of this term in the total loss (DM-Codec: 120).
+        weight: multiplier of this term in the total loss (DM-Codec: 120). To warm it up, ramp it
+            with ``lit_distill.callbacks.ParameterSchedule`` (``term: <this term's name>,
+            attribute: weight, start: 0, end: 120, shape: linear, steps: N``: 120 from step N on).
         sources: where the features come from, e.g.
             ``{teacher_features: teacher.hidden_states.9}``; ``teacher_mask`` (bool ``[B, Tt]``,
             True on real teacher steps, e.g. ``batch.teacher_mask``) has no default source.
@@ -267,7 +293,8 @@ class CodecFeatureDistillation(LossTerm):
 
     def __init__(self, student_dim: int | None = None, teacher_dim: int | None = None, mode: str = "d_axis",
                  alignment: str = "position", lambda_cos: float = 1.0, hop_length: int | None = None,
-                 weight: float = 1.0, sources: dict[str, str] | None = None) -> None:
+                 weight: float = 1.0, sources: dict[str, str] | None = None, centered: bool = False,
+                 projector_bias: bool = False) -> None:
         super().__init__(weight, sources)
         name = type(self).__name__
         if mode not in MODES:
@@ -276,8 +303,15 @@ class CodecFeatureDistillation(LossTerm):
             raise ConfigError(f"{name}.alignment: '{alignment}' is not valid (valid: {', '.join(ALIGNMENTS)})")
         if hop_length is not None and hop_length < 1:
             raise ConfigError(f"{name}.hop_length must be >= 1, got {hop_length}")
+        if centered and mode != "d_axis":
+            raise ConfigError(f"{name}.centered: only applies to mode: d_axis (got mode: {mode})")
         self.projector = make_projector(name, student_dim, teacher_dim)
+        if projector_bias:
+            if self.projector is None:
+                raise ConfigError(f"{name}.projector_bias: needs student_dim and teacher_dim (a projector)")
+            self.projector = nn.Linear(student_dim, teacher_dim, bias=True)
         self.mode, self.alignment, self.lambda_cos, self.hop_length = mode, alignment, lambda_cos, hop_length
+        self.centered = centered
 
     def forward(self, student_features: Tensor, teacher_features: Tensor,
                 waveform_mask: Tensor | None = None, teacher_mask: Tensor | None = None) -> Tensor:
@@ -285,7 +319,7 @@ class CodecFeatureDistillation(LossTerm):
         teacher_mask bool ``[B, Tt]``. Returns a 0-dim tensor."""
         student, teacher, mask = self.align(student_features, teacher_features, waveform_mask, teacher_mask)
         if self.mode == "d_axis":
-            return cosine_time_loss(student, teacher, mask)
+            return cosine_time_loss(student, teacher, mask, centered=self.centered)
         return cosine_frame_loss(student, teacher, mask, self.lambda_cos)
 
     def align(self, student_features: Tensor, teacher_features: Tensor, waveform_mask: Tensor | None = None,

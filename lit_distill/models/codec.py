@@ -8,12 +8,17 @@ The encoder is a SEANet-style stack: a stem convolution, then per stride a block
 residual units followed by a strided convolution (kernel ``2 * stride``) that doubles the
 channels, and a projection to ``dim``. The decoder mirrors it with transposed convolutions.
 
-RVQ: quantiser ``q`` encodes the residual left by quantisers ``0..q-1``; codebooks are learned by
-exponential moving averages (EMA) with dead-code replacement, one ``VectorQuantize`` layer of the
-``vector-quantize-pytorch`` library per quantiser. The residual loop is ours so that the
-per-layer outputs are exact: layer ``q``'s straight-through output has the value of its code
-vector ``c_q`` and the gradient of the identity into the encoder latent, so a loss on a single
-RVQ layer (DM-Codec distils layer 0) trains the encoder.
+RVQ: quantiser ``q`` encodes the residual left by quantisers ``0..q-1``. Codebooks are learned by
+exponential moving averages (EMA) with dead-code replacement (one ``VectorQuantize`` layer of the
+``vector-quantize-pytorch`` library per quantiser; the default) or by gradient descent on a
+codebook loss with an optional L2-normalised (cosine) lookup (:class:`LearnedCodebook`, as DAC
+and LM-SPT; the library does not combine a learned codebook with cosine lookup). Codes live in
+the latent's width or, with ``codebook_dim``, in a low-dimensional factorised space reached by
+per-quantiser projections. The residual loop is ours so that the per-layer outputs are exact:
+without projections layer ``q``'s straight-through output has the value of its code vector
+``c_q`` and the gradient of the identity into the encoder latent, so a loss on a single RVQ
+layer (DM-Codec distils layer 0) trains the encoder; with them the residual chain keeps its
+gradient as in DAC (see :class:`ResidualQuantizer`).
 """
 
 from __future__ import annotations
@@ -94,6 +99,10 @@ def build_decoder(strides: Sequence[int], channels: int, max_channels: int, dim:
     return nn.Sequential(*dec)
 
 
+CODEBOOKS = ("ema", "learned")
+COMMITMENTS = ("sum_all", "mean_first")
+
+
 def check_codebook_args(codebook_size: int, ema_decay: float, prefix: str = "") -> None:
     """ConfigError for a codebook of fewer than 2 entries or an EMA decay outside (0, 1)."""
     if codebook_size < 2:
@@ -102,56 +111,172 @@ def check_codebook_args(codebook_size: int, ema_decay: float, prefix: str = "") 
         raise ConfigError(f"ema_decay must be in (0, 1), got {ema_decay}")
 
 
+def check_codebook_kind(codebook: str, cosine: bool, kmeans_init: bool, prefix: str = "") -> None:
+    """ConfigError for an unknown ``codebook`` kind or options the kind does not have."""
+    if codebook not in CODEBOOKS:
+        raise ConfigError(f"{prefix}codebook: '{codebook}' is not valid (valid: {', '.join(CODEBOOKS)})")
+    if cosine and codebook != "learned":
+        raise ConfigError(f"{prefix}cosine: true needs {prefix}codebook: learned (the EMA codebooks look up "
+                          "by Euclidean distance)")
+    if kmeans_init and codebook != "ema":
+        raise ConfigError(f"{prefix}kmeans_init: true needs {prefix}codebook: ema (a learned codebook starts "
+                          "from a normal initialisation)")
+
+
+class LearnedCodebook(nn.Module):
+    """A codebook trained by gradient descent (VQ-VAE's codebook loss), no EMA statistics.
+
+    The nearest entry of ``u`` ``[B, F, d]`` is found by Euclidean distance or, with ``cosine``, by
+    cosine similarity (both ``u`` and the entries L2-normalised for the lookup only, as in
+    ViT-VQGAN and DAC); the code vector returned is the raw entry, so a codebook loss
+    ``mean ||c − sg(u)||^2`` moves the chosen entries towards their inputs.
+
+    Args:
+        dim: width ``d`` of the code vectors.
+        codebook_size: entries ``K``.
+        cosine: look up by cosine similarity instead of Euclidean distance.
+    """
+
+    def __init__(self, dim: int, codebook_size: int, cosine: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(codebook_size, dim))
+        self.cosine = cosine
+
+    @property
+    def codebook(self) -> Tensor:
+        """The entries ``[K, d]``."""
+        return self.weight
+
+    def forward(self, u: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Args: u ``[B, F, d]``, mask bool ``[B, F]`` (None: all real).
+
+        Returns:
+            ``(code [B, F, d]`` (the entries, differentiable in the codebook only; zero on masked
+            frames), ``codes`` long ``[B, F]`` (``-1`` on masked frames)).
+        """
+        flat, book = u.detach().reshape(-1, u.shape[-1]), self.weight.detach()
+        if self.cosine:
+            codes = (F.normalize(flat, dim=-1) @ F.normalize(book, dim=-1).T).argmax(-1)
+        else:
+            codes = (flat.pow(2).sum(-1, keepdim=True) - 2 * flat @ book.T + book.pow(2).sum(-1)).argmin(-1)
+        codes = codes.view(u.shape[:-1])
+        code = F.embedding(codes, self.weight)
+        if mask is not None:
+            codes = codes.masked_fill(~mask, -1)
+            code = code * mask[..., None].to(code.dtype)
+        return code, codes
+
+
+def build_codebook(dim: int, codebook_size: int, codebook: str, cosine: bool, ema_decay: float, kmeans_init: bool,
+                   threshold_ema_dead_code: float) -> nn.Module:
+    """One codebook of width ``dim``: the library's EMA ``VectorQuantize`` or a :class:`LearnedCodebook`."""
+    if codebook == "learned":
+        return LearnedCodebook(dim, codebook_size, cosine)
+    return VectorQuantize(dim=dim, codebook_size=codebook_size, decay=ema_decay,
+                          commitment_weight=0.0, kmeans_init=kmeans_init,  # ours, in the caller: also in eval
+                          threshold_ema_dead_code=threshold_ema_dead_code, rotation_trick=False)
+
+
+def nearest_code(book: nn.Module, u: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(code [B, F, d], codes long [B, F])`` of ``u`` ``[B, F, d]`` from a :func:`build_codebook` codebook.
+
+    EMA codebooks update their statistics here (in training); their code vectors carry no
+    gradient. Learned codebooks' code vectors are differentiable in the codebook.
+    """
+    if isinstance(book, LearnedCodebook):
+        return book(u, mask)
+    out, codes, _ = book(u, mask=mask)
+    return out.detach(), codes
+
+
+def masked_mse(a: Tensor, b: Tensor, weights: Tensor | None) -> Tensor:
+    """Mean of ``(a − b)^2`` ``[B, F, d]`` over the frames where ``weights`` ``[B, F, 1]`` is 1 and all ``d``."""
+    error = (a - b).pow(2)
+    if weights is None:
+        return error.mean()
+    return (error * weights).sum() / (weights.sum() * a.shape[-1]).clamp_min(1)
+
+
 class ResidualQuantizer(nn.Module):
-    """Residual vector quantisation with EMA codebooks and straight-through gradients.
+    """Residual vector quantisation with straight-through gradients; EMA or learned codebooks.
+
+    Quantiser ``q`` encodes the residual ``r_q`` that quantisers ``0..q-1`` leave (``r_0`` = the
+    latent). Two constructions, chosen by ``codebook_dim``:
+
+    - ``codebook_dim: null`` (codes in the latent's own width ``D``): layer ``q``'s output has the
+      value of its code vector ``c_q`` and the gradient of the identity into the latent, and so
+      does their sum. A loss on one layer (DM-Codec distils layer 0) trains the encoder.
+    - ``codebook_dim: d`` (factorised low-dimensional codes, DAC / LM-SPT): per quantiser
+      ``u_q = W_in,q r_q`` (``[.., d]``), its nearest code ``c_q``, output
+      ``o_q = W_out,q (u_q + sg(c_q − u_q))`` and ``r_{q+1} = r_q − o_q`` *with* its gradient. The
+      output's gradient into the latent is then not the identity: a model that quantises
+      ``z − s`` (LM-SPT's acoustic RVQ) passes the decoder's gradient on to ``s``.
 
     Args:
         dim: width ``D`` of the vectors quantised.
         num_quantizers: number of codebooks ``Q``.
         codebook_size: entries per codebook ``K``.
-        ema_decay: EMA decay of the codebook statistics.
-        commitment_weight: weight of each quantiser's commitment loss
-            ``mean ||r_q - sg(c_q)||^2`` (``r_q`` its input residual).
-        kmeans_init: initialise each codebook by k-means on the first batch.
-        threshold_ema_dead_code: codes whose EMA usage count falls below this are replaced by
-            random vectors of the current batch (0 = off).
+        ema_decay: EMA decay of the codebook statistics (``codebook: ema``).
+        commitment_weight: weight of the commitment loss inside ``commit_loss``.
+        kmeans_init: initialise each EMA codebook by k-means on the first batch.
+        threshold_ema_dead_code: EMA codes whose usage count falls below this are replaced by
+            random vectors of the current batch (0 = off; EMA only).
         quantizer_dropout: probability that a training batch uses only the first ``n``
             quantisers, ``n ~ U{1..Q}`` (SoundStream; LM-SPT uses 0.5). Codes of the dropped
             quantisers are ``-1`` and their outputs zero.
+        codebook: ``ema`` (exponential moving averages with dead-code replacement, the
+            ``vector-quantize-pytorch`` layer; default) or ``learned`` (trained by the gradient of
+            ``codebook_loss``, as DAC and LM-SPT do; give that loss a weight, e.g. 1).
+        codebook_dim: width ``d`` of factorised codes (LM-SPT: 8); None: codes of width ``D``.
+        cosine: look codes up by cosine similarity (L2-normalised lookup, DAC / LM-SPT); needs
+            ``codebook: learned``.
+        commitment: ``sum_all``: ``Σ_q mean ||u_q − sg(c_q)||^2``, every layer's term reaching
+            the latent (default; DAC sums too) or ``mean_first``: the mean over the quantisers
+            used, only layer 0's term reaching the latent (the later residuals are detached for
+            it), as EnCodec / DM-Codec's reference computes it.
     """
 
     def __init__(self, dim: int, num_quantizers: int = 8, codebook_size: int = 1024, ema_decay: float = 0.99,
                  commitment_weight: float = 1.0, kmeans_init: bool = False, threshold_ema_dead_code: float = 2.0,
-                 quantizer_dropout: float = 0.0) -> None:
+                 quantizer_dropout: float = 0.0, codebook: str = "ema", codebook_dim: int | None = None,
+                 cosine: bool = False, commitment: str = "sum_all") -> None:
         super().__init__()
         if num_quantizers < 1:
             raise ConfigError(f"num_quantizers must be >= 1, got {num_quantizers}")
         check_codebook_args(codebook_size, ema_decay)
+        check_codebook_kind(codebook, cosine, kmeans_init)
         if not 0.0 <= quantizer_dropout <= 1.0:
             raise ConfigError(f"quantizer_dropout must be in [0, 1], got {quantizer_dropout}")
+        if codebook_dim is not None and codebook_dim < 1:
+            raise ConfigError(f"codebook_dim must be >= 1 or null, got {codebook_dim}")
+        if commitment not in COMMITMENTS:
+            raise ConfigError(f"commitment: '{commitment}' is not valid (valid: {', '.join(COMMITMENTS)})")
         self.num_quantizers, self.codebook_size, self.quantizer_dropout = num_quantizers, codebook_size, quantizer_dropout
-        self.commitment_weight = commitment_weight
+        self.commitment_weight, self.commitment, self.codebook_dim = commitment_weight, commitment, codebook_dim
+        width = dim if codebook_dim is None else codebook_dim
         self.layers = nn.ModuleList(
-            VectorQuantize(dim=dim, codebook_size=codebook_size, decay=ema_decay,
-                           commitment_weight=0.0, kmeans_init=kmeans_init,  # ours, below: also in eval
-                           threshold_ema_dead_code=threshold_ema_dead_code, rotation_trick=False)
+            build_codebook(width, codebook_size, codebook, cosine, ema_decay, kmeans_init, threshold_ema_dead_code)
             for _ in range(num_quantizers))
+        if codebook_dim is not None:
+            self.project_in = nn.ModuleList(nn.Linear(dim, codebook_dim) for _ in range(num_quantizers))
+            self.project_out = nn.ModuleList(nn.Linear(codebook_dim, dim) for _ in range(num_quantizers))
 
     def forward(self, latent: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
         """Quantise ``latent`` ``[B, D, F]``.
 
         Args:
             latent: encoder output ``[B, D, F]``.
-            mask: bool ``[B, F]``, True on real frames (EMA statistics and commitment losses
-                use those only); None = all.
+            mask: bool ``[B, F]``, True on real frames (EMA statistics and the losses use those
+                only); None = all.
 
         Returns:
-            ``quantized`` ``[B, D, F]`` (value ``sum_q c_q``, identity gradient into ``latent``),
-            ``codes`` long ``[B, Q, F]``, ``layer_outputs`` ``[B, Q, D, F]`` (layer ``q``: value
-            ``c_q``, identity gradient into ``latent``), ``commit_loss`` (scalar:
-            ``commitment_weight * sum_q mean ||r_q - sg(c_q)||^2`` over real frames and
-            dimensions, ``r_q = latent - sum_{j<q} c_j``; in training and in eval). Codes are
-            ``-1`` (and code vectors zero) on masked frames and for dropped quantisers.
+            ``quantized`` ``[B, D, F]`` (value ``Σ_q`` of the layers' outputs), ``codes`` long
+            ``[B, Q, F]``, ``layer_outputs`` ``[B, Q, D, F]`` (see the class docstring for their
+            gradients), ``commit_loss`` (scalar: ``commitment_weight`` × the commitment loss of
+            ``commitment`` over real frames and code dimensions; in training and in eval) and
+            ``codebook_loss`` (scalar: the same reduction of ``mean ||c_q − sg(u_q)||^2``, which
+            trains learned codebooks; 0 for EMA ones). Codes are ``-1`` (and code vectors zero)
+            on masked frames and for dropped quantisers.
         """
         x = latent.transpose(1, 2)  # [B, F, D]
         n_used = self.num_quantizers
@@ -160,28 +285,44 @@ class ResidualQuantizer(nn.Module):
         b, f, d = x.shape
         codes = torch.full((b, self.num_quantizers, f), -1, dtype=torch.long, device=x.device)
         vectors = torch.zeros(self.num_quantizers, b, f, d, dtype=x.dtype, device=x.device)
-        commit = x.new_zeros(())
+        commit, codebook_loss = x.new_zeros(()), x.new_zeros(())
         weights = None if mask is None else mask[..., None].to(x.dtype)
+        factorised = self.codebook_dim is not None
         residual = x
-        for q, layer in enumerate(self.layers[:n_used]):
-            out, idx, _ = layer(residual, mask=mask)
-            code = out.detach()  # c_q; the straight-through paths are built below from known values
-            codes[:, q], vectors[q] = idx, code
-            error = (residual - code).pow(2)
-            if weights is None:
-                commit = commit + error.mean()
+        for q, book in enumerate(self.layers[:n_used]):
+            u = self.project_in[q](residual) if factorised else residual
+            code, idx = nearest_code(book, u, mask)
+            codes[:, q] = idx
+            committed = u
+            if self.commitment == "mean_first" and q > 0:  # only layer 0's residual reaches the latent
+                committed = self.project_in[q](residual.detach()) if factorised else residual.detach()
+            commit = commit + masked_mse(committed, code.detach(), weights)
+            if isinstance(book, LearnedCodebook):
+                codebook_loss = codebook_loss + masked_mse(code, u.detach(), weights)
+            if factorised:
+                out = self.project_out[q](u + (code - u).detach())
+                if weights is not None:
+                    out = out * weights
+                vectors[q] = out
+                residual = residual - out
             else:
-                commit = commit + (error * weights).sum() / (weights.sum() * d).clamp_min(1)
-            residual = residual - code
-        # Layer q's input residual is x - sum_{j<q} c_j: straight-through from there is the
-        # identity into x, with the value c_q.
-        before = torch.cat([vectors.new_zeros(1, b, f, d), vectors.cumsum(0)[:-1]])
-        inputs = x[None] - before
-        layer_out = inputs + (vectors - inputs).detach()
-        total = vectors.sum(0)
-        quantized = x + (total - x).detach()
+                vectors[q] = code.detach()  # c_q; the straight-through paths are built below from known values
+                residual = residual - code.detach()
+        if self.commitment == "mean_first":
+            commit, codebook_loss = commit / n_used, codebook_loss / n_used
+        if factorised:
+            layer_out, quantized = vectors, vectors.sum(0)
+        else:
+            # Layer q's input residual is x - sum_{j<q} c_j: straight-through from there is the
+            # identity into x, with the value c_q.
+            before = torch.cat([vectors.new_zeros(1, b, f, d), vectors.cumsum(0)[:-1]])
+            inputs = x[None] - before
+            layer_out = inputs + (vectors - inputs).detach()
+            total = vectors.sum(0)
+            quantized = x + (total - x).detach()
         return {"quantized": quantized.transpose(1, 2), "codes": codes,
-                "layer_outputs": layer_out.permute(1, 0, 3, 2), "commit_loss": self.commitment_weight * commit}
+                "layer_outputs": layer_out.permute(1, 0, 3, 2), "commit_loss": self.commitment_weight * commit,
+                "codebook_loss": codebook_loss}
 
     def lookup(self, codes: Tensor) -> Tensor:
         """Code vectors summed over quantisers: long ``[B, Q', F]`` (``Q' <= Q``, ``-1`` = unused) → ``[B, D, F]``."""
@@ -189,9 +330,12 @@ class ResidualQuantizer(nn.Module):
             raise ConfigError(f"codes: expected [B, Q<={self.num_quantizers}, F], got {list(codes.shape)}")
         total = None
         for q in range(codes.shape[1]):
-            book = self.layers[q].codebook  # [K, D]
+            book = self.layers[q].codebook  # [K, d]
             idx = codes[:, q]
-            vec = book[idx.clamp_min(0)] * (idx >= 0)[..., None]
+            vec = book[idx.clamp_min(0)]
+            if self.codebook_dim is not None:
+                vec = self.project_out[q](vec)
+            vec = vec * (idx >= 0)[..., None]
             total = vec if total is None else total + vec
         return total.transpose(1, 2)
 
@@ -274,7 +418,8 @@ class ConvCodec(FramedCodec):
       layer's quantised vector (straight-through), e.g. ``student.features.layer_outputs.0``
       for DM-Codec's distillation;
     - ``reconstruction`` ``[B, 1, T]``: the decoded waveform, cut to the input length;
-    - ``commit_loss``: scalar commitment loss summed over quantisers.
+    - ``commit_loss``: scalar commitment loss (summed over quantisers, or see ``commitment``);
+    - ``codebook_loss``: scalar codebook loss of learned codebooks (0 for EMA ones).
 
     Args:
         sample_rate: rate of the waveforms (Hz); with ``strides`` it sets ``frame_rate``.
@@ -293,13 +438,22 @@ class ConvCodec(FramedCodec):
         threshold_ema_dead_code: dead-code replacement threshold (EMA count; 0 = off).
         quantizer_dropout: probability of training a batch with only the first ``n ~ U{1..Q}``
             quantisers.
+        codebook: ``ema`` (default) or ``learned`` (gradient-trained through the
+            ``codebook_loss`` feature, e.g. a ``Commitment`` term reading it).
+        codebook_dim: width of factorised low-dimensional codes (None: ``dim``); see
+            :class:`ResidualQuantizer` for how it changes the gradients.
+        cosine: L2-normalised (cosine) code lookup; needs ``codebook: learned``.
+        commitment: ``sum_all`` (default: summed over quantisers, every residual reaching the
+            encoder) or ``mean_first`` (DM-Codec's reference: the mean, only layer 0's residual
+            reaching the encoder).
     """
 
     def __init__(self, sample_rate: int = 16000, strides: Sequence[int] = (2, 4, 5, 8), channels: int = 32,
                  max_channels: int = 512, dim: int = 128, dilations: Sequence[int] = (1, 3, 9),
                  num_quantizers: int = 8, codebook_size: int = 1024, ema_decay: float = 0.99,
                  commitment_weight: float = 1.0, kmeans_init: bool = False,
-                 threshold_ema_dead_code: float = 2.0, quantizer_dropout: float = 0.0) -> None:
+                 threshold_ema_dead_code: float = 2.0, quantizer_dropout: float = 0.0, codebook: str = "ema",
+                 codebook_dim: int | None = None, cosine: bool = False, commitment: str = "sum_all") -> None:
         super().__init__()
         strides = [int(s) for s in strides]
         if not strides or any(s < 1 for s in strides):
@@ -312,7 +466,8 @@ class ConvCodec(FramedCodec):
         self.sample_rate, self.strides, self.dim = sample_rate, strides, dim
         self.encoder = build_encoder(strides, channels, max_channels, dim, dilations)
         self.quantizer = ResidualQuantizer(dim, num_quantizers, codebook_size, ema_decay, commitment_weight,
-                                           kmeans_init, threshold_ema_dead_code, quantizer_dropout)
+                                           kmeans_init, threshold_ema_dead_code, quantizer_dropout, codebook=codebook,
+                                           codebook_dim=codebook_dim, cosine=cosine, commitment=commitment)
         self.decoder = build_decoder(strides, channels, max_channels, dim, dilations)
 
     @property
@@ -332,8 +487,8 @@ class ConvCodec(FramedCodec):
 
     def declared_outputs(self) -> OutputSpec:
         """Features only: latent, quantized, codes, layer_outputs (and ``layer_outputs.<q>`` per
-        quantiser), reconstruction and commit_loss."""
-        names = {"latent", "quantized", "codes", "layer_outputs", "reconstruction", "commit_loss"}
+        quantiser), reconstruction, commit_loss and codebook_loss."""
+        names = {"latent", "quantized", "codes", "layer_outputs", "reconstruction", "commit_loss", "codebook_loss"}
         names |= {f"layer_outputs.{q}" for q in range(self.num_quantizers)}
         return OutputSpec(logits=False, hidden_states=0, features=frozenset(names), closed=True)
 
@@ -345,7 +500,7 @@ class ConvCodec(FramedCodec):
         reconstruction = self.decoder(rvq["quantized"])[..., :length]
         features = {"latent": latent, "quantized": rvq["quantized"], "codes": rvq["codes"],
                     "layer_outputs": rvq["layer_outputs"], "reconstruction": reconstruction,
-                    "commit_loss": rvq["commit_loss"]}
+                    "commit_loss": rvq["commit_loss"], "codebook_loss": rvq["codebook_loss"]}
         for q in range(self.num_quantizers):
             features[f"layer_outputs.{q}"] = rvq["layer_outputs"][:, q]
         return ModelOutput(features=features)

@@ -3,18 +3,26 @@
 Two SEANet-style encoders read the same waveform ``[B, 1, T]``:
 
 - semantic: ``z_s [B, D, F]`` → linear ``D → d`` (a factorised, low-dimensional codebook space)
-  → one EMA vector quantiser → linear ``d → D``: ``s [B, D, F]``, the *semantic tokens*;
-- acoustic: ``z_a [B, D, F]``; an RVQ of ``Q`` EMA codebooks quantises ``z_a − s``
-  (what the semantic tokens leave unexplained), with quantiser dropout: ``a [B, D, F]``.
+  → one vector quantiser → linear ``d → D``: ``s [B, D, F]``, the *semantic tokens*;
+- acoustic: ``z_a [B, D, F]``; an RVQ of ``Q`` codebooks quantises ``z_a − s`` (what the
+  semantic tokens leave unexplained), with quantiser dropout: ``a [B, D, F]``.
+
+Codebooks are EMA ones (default) or, as in the authors' code, gradient-trained with an
+L2-normalised lookup (``codebook: learned``, ``cosine: true``, plus a weight on the
+``codebook_loss`` / ``semantic_codebook_loss`` features).
 
 The decoder resynthesises speech from ``s + a``; an *auxiliary decoder* resynthesises it from
 ``s`` alone. LM-SPT trains the semantic path through that auxiliary output: a frozen ASR
 encoder compares it with the input (:class:`lit_distill.losses.IndirectSemanticDistillation`).
 
-Both quantisers pass gradients straight through (the identity into their inputs, the value of
-the code vectors). Because the acoustic RVQ quantises ``z_a − s``, the decoder input ``s + a``
-has the gradient of ``z_a`` alone: the main reconstruction loss trains the acoustic encoder and
-leaves ``s`` to the semantic losses (plus the acoustic commitment, which sees ``z_a − s``).
+Both quantisers pass gradients straight through in their code space. The acoustic RVQ's codes
+are factorised as in the authors' DAC-style quantiser (``acoustic_codebook_dim``, default 8):
+each layer projects its residual ``D → d``, quantises, projects back ``d → D``, and the residual
+chain keeps its gradient. The decoder input ``s + RVQ(z_a − s)`` therefore has a gradient in
+``s``, and the main reconstruction loss trains the semantic encoder too. With
+``acoustic_codebook_dim: null`` (codes of width ``D``, identity straight-through) that gradient
+is exactly zero: ``s + a`` has the gradient of ``z_a`` alone and ``s`` learns only from the
+semantic losses (and the acoustic commitment).
 
 Codes are ``[B, 1 + Q, F]``: the semantic code first, then the acoustic ones; ``F =
 ceil(T / hop)``, ``hop = prod(strides)``, frame rate ``sample_rate / hop`` (16 kHz with strides
@@ -28,25 +36,29 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from vector_quantize_pytorch import VectorQuantize
 
 from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.models.codec import (
     FramedCodec,
+    LearnedCodebook,
     ResidualQuantizer,
+    build_codebook,
     build_decoder,
     build_encoder,
     check_codebook_args,
+    check_codebook_kind,
+    masked_mse,
+    nearest_code,
 )
 from lit_distill.sources import OutputSpec
 
 
 class SemanticQuantizer(nn.Module):
-    """One EMA vector quantiser in a factorised codebook space, with straight-through gradients.
+    """One vector quantiser in a factorised codebook space, with straight-through gradients.
 
-    ``x [B, D, F]`` → ``u = W_in x`` (``[B, d, F]``) → nearest code ``c`` (EMA codebook) →
-    ``W_out (u + sg(c − u))``: the value of ``W_out c``, the gradient of ``W_out W_in x``.
+    ``x [B, D, F]`` → ``u = W_in x`` (``[B, d, F]``) → nearest code ``c`` (EMA or learned codebook)
+    → ``W_out (u + sg(c − u))``: the value of ``W_out c``, the gradient of ``W_out W_in x``.
 
     Args:
         dim: width ``D`` of its input and output.
@@ -55,21 +67,23 @@ class SemanticQuantizer(nn.Module):
         ema_decay: EMA decay of the codebook statistics.
         commitment_weight: weight of the commitment loss ``mean ||u − sg(c)||^2``.
         kmeans_init: initialise the codebook by k-means on the first batch.
-        threshold_ema_dead_code: replace codes whose EMA count falls below this (0 = off).
+        threshold_ema_dead_code: replace codes whose EMA count falls below this (0 = off; EMA only).
+        codebook: ``ema`` (default) or ``learned`` (trained by ``codebook_loss``).
+        cosine: L2-normalised (cosine) code lookup; needs ``codebook: learned``.
     """
 
     def __init__(self, dim: int, codebook_size: int = 1024, codebook_dim: int = 8, ema_decay: float = 0.99,
                  commitment_weight: float = 1.0, kmeans_init: bool = False,
-                 threshold_ema_dead_code: float = 2.0) -> None:
+                 threshold_ema_dead_code: float = 2.0, codebook: str = "ema", cosine: bool = False) -> None:
         super().__init__()
         check_codebook_args(codebook_size, ema_decay, prefix="semantic_")
+        check_codebook_kind(codebook, cosine, kmeans_init)
         if codebook_dim < 1:
             raise ConfigError(f"semantic_codebook_dim must be >= 1, got {codebook_dim}")
         self.codebook_size, self.commitment_weight = codebook_size, commitment_weight
         self.project_in = nn.Linear(dim, codebook_dim)
-        self.vq = VectorQuantize(dim=codebook_dim, codebook_size=codebook_size, decay=ema_decay,
-                                 commitment_weight=0.0, kmeans_init=kmeans_init,  # ours, below: also in eval
-                                 threshold_ema_dead_code=threshold_ema_dead_code, rotation_trick=False)
+        self.vq = build_codebook(codebook_dim, codebook_size, codebook, cosine, ema_decay, kmeans_init,
+                                 threshold_ema_dead_code)
         self.project_out = nn.Linear(codebook_dim, dim)
 
     def forward(self, latent: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
@@ -78,20 +92,18 @@ class SemanticQuantizer(nn.Module):
         Returns:
             ``quantized`` ``[B, D, F]``, ``codes`` long ``[B, F]`` (``-1`` on masked frames) and
             ``commit_loss`` (scalar, ``commitment_weight * mean ||u − sg(c)||^2`` over real
-            frames and the ``d`` code dimensions; in training and in eval).
+            frames and the ``d`` code dimensions; in training and in eval) and ``codebook_loss``
+            (scalar, ``mean ||c − sg(u)||^2`` for a learned codebook, 0 for an EMA one).
         """
         u = self.project_in(latent.transpose(1, 2))  # [B, F, d]
-        out, codes, _ = self.vq(u, mask=mask)
-        code = out.detach()
-        error = (u - code).pow(2)
-        if mask is None:
-            commit = error.mean()
-        else:
-            weights = mask[..., None].to(u.dtype)
-            commit = (error * weights).sum() / (weights.sum() * u.shape[-1]).clamp_min(1)
-        quantized = self.project_out(u + (code - u).detach())
+        code, codes = nearest_code(self.vq, u, mask)
+        weights = None if mask is None else mask[..., None].to(u.dtype)
+        commit = masked_mse(u, code.detach(), weights)
+        codebook_loss = masked_mse(code, u.detach(), weights) if isinstance(self.vq, LearnedCodebook) \
+            else u.new_zeros(())
+        quantized = self.project_out(u + (code.detach() - u).detach())
         return {"quantized": quantized.transpose(1, 2), "codes": codes,
-                "commit_loss": self.commitment_weight * commit}
+                "commit_loss": self.commitment_weight * commit, "codebook_loss": codebook_loss}
 
     def lookup(self, codes: Tensor) -> Tensor:
         """Codes long ``[B, F]`` → ``W_out c`` ``[B, D, F]`` (``-1`` gives ``W_out 0``)."""
@@ -114,7 +126,9 @@ class LMSPTCodec(FramedCodec):
       is the semantic quantised vector ``s``, layer ``q + 1`` acoustic RVQ layer ``q``;
     - ``semantic_latent`` / ``latent`` ``[B, D, F]``: the semantic / acoustic encoder outputs;
     - ``quantized`` ``[B, D, F]``: ``s + a``, the decoder's input;
-    - ``commit_loss`` (acoustic RVQ) and ``semantic_commit_loss``: scalars.
+    - ``commit_loss`` (acoustic RVQ) and ``semantic_commit_loss``: scalars;
+    - ``codebook_loss`` (acoustic RVQ) and ``semantic_codebook_loss``: scalars, the losses that
+      train learned codebooks (0 for EMA ones).
 
     Args:
         sample_rate: rate of the waveforms (Hz); with ``strides`` it sets ``frame_rate``.
@@ -135,8 +149,18 @@ class LMSPTCodec(FramedCodec):
             acoustic quantisers (paper: 0.5).
         ema_decay: EMA decay of all codebooks.
         commitment_weight: weight inside each commitment loss (the loss terms weigh them again).
-        kmeans_init: k-means initialisation of the codebooks on the first batch.
+        kmeans_init: k-means initialisation of the codebooks on the first batch (EMA only).
         threshold_ema_dead_code: dead-code replacement threshold (EMA count; 0 = off).
+        acoustic_codebook_dim: width of the acoustic RVQ's factorised codes (paper: 8; the
+            default). It is what lets the reconstruction loss reach the semantic branch (see the
+            module docstring); null quantises in the full width ``D`` and cuts that gradient.
+        codebook: ``ema`` (default) or ``learned`` (the authors': gradient-trained; weigh the
+            ``codebook_loss`` and ``semantic_codebook_loss`` features, paper: 1 each), for both
+            quantisers.
+        cosine: L2-normalised (cosine) lookup in both quantisers (the authors'); needs
+            ``codebook: learned``.
+        commitment: reduction of the acoustic commitment (see :class:`ResidualQuantizer`;
+            ``sum_all``, the default, is the authors' DAC sum).
     """
 
     def __init__(self, sample_rate: int = 16000, strides: Sequence[int] = (4, 4, 5, 8, 2), channels: int = 32,
@@ -144,7 +168,9 @@ class LMSPTCodec(FramedCodec):
                  dilations: Sequence[int] = (1, 3, 9), semantic_codebook_size: int = 1024,
                  semantic_codebook_dim: int = 8, num_quantizers: int = 7, codebook_size: int = 1024,
                  quantizer_dropout: float = 0.5, ema_decay: float = 0.99, commitment_weight: float = 1.0,
-                 kmeans_init: bool = False, threshold_ema_dead_code: float = 2.0) -> None:
+                 kmeans_init: bool = False, threshold_ema_dead_code: float = 2.0,
+                 acoustic_codebook_dim: int | None = 8, codebook: str = "ema", cosine: bool = False,
+                 commitment: str = "sum_all") -> None:
         super().__init__()
         strides = [int(s) for s in strides]
         if not strides or any(s < 1 for s in strides):
@@ -161,9 +187,12 @@ class LMSPTCodec(FramedCodec):
         self.semantic_encoder = build_encoder(strides, channels, max_channels, dim, dilations)
         self.acoustic_encoder = build_encoder(strides, channels, max_channels, dim, dilations)
         self.semantic_quantizer = SemanticQuantizer(dim, semantic_codebook_size, semantic_codebook_dim, ema_decay,
-                                                    commitment_weight, kmeans_init, threshold_ema_dead_code)
+                                                    commitment_weight, kmeans_init, threshold_ema_dead_code,
+                                                    codebook=codebook, cosine=cosine)
         self.acoustic_quantizer = ResidualQuantizer(dim, num_quantizers, codebook_size, ema_decay, commitment_weight,
-                                                    kmeans_init, threshold_ema_dead_code, quantizer_dropout)
+                                                    kmeans_init, threshold_ema_dead_code, quantizer_dropout,
+                                                    codebook=codebook, codebook_dim=acoustic_codebook_dim,
+                                                    cosine=cosine, commitment=commitment)
         self.decoder = build_decoder(strides, channels, max_channels, dim, dilations)
         self.aux_decoder = build_decoder(strides, aux_channels, max_channels, dim, dilations)
 
@@ -192,9 +221,10 @@ class LMSPTCodec(FramedCodec):
 
     def declared_outputs(self) -> OutputSpec:
         """Features only: both reconstructions, codes (semantic first), latents, quantized, the
-        commitment losses, layer_outputs and ``layer_outputs.<i>`` (0 = semantic)."""
+        commitment and codebook losses, layer_outputs and ``layer_outputs.<i>`` (0 = semantic)."""
         names = {"reconstruction", "semantic_reconstruction", "codes", "semantic_codes", "layer_outputs",
-                 "semantic_latent", "latent", "quantized", "commit_loss", "semantic_commit_loss"}
+                 "semantic_latent", "latent", "quantized", "commit_loss", "semantic_commit_loss", "codebook_loss",
+                 "semantic_codebook_loss"}
         names |= {f"layer_outputs.{i}" for i in range(self.num_quantizers)}
         return OutputSpec(logits=False, hidden_states=0, features=frozenset(names), closed=True)
 
@@ -211,7 +241,8 @@ class LMSPTCodec(FramedCodec):
             "semantic_reconstruction": self.aux_decoder(s)[..., :length],
             "codes": torch.cat([sem["codes"][:, None], rvq["codes"]], 1), "semantic_codes": sem["codes"],
             "layer_outputs": layer_outputs, "semantic_latent": parts["semantic_latent"], "latent": parts["latent"],
-            "quantized": quantized, "commit_loss": rvq["commit_loss"], "semantic_commit_loss": sem["commit_loss"]}
+            "quantized": quantized, "commit_loss": rvq["commit_loss"], "semantic_commit_loss": sem["commit_loss"],
+            "codebook_loss": rvq["codebook_loss"], "semantic_codebook_loss": sem["codebook_loss"]}
         for i in range(layer_outputs.shape[1]):
             features[f"layer_outputs.{i}"] = layer_outputs[:, i]
         return ModelOutput(features=features)

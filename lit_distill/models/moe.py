@@ -8,23 +8,30 @@ Routing (per token ``x``): router probabilities ``p = softmax(W_r x)`` over the
 ``E`` experts; the ``k`` largest are kept and renormalised to sum to one
 (``g_i = p_i / Σ_top-k p``); the output is ``Σ_i g_i · expert_i(x)``.
 
-Capacity: each expert takes at most ``C = ceil(capacity_factor · T · k / E)``
-token slots per forward, ``T`` = number of tokens in the call (padding
-included). Slots are served first-choice-first (all tokens' first choices in
-token order, then all second choices, ... as in GShard); a slot past an
-expert's capacity is *dropped*: that expert's term is left out of the token's
-output and the remaining gates are **not** renormalised, so a token whose every
-choice was dropped gets a zero FFN output (the decoder's residual connection
-carries it through unchanged). ``capacity_factor: null`` means no limit.
+Capacity: each expert takes at most ``C = max(ceil(capacity_factor · T · k / E),
+min_capacity)`` token slots per forward, ``T`` = number of tokens in the call
+(padding included). Slots are served first-choice-first (all tokens' first
+choices in token order, then all second choices, ... as in GShard); a slot past
+an expert's capacity is *dropped*: that expert's term is left out of the
+token's output. By default the kept gates are then renormalised to sum to one
+(DeepSpeed's top-2 gate); ``renormalize_after_drop: false`` keeps them as they
+were. A token whose every choice was dropped gets a zero FFN output (the
+decoder's residual connection carries it through unchanged).
+``capacity_factor: null`` means no limit.
+
+Router noise (training only, DeepSpeed's "Jitter" policy): ``router_jitter: ε``
+multiplies the router's input by noise drawn uniformly from ``[1 − ε, 1 + ε]``.
 
 Equivalence at initialisation: the experts are identical and the kept gates sum
 to one, so whenever no slot is dropped the layer computes exactly the dense FFN
 (up to floating-point summation order).
 
 Load-balancing auxiliary loss (Switch / GShard): ``aux = E · Σ_e f_e · P_e``
-with ``f_e`` the fraction of the ``T·k`` routing slots assigned to expert ``e``
-(before capacity) and ``P_e`` the mean router probability of ``e`` over the
-tokens. It is 1 for perfectly uniform routing. Each layer keeps the value of
+with ``P_e`` the mean router probability of ``e`` over the tokens and ``f_e``
+the fraction of tokens whose *first* choice is ``e`` (``aux_loss: top1``,
+DeepSpeed's top-2 gate, the default) or the fraction of all ``T·k`` routing
+slots assigned to ``e`` (``aux_loss: all_slots``), both before capacity. It is 1
+for perfectly uniform routing. Each layer keeps the value of
 its last forward in ``aux_loss``; :func:`moe_aux_loss` averages them over the
 model's MoE layers.
 """
@@ -40,6 +47,8 @@ from torch import Tensor, nn
 
 from lit_distill.errors import ConfigError
 
+AUX_LOSSES = ("top1", "all_slots")
+
 
 class MoEFeedForward(nn.Module):
     """Top-k routed mixture of experts with capacity and a load-balancing loss.
@@ -51,15 +60,29 @@ class MoEFeedForward(nn.Module):
         capacity_factor: slots per expert = ``ceil(capacity_factor · T · k / E)``; None: unlimited.
         router_std: standard deviation of the router's normal initialisation (small, so
             routing starts near uniform yet ties have probability zero).
+        aux_loss: ``top1`` (first choices only, DeepSpeed; default) or ``all_slots``.
+        renormalize_after_drop: renormalise the kept gates after capacity drops (DeepSpeed).
+        router_jitter: ``ε`` of the multiplicative input noise in training (0: off, DeepSpeed's
+            default; its "Jitter" policy uses 0.01).
+        min_capacity: lower bound of the slots per expert (DeepSpeed: 4).
     """
 
     def __init__(self, experts: list[nn.Module], hidden_size: int, top_k: int = 2,
-                 capacity_factor: float | None = 1.5, router_std: float = 0.02) -> None:
+                 capacity_factor: float | None = 1.5, router_std: float = 0.02, aux_loss: str = "top1",
+                 renormalize_after_drop: bool = True, router_jitter: float = 0.0, min_capacity: int = 4) -> None:
         super().__init__()
         if not 1 <= top_k <= len(experts):
             raise ConfigError(f"moe.top_k: must be in [1, num_experts={len(experts)}], got {top_k}")
         if capacity_factor is not None and capacity_factor <= 0:
             raise ConfigError(f"moe.capacity_factor: must be > 0 or null, got {capacity_factor}")
+        if aux_loss not in AUX_LOSSES:
+            raise ConfigError(f"moe.aux_loss: '{aux_loss}' is not valid (valid: {', '.join(AUX_LOSSES)})")
+        if not 0.0 <= router_jitter < 1.0:
+            raise ConfigError(f"moe.router_jitter: must be in [0, 1), got {router_jitter}")
+        if min_capacity < 0:
+            raise ConfigError(f"moe.min_capacity: must be >= 0, got {min_capacity}")
+        self.aux_loss_kind, self.renormalize_after_drop = aux_loss, renormalize_after_drop
+        self.router_jitter, self.min_capacity = router_jitter, min_capacity
         self.experts = nn.ModuleList(experts)
         self.router = nn.Linear(hidden_size, len(experts), bias=False)
         nn.init.normal_(self.router.weight, std=router_std)
@@ -76,26 +99,34 @@ class MoEFeedForward(nn.Module):
         """Slots per expert for a call with ``num_tokens`` tokens."""
         if self.capacity_factor is None:
             return num_tokens
-        return math.ceil(self.capacity_factor * num_tokens * self.top_k / self.num_experts)
+        return max(math.ceil(self.capacity_factor * num_tokens * self.top_k / self.num_experts), self.min_capacity)
 
     def route(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Routing decisions for ``tokens`` ``[T, D]``.
 
         Returns:
             probs ``[T, E]`` (router softmax, float32 or float64), experts ``[T, k]`` (chosen ids,
-            best first), gates ``[T, k]`` (renormalised top-k probabilities) and kept
+            best first), gates ``[T, k]`` (top-k probabilities renormalised to sum to one over
+            the kept slots, or over all k without ``renormalize_after_drop``) and kept
             ``[T, k]`` bool (False where the slot overflowed its expert's capacity).
         """
         num_tokens, num_experts, k = tokens.shape[0], self.num_experts, self.top_k
+        if self.training and self.router_jitter > 0:
+            noise = torch.empty_like(tokens).uniform_(1.0 - self.router_jitter, 1.0 + self.router_jitter)
+            tokens = tokens * noise
         # float32 at least (float64 stays float64, so float64 models match their dense FFN exactly)
         probs = self.router(tokens).to(torch.promote_types(tokens.dtype, torch.float32)).softmax(dim=-1)
         top_p, experts = probs.topk(k, dim=-1)
-        gates = top_p / top_p.sum(dim=-1, keepdim=True)
         # Slot-major order: every token's first choice before any second choice.
         onehot = F.one_hot(experts.t().reshape(-1), num_experts)  # [k*T, E]
         position = (onehot.cumsum(dim=0) - 1) * onehot  # position of each slot in its expert's queue
-        kept = ((position < self.capacity(num_tokens)) & onehot.bool()).any(dim=-1)
-        return probs, experts, gates, kept.reshape(k, num_tokens).t()
+        kept = ((position < self.capacity(num_tokens)) & onehot.bool()).any(dim=-1).reshape(k, num_tokens).t()
+        if self.renormalize_after_drop:
+            kept_p = top_p * kept
+            gates = kept_p / kept_p.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(top_p.dtype).tiny)
+        else:
+            gates = top_p / top_p.sum(dim=-1, keepdim=True)
+        return probs, experts, gates, kept
 
     def forward(self, hidden: Tensor) -> Tensor:
         """Args: hidden ``[..., D]``. Returns ``[..., D]``; sets ``aux_loss`` (0-dim, float32 or float64)."""
@@ -108,8 +139,8 @@ class MoEFeedForward(nn.Module):
             rows, slots = torch.nonzero((experts == e) & kept, as_tuple=True)
             if rows.numel():
                 out.index_add_(0, rows, expert(tokens[rows]) * weights[rows, slots, None])
-        assigned = F.one_hot(experts, self.num_experts).to(probs.dtype).sum(dim=(0, 1))  # [E]
-        fraction = assigned / experts.numel()
+        counted = experts[:, :1] if self.aux_loss_kind == "top1" else experts  # [T, 1] or [T, k]
+        fraction = F.one_hot(counted, self.num_experts).to(probs.dtype).sum(dim=(0, 1)) / counted.numel()  # [E]
         self.aux_loss = self.num_experts * (fraction * probs.mean(dim=0)).sum()
         self.dropped_fraction = 1.0 - kept.float().mean()
         return out.reshape(shape)
@@ -132,7 +163,8 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def upcycle(model: nn.Module, every: int = 2, offset: int = 0, num_experts: int = 4, top_k: int = 2,
-            capacity_factor: float | None = 1.5, router_std: float = 0.02) -> nn.Module:
+            capacity_factor: float | None = 1.5, router_std: float = 0.02, aux_loss: str = "top1",
+            renormalize_after_drop: bool = True, router_jitter: float = 0.0, min_capacity: int = 4) -> nn.Module:
     """Replace the FFN of decoder layers ``offset, offset + every, ...`` with MoE layers, in place.
 
     Args:
@@ -143,6 +175,10 @@ def upcycle(model: nn.Module, every: int = 2, offset: int = 0, num_experts: int 
         top_k: experts per token.
         capacity_factor: see :class:`MoEFeedForward` (None: no dropping).
         router_std: router initialisation scale.
+        aux_loss: ``top1`` or ``all_slots`` (see :class:`MoEFeedForward`).
+        renormalize_after_drop: renormalise the kept gates after capacity drops.
+        router_jitter: multiplicative router-input noise in training (0: off).
+        min_capacity: lower bound of the slots per expert.
 
     Returns:
         ``model`` (modified in place).
@@ -161,7 +197,8 @@ def upcycle(model: nn.Module, every: int = 2, offset: int = 0, num_experts: int 
         if isinstance(dense, MoEFeedForward):
             raise ConfigError(f"moe: layer {i} is already a MoE layer (upcycled twice?)")
         experts = [copy.deepcopy(dense) for _ in range(num_experts)]
-        moe = MoEFeedForward(experts, hidden, top_k, capacity_factor, router_std)
+        moe = MoEFeedForward(experts, hidden, top_k, capacity_factor, router_std, aux_loss,
+                             renormalize_after_drop, router_jitter, min_capacity)
         param = next(dense.parameters())
         layers[i].mlp = moe.to(device=param.device, dtype=param.dtype)
     return model

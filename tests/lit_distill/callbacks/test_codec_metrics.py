@@ -17,6 +17,7 @@ from lit_distill.cli import run_cli
 from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.losses.audio import MultiResolutionMelLoss, si_snr
+from lit_distill.models.codec import ConvCodec
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIG = REPO / "configs" / "speech" / "codec" / "codec_synth.yaml"
@@ -147,3 +148,30 @@ def test_codec_config_fits_two_steps(tmp_path):
     assert codec.frame_rate == 50.0
     first = json.loads(manifest.read_text().splitlines()[0])
     assert first["sample_rate"] == 16000
+
+
+def test_codebook_use_of_training_batches_every_n_steps():
+    torch.manual_seed(0)
+    codec = ConvCodec(channels=2, dim=4, dilations=[1], num_quantizers=2, codebook_size=8)
+    callback = CodecMetrics(train_every_n_steps=3)
+    logged: list[tuple[int, str, float]] = []
+    trainer = SimpleNamespace(global_step=0, strategy=FakeStrategy())
+    module = SimpleNamespace(student=codec, log=lambda name, value, **kw: logged.append((trainer.global_step, name,
+                                                                                          float(value))))
+    wave = torch.randn(2, 1, 1600) * 0.1  # 5 frames each
+    mask = torch.ones(2, 1600, dtype=torch.bool)
+    mask[1, 640:] = False  # sample 1: frames 0, 1 real
+    for step in range(7):
+        trainer.global_step = step
+        callback.on_train_batch_end(trainer, module, None, {"waveform": wave, "waveform_mask": mask}, step)
+    assert sorted({s for s, _, _ in logged}) == [0, 3, 6]  # a trajectory: every 3 steps
+    codes = codec.encode(wave)
+    codes[1, :, 2:] = -1
+    counts = torch.stack([torch.bincount(codes[:, q][codes[:, q] >= 0], minlength=8) for q in range(2)])
+    usage, perplexity = codebook_stats(counts)
+    at_six = {name: value for s, name, value in logged if s == 6}
+    assert at_six["train/codebook_usage"] == pytest.approx(usage.mean().item())
+    assert at_six["train/codebook_perplexity_q1"] == pytest.approx(perplexity[1].item(), rel=1e-6)
+    assert codec.training  # encode ran in eval mode and restored training
+    with pytest.raises(ConfigError, match="train_every_n_steps"):
+        CodecMetrics(train_every_n_steps=-1)

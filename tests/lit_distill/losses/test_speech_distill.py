@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lit_distill.callbacks import ParameterSchedule
 from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.losses import (
@@ -272,3 +274,53 @@ def test_interpolate_term_stretches_tokens_over_each_samples_audio():
     aligned[0], aligned[1, :3] = full[0], short[0]
     fmask = [[True] * 6, [True] * 3 + [False] * 3]
     assert loss.item() == pytest.approx(ref_frame(s, aligned, fmask, lam=1.0), rel=1e-5)
+
+
+def ref_centered_time(s, t, mask):
+    """The centred d_axis loss by hand: subtract each sample's mean over its valid frames, then ref_time."""
+    n = min(s.shape[1], t.shape[1])
+    s, t = s[:, :n].double().clone(), t[:, :n].double().clone()
+    for i in range(s.shape[0]):
+        valid = [k for k in range(n) if bool(mask[i][k])]
+        s[i, valid] -= s[i, valid].mean(0)
+        t[i, valid] -= t[i, valid].mean(0)
+    return ref_time(s, t, mask)
+
+
+def test_centered_d_axis_is_the_time_correlation_and_ignores_a_constant_offset():
+    g = torch.Generator().manual_seed(7)
+    student, teacher = torch.randn(2, 6, 3, generator=g), torch.randn(2, 5, 3, generator=g)
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    loss = cosine_time_loss(student, teacher, mask, centered=True)
+    assert loss.item() == pytest.approx(ref_centered_time(student, teacher, mask), rel=1e-5)
+    # a time-constant offset of the student changes the uncentred loss, not the centred one
+    shifted = student + torch.tensor([5.0, -3.0, 2.0])
+    assert cosine_time_loss(shifted, teacher, mask, centered=True).item() == pytest.approx(loss.item(), rel=1e-5)
+    assert cosine_time_loss(shifted, teacher, mask).item() != pytest.approx(cosine_time_loss(student, teacher, mask).item(),
+                                                                            rel=1e-3)
+
+
+def test_projector_bias_and_centered_term():
+    torch.manual_seed(0)
+    term = CodecFeatureDistillation(student_dim=4, teacher_dim=6, centered=True, projector_bias=True)
+    assert term.projector.bias is not None and term.projector.bias.shape == (6,)
+    assert CodecFeatureDistillation(student_dim=4, teacher_dim=6).projector.bias is None  # today's, the default
+    student, teacher = torch.randn(2, 4, 5), torch.randn(2, 7, 6)
+    projected = (student.transpose(1, 2) @ term.projector.weight.T + term.projector.bias).detach()
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    assert term(student, teacher).item() == pytest.approx(ref_centered_time(projected, teacher, mask), rel=1e-5)
+    with pytest.raises(ConfigError, match="centered: only applies to mode: d_axis"):
+        CodecFeatureDistillation(mode="t_axis", centered=True)
+    with pytest.raises(ConfigError, match="projector_bias: needs student_dim and teacher_dim"):
+        CodecFeatureDistillation(projector_bias=True)
+
+
+def test_parameter_schedule_warms_the_distillation_weight_up_to_120():
+    term = CodecFeatureDistillation(student_dim=4, teacher_dim=6, weight=120.0)
+    module = SimpleNamespace(losses={"distill": term})
+    warmup = ParameterSchedule("distill", "weight", 0, 120, shape="linear", steps=50)
+    seen = []
+    for step in (0, 25, 50, 80):
+        warmup.on_train_batch_start(SimpleNamespace(global_step=step, estimated_stepping_batches=1000), module, {}, 0)
+        seen.append(term.weight)
+    assert seen == [0.0, 60.0, 120.0, 120.0]

@@ -97,10 +97,30 @@ def test_gradients_of_the_two_outputs_reach_their_own_paths():
     semantic = grads(lambda f: f["semantic_reconstruction"].pow(2).sum())
     assert all(semantic[n] > 0 for n in ("semantic_encoder", "semantic_quantizer", "aux_decoder"))
     assert semantic["acoustic_encoder"] == semantic["decoder"] == 0
-    # the decoder reads s + RVQ(z_a - s): straight-through, its gradient into s cancels exactly
+    # the decoder reads s + RVQ(z_a - s); the factorised RVQ (the authors' DAC-style quantiser) passes
+    # its gradient on to s, so the reconstruction trains both encoders (issue 15: it used to be 0.0)
     main = grads(lambda f: f["reconstruction"].pow(2).sum())
     assert main["acoustic_encoder"] > 0 and main["decoder"] > 0
-    assert main["semantic_encoder"] == main["semantic_quantizer"] == main["aux_decoder"] == 0
+    assert main["semantic_encoder"] > 0 and main["semantic_quantizer"] > 0 and main["aux_decoder"] == 0
+
+
+@pytest.mark.parametrize("codebook", [{}, {"codebook": "learned", "cosine": True}])
+def test_an_l1_reconstruction_alone_trains_the_semantic_encoder(codebook):
+    torch.manual_seed(0)
+    codec = tiny(strides=[2, 4], **codebook)
+    x = torch.randn(2, 1, 64) * 0.1
+    (codec(waveform=x).features["reconstruction"] - x).abs().mean().backward()
+    semantic = torch.cat([p.grad.flatten() for p in codec.semantic_encoder.parameters()]).norm()
+    acoustic = torch.cat([p.grad.flatten() for p in codec.acoustic_encoder.parameters()]).norm()
+    assert semantic > 0 and acoustic > 0
+
+
+def test_without_factorised_acoustic_codes_the_semantic_gradient_cancels():
+    torch.manual_seed(0)
+    codec = tiny(strides=[2, 4], acoustic_codebook_dim=None)  # identity straight-through in width D
+    x = torch.randn(2, 1, 64) * 0.1
+    (codec(waveform=x).features["reconstruction"] - x).abs().mean().backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in codec.semantic_encoder.parameters())
 
 
 def test_encode_decode_match_the_eval_forward():

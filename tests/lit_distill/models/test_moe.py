@@ -25,11 +25,15 @@ def tiny_llama(layers: int = 4, hidden: int = 16, seed: int = 0) -> nn.Module:
 
 
 def reference_moe(layer: MoEFeedForward, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-by-token float64 reference: top-k, renormalised gates, slot-major capacity, aux loss."""
+    """Token-by-token float64 reference: top-k, renormalised gates, slot-major capacity, aux loss.
+
+    Follows the layer's options: ``min_capacity``, gates renormalised over the kept slots or over
+    all k, aux loss over first choices (DeepSpeed) or over all slots.
+    """
     tokens = x.reshape(-1, x.shape[-1]).double()
     num_tokens, num_experts, k = tokens.shape[0], layer.num_experts, layer.top_k
     capacity = num_tokens if layer.capacity_factor is None else \
-        math.ceil(layer.capacity_factor * num_tokens * k / num_experts)
+        max(math.ceil(layer.capacity_factor * num_tokens * k / num_experts), layer.min_capacity)
     probs = torch.softmax(tokens @ layer.router.weight.double().t(), dim=-1)
     choices = [torch.argsort(probs[t], descending=True)[:k].tolist() for t in range(num_tokens)]
     load = [0] * num_experts
@@ -42,19 +46,23 @@ def reference_moe(layer: MoEFeedForward, x: torch.Tensor) -> tuple[torch.Tensor,
                 kept[t][slot] = True
     out = torch.zeros_like(tokens)
     for t in range(num_tokens):
-        total = sum(probs[t, e] for e in choices[t])
+        if layer.renormalize_after_drop:
+            total = sum(probs[t, e] for slot, e in enumerate(choices[t]) if kept[t][slot])
+        else:
+            total = sum(probs[t, e] for e in choices[t])
         for slot, e in enumerate(choices[t]):
             if kept[t][slot]:
                 out[t] += probs[t, e] / total * layer.experts[e].double()(tokens[t : t + 1])[0]
-    frac = torch.tensor([sum(c.count(e) for c in choices) for e in range(num_experts)], dtype=torch.float64)
-    aux = num_experts * (frac / (num_tokens * k) * probs.mean(0)).sum()
+    counted = [c[:1] for c in choices] if layer.aux_loss_kind == "top1" else choices
+    frac = torch.tensor([sum(c.count(e) for c in counted) for e in range(num_experts)], dtype=torch.float64)
+    aux = num_experts * (frac / sum(len(c) for c in counted) * probs.mean(0)).sum()
     return out.reshape(x.shape), aux
 
 
-def distinct_moe(num_experts=4, top_k=2, capacity_factor=1.5, hidden=8, seed=0) -> MoEFeedForward:
+def distinct_moe(num_experts=4, top_k=2, capacity_factor=1.5, hidden=8, seed=0, **options) -> MoEFeedForward:
     torch.manual_seed(seed)
     experts = [nn.Sequential(nn.Linear(hidden, 16), nn.GELU(), nn.Linear(16, hidden)) for _ in range(num_experts)]
-    layer = MoEFeedForward(experts, hidden, top_k, capacity_factor, router_std=1.0)
+    layer = MoEFeedForward(experts, hidden, top_k, capacity_factor, router_std=1.0, **options)
     return layer.double()
 
 
@@ -83,10 +91,18 @@ def test_upcycled_model_default_capacity_matches_dense_only_where_nothing_droppe
     assert (got - expected).abs().max() > 1e-6
 
 
+OPTIONS = [
+    {},  # DeepSpeed's defaults: top-1 aux, gates renormalised after drops, min_capacity 4
+    {"aux_loss": "all_slots", "renormalize_after_drop": False, "min_capacity": 0},  # the earlier behaviour
+    {"min_capacity": 1},
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("capacity_factor", [None, 1.5, 0.5, 0.25])
 @pytest.mark.parametrize("top_k", [1, 2])
-def test_moe_layer_matches_token_by_token_reference(capacity_factor, top_k):
-    layer = distinct_moe(top_k=top_k, capacity_factor=capacity_factor)
+def test_moe_layer_matches_token_by_token_reference(capacity_factor, top_k, options):
+    layer = distinct_moe(top_k=top_k, capacity_factor=capacity_factor, **options)
     x = torch.randn(2, 9, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     expected, aux = reference_moe(layer, x)
     torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-12)
@@ -163,3 +179,30 @@ def test_upcycle_rejects_bad_settings():
     model = upcycle(tiny_llama(layers=2))
     with pytest.raises(ConfigError, match="already"):
         upcycle(model)
+
+
+def test_renormalised_gates_sum_to_one_over_kept_slots_and_min_capacity_binds():
+    layer = distinct_moe(top_k=2, capacity_factor=0.25, min_capacity=3)
+    tokens = torch.randn(18, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    _, experts, gates, kept = layer.route(tokens)
+    assert layer.capacity(18) == 3  # ceil(0.25 * 18 * 2 / 4) = 3; min_capacity 3
+    assert layer.capacity(4) == 3  # ceil(0.5) = 1 < min_capacity
+    some = kept.any(-1)
+    torch.testing.assert_close((gates * kept)[some].sum(-1), torch.ones(int(some.sum()), dtype=torch.float64))
+    assert not kept.all()  # drops happened
+
+
+def test_router_jitter_only_in_training():
+    layer = distinct_moe(top_k=2, capacity_factor=None, router_jitter=0.5)
+    x = torch.randn(3, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    plain = distinct_moe(top_k=2, capacity_factor=None)
+    layer.eval(), plain.eval()
+    torch.testing.assert_close(layer(x), plain(x), rtol=0, atol=0)  # eval: no noise
+    layer.train()
+    torch.manual_seed(0)
+    first = layer.route(x.reshape(-1, 8))[0]
+    assert not torch.allclose(first, plain.route(x.reshape(-1, 8))[0])
+    with pytest.raises(ConfigError, match="moe.router_jitter"):
+        distinct_moe(router_jitter=1.5)
+    with pytest.raises(ConfigError, match="moe.aux_loss"):
+        distinct_moe(aux_loss="all")
