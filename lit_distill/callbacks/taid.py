@@ -42,8 +42,9 @@ class TAIDSchedule(L.Callback):
         if loss is None:
             return
         loss = trainer.strategy.reduce(loss, reduce_op="mean")
-        # global_step counts finished optimizer steps, so this is step global_step + 1.
-        term.update(loss, trainer.global_step + 1, trainer.estimated_stepping_batches)
+        # global_step counts the optimizer steps finished before this one (0 on the first), the
+        # value TAID's reference passes from its training step (issue 16: we passed one more).
+        term.update(loss, trainer.global_step, trainer.estimated_stepping_batches)
         logging_step = getattr(pl_module, "_logging_step", None)
         if logging_step is None or logging_step():  # only on the steps the loggers write
             pl_module.log("train/taid_t", term.t, batch_size=1)

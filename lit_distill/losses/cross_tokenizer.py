@@ -264,6 +264,12 @@ def uld(student_logits: Tensor, teacher_logits: Tensor, student_mask: Tensor,
     return _reduce_pairs(per_pair, valid, n)
 
 
+def without_last_position(mask: Tensor) -> Tensor:
+    """``mask`` ``[B, L]`` (bool) with each row's last True position set to False."""
+    last = mask & (mask.cumsum(-1) == mask.sum(-1, keepdim=True))
+    return mask & ~last
+
+
 class ULD(LossTerm):
     """ULD as a loss term: L1 between sorted teacher and student distributions, paired by index.
 
@@ -287,6 +293,10 @@ class ULD(LossTerm):
         top_k: None for the exact loss; an int for the fast path from each side's
             top-k probabilities plus tail mass (it never overestimates; the error is
             at most 2·min(tail masses) per pair).
+        skip_student_eos: leave out each student sequence's last answer position (the one
+            that predicts its EOS) before pairing, as the authors' ``skip_student_eos`` does:
+            with ``index`` alignment the student's EOS would otherwise be paired with a
+            teacher position that predicts something else.
         weight: λ, the multiplier of this term in the total loss.
         sources: overrides of where logits and masks come from.
     """
@@ -296,7 +306,8 @@ class ULD(LossTerm):
         "student_mask": "batch.loss_mask", "teacher_mask": "batch.teacher_loss_mask"}
 
     def __init__(self, alignment: Literal["index", "bytes"] = "index", temperature: float = 1.0,
-                 top_k: int | None = None, weight: float = 1.5, sources: dict[str, str] | None = None) -> None:
+                 top_k: int | None = None, skip_student_eos: bool = False, weight: float = 1.5,
+                 sources: dict[str, str] | None = None) -> None:
         if alignment == "bytes":
             sources = {"student_mask": "batch.student_chunk_start_mask",
                        "teacher_mask": "batch.teacher_chunk_start_mask", **(sources or {})}
@@ -309,7 +320,10 @@ class ULD(LossTerm):
                               f"temperature={temperature}, top_k={top_k}")
         self.temperature = temperature
         self.top_k = top_k
+        self.skip_student_eos = bool(skip_student_eos)
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, student_mask: Tensor,
                 teacher_mask: Tensor) -> Tensor:
+        if self.skip_student_eos:
+            student_mask = without_last_position(student_mask)
         return uld(student_logits, teacher_logits, student_mask, teacher_mask, self.temperature, self.top_k)

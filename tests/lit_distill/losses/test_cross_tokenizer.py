@@ -496,3 +496,19 @@ def test_uld_byte_alignment_reads_the_chunk_start_masks():
     assert ULD().sources["student_mask"] == "batch.loss_mask"
     with pytest.raises(ConfigError, match="alignment"):
         ULD(alignment="chars")
+
+
+def test_skip_student_eos_drops_each_rows_last_answer_position():
+    from lit_distill.losses.cross_tokenizer import ULD, without_last_position
+
+    mask = torch.tensor([[False, True, True, True, False], [True, False, True, False, False],
+                         [False, False, False, False, False]])
+    expected = torch.tensor([[False, True, True, False, False], [True, False, False, False, False],
+                             [False, False, False, False, False]])
+    assert torch.equal(without_last_position(mask), expected)
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(3, 5, 7, generator=g), torch.randn(3, 5, 9, generator=g)
+    teacher_mask = torch.tensor([[True, True, False, False, False], [True, False, False, False, False],
+                                 [False, False, False, False, False]])
+    skipping = ULD(skip_student_eos=True)(s, t, mask, teacher_mask)
+    assert torch.allclose(skipping, ULD()(s, t, expected, teacher_mask))
