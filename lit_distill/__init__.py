@@ -16,6 +16,7 @@ from lit_distill.lazy_exports import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "lit_distill.contracts": ["LossTerm", "ModelOutput"],
+    "lit_distill.gradmag": ["GradMagStep"],
     "lit_distill.module": ["DistillationModule"],
     "lit_distill.sources": ["OutputSpec", "Source"],
     "lit_distill.steps": ["StepResult", "TrainingStep"],
