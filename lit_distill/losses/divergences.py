@@ -107,35 +107,61 @@ def _reverse_kl_value_grad(lp: Tensor, lq: Tensor, out: Tensor) -> Tensor:
     return per_row
 
 
-def _generic_value_grad(div: DivFn, q_times_g: Callable[[Tensor, Tensor], Tensor]) -> ValueAndGrad:
-    """Value and gradient from a per-row divergence and a function giving ``q ⊙ g``."""
-    def value_grad(lp: Tensor, lq: Tensor, out: Tensor) -> Tensor:
-        per_row = div(lp, lq)
-        qg = q_times_g(lp, lq)
-        q = lq.exp_()
-        torch.sub(qg, q.mul_(qg.sum(-1, keepdim=True)), out=out)
-        return per_row
-    return value_grad
+def _finish(q_g: Tensor, q: Tensor, out: Tensor) -> None:
+    """``out = q ⊙ g − q · Σ_v q_v g_v`` from ``q ⊙ g`` and ``q`` (``q`` is overwritten)."""
+    torch.sub(q_g, q.mul_(q_g.sum(-1, keepdim=True)), out=out)
 
 
-def _jsd_qg(lp: Tensor, lq: Tensor, beta: float) -> Tensor:
-    return (1.0 - beta) * lq.exp() * (lq - _log_mix(lp, lq, beta))  # g = (1−β)(log q − log M)
-
-
-def _skew_kl_qg(lp: Tensor, lq: Tensor, alpha: float) -> Tensor:
-    # D = KL(p ‖ m), m = αp + (1−α)q: g = −(1−α) p / m
-    return -(1.0 - alpha) * (lq + lp - _log_mix(lp, lq, alpha)).exp()
-
-
-def _skew_reverse_kl_qg(lp: Tensor, lq: Tensor, alpha: float) -> Tensor:
-    # D = KL(q ‖ m), m = αq + (1−α)p: g = log q − log m + 1 − α q / m (the 1 cancels)
-    lm = _log_mix(lq, lp, alpha)
-    return lq.exp() * (lq - lm - alpha * (lq - lm).exp())
-
-
-def _tvd_qg(lp: Tensor, lq: Tensor) -> Tensor:
+def _jsd_value_grad(lp: Tensor, lq: Tensor, out: Tensor, beta: float) -> Tensor:
+    lm = _log_mix(lp, lq, beta)
     q = lq.exp()
-    return 0.5 * q * torch.sign(q - lp.exp())  # g = ½ sign(q − p)
+    d_q = lq.sub_(lm)  # log q − log M
+    per_row = beta * torch.einsum("nv,nv->n", lp.exp(), lp - lm) + (1.0 - beta) * torch.einsum("nv,nv->n", q, d_q)
+    _finish(d_q.mul_(q).mul_(1.0 - beta), q, out)  # g = (1−β)(log q − log M)
+    return per_row
+
+
+def _skew_kl_value_grad(lp: Tensor, lq: Tensor, out: Tensor, alpha: float) -> Tensor:
+    # D = KL(p ‖ m), m = αp + (1−α)q: g = −(1−α) p / m
+    d = lp - _log_mix(lp, lq, alpha)  # log p − log m
+    per_row = torch.einsum("nv,nv->n", lp.exp(), d)
+    q = lq.exp_()
+    _finish(d.exp_().mul_(q).mul_(alpha - 1.0), q, out)
+    return per_row
+
+
+def _skew_reverse_kl_value_grad(lp: Tensor, lq: Tensor, out: Tensor, alpha: float) -> Tensor:
+    # D = KL(q ‖ m), m = αq + (1−α)p: g = log q − log m + 1 − α q / m (the 1 cancels)
+    d = lq - _log_mix(lq, lp, alpha)  # log q − log m
+    q = lq.exp_()
+    per_row = torch.einsum("nv,nv->n", q, d)
+    _finish(d.sub_(d.exp().mul_(alpha)).mul_(q), q, out)
+    return per_row
+
+
+def _tvd_value_grad(lp: Tensor, lq: Tensor, out: Tensor) -> Tensor:
+    q = lq.exp_()
+    diff = q - lp.exp_()
+    per_row = 0.5 * diff.abs().sum(-1)
+    _finish(diff.sign_().mul_(q).mul_(0.5), q, out)  # g = ½ sign(q − p)
+    return per_row
+
+
+# Value-and-gradient functions whose masked-out rows (both sides zeroed: equal distributions)
+# give exactly zero without masking; the others are masked explicitly.
+_EXACT_ON_EQUAL_ROWS = (_kl_value_grad, _reverse_kl_value_grad, _tvd_value_grad)
+
+
+def _fast_log_probs(logits: Tensor, mask: Tensor | None, temperature: float, dtype: torch.dtype) -> Tensor:
+    """:func:`_log_probs` without autograd, in place on one copy (two ``[n, V]`` buffers, not four)."""
+    if mask is not None:
+        x = torch.where(mask.unsqueeze(-1), logits.to(dtype), 0.0)
+    else:
+        x = logits.to(dtype, copy=True)
+    x.clamp_min_(_LOGIT_FLOOR * min(temperature, 1.0))
+    if temperature != 1.0:
+        x.div_(temperature)
+    return torch.log_softmax(x, dim=-1)
 
 
 def _log_probs(logits: Tensor, mask: Tensor | None, temperature: float,
@@ -199,13 +225,14 @@ def _analytic_loop(value_grad: ValueAndGrad, s: Tensor, t: Tensor, mask: Tensor 
     for start in range(0, s.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
         m_c = None if mask is None else mask[rows]
-        lp = _log_probs(t[rows], m_c, temperature, dtype)
-        lq = _log_probs(s[rows], m_c, temperature, dtype)
+        lp = _fast_log_probs(t[rows], m_c, temperature, dtype)
+        lq = _fast_log_probs(s[rows], m_c, temperature, dtype)
         out = grad_s[rows]
         per_row = value_grad(lp, lq, out)
-        if m_c is not None:  # their rows were zeroed: equal distributions, but keep it exact
+        if m_c is not None:  # their rows were zeroed: equal distributions
             per_row = torch.where(m_c, per_row, 0.0)
-            out.masked_fill_(~m_c.unsqueeze(-1), 0.0)
+            if value_grad not in _EXACT_ON_EQUAL_ROWS:  # rounding of log-mixtures: mask the gradient
+                out.masked_fill_(~m_c.unsqueeze(-1), 0.0)
         total = total + per_row.sum()
         del lp, lq, out, per_row
     return total
@@ -407,7 +434,7 @@ def generalized_jsd(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor
         raise ValueError(f"beta must be strictly in (0, 1), got {beta}; for beta=0 / beta=1 "
                          "(TRL's special cases) call forward_kl / reverse_kl instead")
     div = functools.partial(_jsd, beta=beta)
-    grad = _generic_value_grad(div, functools.partial(_jsd_qg, beta=beta))
+    grad = functools.partial(_jsd_value_grad, beta=beta)
     return _reduce(div, grad, student_logits, teacher_logits, mask, temperature, chunk_size)
 
 
@@ -440,7 +467,7 @@ def skew_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None 
     """
     alpha = _check_alpha(alpha)
     div = functools.partial(_skew_kl, alpha=alpha)
-    grad = _generic_value_grad(div, functools.partial(_skew_kl_qg, alpha=alpha))
+    grad = functools.partial(_skew_kl_value_grad, alpha=alpha)
     return _reduce(div, grad, student_logits, teacher_logits, mask, temperature, chunk_size)
 
 
@@ -467,7 +494,7 @@ def skew_reverse_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor
     """
     alpha = _check_alpha(alpha)
     div = _swap(functools.partial(_skew_kl, alpha=alpha))
-    grad = _generic_value_grad(div, functools.partial(_skew_reverse_kl_qg, alpha=alpha))
+    grad = functools.partial(_skew_reverse_kl_value_grad, alpha=alpha)
     return _reduce(div, grad, student_logits, teacher_logits, mask, temperature, chunk_size)
 
 
@@ -490,4 +517,4 @@ def total_variation(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor
     Raises:
         ValueError: as :func:`forward_kl`.
     """
-    return _reduce(_tvd, _generic_value_grad(_tvd, _tvd_qg), student_logits, teacher_logits, mask, 1.0, chunk_size, scale_by_t2=False)
+    return _reduce(_tvd, _tvd_value_grad, student_logits, teacher_logits, mask, 1.0, chunk_size, scale_by_t2=False)

@@ -33,13 +33,21 @@ from torch import Tensor
 
 from lit_distill.contracts import LossTerm
 from lit_distill.errors import ConfigError
-from lit_distill.losses.divergences import _LOGIT_FLOOR, _generic_value_grad, _reduce
+from lit_distill.losses.divergences import _LOGIT_FLOOR, _reduce
 from lit_distill.losses.terms import check_vocab_sizes, shared_vocab_prefix
 
 
 def _cross_entropy_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
     """−Σ_v p log q per row, ``[n, V]`` -> ``[n]`` (entries with p = 0 contribute 0)."""
     return -torch.einsum("nv,nv->n", log_p.exp(), log_q)
+
+
+def _cross_entropy_value_grad(log_p: Tensor, log_q: Tensor, out: Tensor) -> Tensor:
+    """−Σ_v p log q per row and its gradient with respect to the student's logits, q − p."""
+    p = log_p.exp()
+    per_row = -torch.einsum("nv,nv->n", p, log_q)
+    torch.sub(log_q.exp_(), p, out=out)
+    return per_row
 
 
 def taid_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, t: float | Tensor,
@@ -60,9 +68,7 @@ def taid_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, t: float 
     # Floor -inf before mixing: (1 − t)·(−inf) would be NaN at t = 1.
     student_floor = student_logits.detach().clamp_min(_LOGIT_FLOOR)
     target = (1.0 - t) * student_floor + t * teacher_logits.clamp_min(_LOGIT_FLOOR)
-    # −Σ p log q has the gradient of KL(p ‖ q) with respect to the student: q ⊙ g = −p
-    value_grad = _generic_value_grad(_cross_entropy_rows, lambda lp, lq: -lp.exp())
-    return _reduce(_cross_entropy_rows, value_grad, student_logits, target, mask, 1.0, chunk_size)
+    return _reduce(_cross_entropy_rows, _cross_entropy_value_grad, student_logits, target, mask, 1.0, chunk_size)
 
 
 class TAID(LossTerm):
