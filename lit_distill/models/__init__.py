@@ -11,6 +11,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "lit_distill.models.codec": ["ConvCodec", "ResidualQuantizer"],
     "lit_distill.models.hf": ["HFCausalLM"],
     "lit_distill.models.hf_audio": ["HFSpeechEncoder"],
+    "lit_distill.models.hf_model": ["HFModel"],
     "lit_distill.models.moe": ["MoEFeedForward", "upcycle"],
     "lit_distill.models.multi": ["MultiModel"],
     "lit_distill.models.segmentation": ["TimmSegmentation", "TorchvisionSegmentation", "widen_input_stem"],

@@ -1,0 +1,181 @@
+"""Any Hugging Face ``transformers`` model family through one adapter, as timm has one ``create_model``.
+
+``HFModel(task=..., path=... | config=...)`` picks the auto class from ``task`` and returns the
+same :class:`~lit_distill.contracts.ModelOutput` whatever the family:
+
+========================== ===================================== ==============================
+task                       auto class                            logits
+========================== ===================================== ==============================
+``causal-lm``              ``AutoModelForCausalLM``              ``[B, L, V]``
+``masked-lm``              ``AutoModelForMaskedLM``              ``[B, L, V]``
+``sequence-classification`` ``AutoModelForSequenceClassification`` ``[B, C]``
+``token-classification``   ``AutoModelForTokenClassification``   ``[B, L, C]``
+``feature-extraction``     ``AutoModel`` (a bare encoder)        none
+========================== ===================================== ==============================
+
+Features: ``last_hidden_state`` ``[B, L, D]`` (the last layer's output),
+``cls_pooled`` ``[B, D]`` (the first token's last hidden state), ``mean_pooled`` ``[B, D]`` (the
+mean over ``attention_mask``, sentence-embedding style) and, with ``output_attentions``,
+``attentions.<i>`` ``[B, heads, L, L]`` per layer (post-softmax). Hidden states with
+``output_hidden_states`` (embeddings first).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from lit_distill.contracts import ModelOutput
+from lit_distill.errors import ConfigError
+from lit_distill.models.base import ModelAdapter, parse_dtype
+from lit_distill.models.hf import copy_tokenizer, load_pretrained_checked
+from lit_distill.sources import OutputSpec
+
+Task = Literal["causal-lm", "masked-lm", "sequence-classification", "token-classification", "feature-extraction"]
+AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "masked-lm": "AutoModelForMaskedLM",
+                "sequence-classification": "AutoModelForSequenceClassification",
+                "token-classification": "AutoModelForTokenClassification", "feature-extraction": "AutoModel"}
+_CLASSIFIERS = ("sequence-classification", "token-classification")
+
+
+class HFModel(ModelAdapter):
+    """A ``transformers`` model of any family (``task`` picks the auto class) as a lit_distill model.
+
+    Give exactly one of ``path`` (a hub id or a ``save_pretrained`` directory) or ``config``
+    (``model_type`` and the architecture's fields, for a fresh randomly initialised model).
+
+    Args:
+        task: ``causal-lm``, ``masked-lm``, ``sequence-classification``,
+            ``token-classification`` or ``feature-extraction`` (see the module docstring).
+        path: hub id (e.g. ``bert-base-uncased``) or local directory.
+        config: architecture fields for a model built from scratch, e.g.
+            ``{model_type: bert, hidden_size: 64, num_hidden_layers: 2, ...}``.
+        vocab_size: the data's tokenizer size (linked from the datamodule by the CLI): sets the
+            vocabulary of a fresh model; checked against a loaded one's embeddings.
+        pad_token_id: the data's pad id (linked from the datamodule).
+        num_classes: labels of a classification task (linked from the datamodule's
+            ``num_classes``): sets ``num_labels`` of a fresh model; checked against a loaded one.
+        dtype: load the weights in this dtype (``bfloat16``, ``float32``, ...).
+        trust_remote_code: allow code shipped with the checkpoint to run. Off unless you trust it.
+        revision: hub revision (branch, tag or commit).
+        attn_implementation: e.g. ``sdpa`` or ``eager`` (``output_attentions`` needs ``eager``).
+        output_hidden_states: also return every layer's hidden states.
+        output_attentions: also return every layer's attention maps as features.
+        hooks: module paths whose outputs are recorded as features.
+    """
+
+    def __init__(self, task: Task = "causal-lm", path: str | None = None, config: dict[str, Any] | None = None,
+                 vocab_size: int | None = None, pad_token_id: int | None = None, num_classes: int | None = None,
+                 dtype: str | None = None, trust_remote_code: bool = False, revision: str | None = None,
+                 attn_implementation: str | None = None, output_hidden_states: bool = False,
+                 output_attentions: bool = False, hooks: list[str] | None = None) -> None:
+        super().__init__(hooks)
+        if task not in AUTO_CLASSES:
+            raise ConfigError(f"HFModel.task: '{task}' is not one of {sorted(AUTO_CLASSES)}")
+        if (path is None) == (config is None):
+            raise ConfigError("HFModel: give exactly one of 'path' (hub id or local directory) or 'config' "
+                              "(a dict with model_type, to build a fresh model)")
+        self.task, self.path = task, path
+        self.output_hidden_states, self.output_attentions = output_hidden_states, output_attentions
+        if output_attentions and attn_implementation is None:
+            attn_implementation = "eager"  # sdpa and flash kernels do not return attention maps
+        import transformers
+
+        auto_class = getattr(transformers, AUTO_CLASSES[task])
+        torch_dtype = parse_dtype(dtype, "HFModel.dtype")
+        if path is not None:
+            labels = {"num_labels": num_classes} if task in _CLASSIFIERS and num_classes is not None else {}
+            self.module = load_pretrained_checked(auto_class, path, "HFModel.path", "bert-base-uncased",
+                                                  trust_remote_code=trust_remote_code, dtype=torch_dtype,
+                                                  revision=revision, attn_implementation=attn_implementation,
+                                                  **labels)
+            self._check_loaded(vocab_size)
+        else:
+            self.module = _build(auto_class, dict(config), task, vocab_size, pad_token_id, num_classes,
+                                 torch_dtype, attn_implementation)
+        self._install_hooks()
+
+    def _check_loaded(self, vocab_size: int | None) -> None:
+        embeddings = self.module.get_input_embeddings()
+        size = embeddings.weight.shape[0] if embeddings is not None else None
+        if vocab_size is not None and size is not None and size < vocab_size:
+            raise ConfigError(f"HFModel.path: the model at '{self.path}' embeds {size} tokens but the data's "
+                              f"tokenizer has {vocab_size}; use the tokenizer that belongs to this model")
+
+    @property
+    def output_size(self) -> int | None:
+        if self.task in _CLASSIFIERS:
+            return int(self.module.config.num_labels)
+        if self.task == "feature-extraction":
+            return None
+        head = self.module.get_output_embeddings()
+        return head.weight.shape[0] if head is not None else int(self.module.config.vocab_size)
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the hidden states."""
+        return int(self.module.config.hidden_size)
+
+    def declared_outputs(self) -> OutputSpec:
+        """Logits (not for ``feature-extraction``), the pooled features and, when asked, hidden
+        states and attention maps (see the module docstring)."""
+        layers = int(getattr(self.module.config, "num_hidden_layers", 0)) or None
+        features = {"last_hidden_state", "cls_pooled", "mean_pooled"}
+        if self.output_attentions and layers:
+            features |= {f"attentions.{i}" for i in range(layers)}
+        hidden = (None if layers is None else layers + 1) if self.output_hidden_states else 0
+        return OutputSpec(logits=self.task != "feature-extraction", hidden_states=hidden,
+                          features=frozenset(features), closed=layers is not None or not self.output_attentions)
+
+    def run(self, **inputs: Any) -> ModelOutput:
+        extra = {"use_cache": False} if self.task == "causal-lm" else {}
+        # the pooled features need the last hidden state, which models with a head only return
+        # among all of them (a tuple of references: no extra compute)
+        bare = self.task == "feature-extraction"
+        out = self.module(**inputs, output_hidden_states=self.output_hidden_states or not bare,
+                          output_attentions=self.output_attentions, **extra)
+        last = out.last_hidden_state if bare else out.hidden_states[-1]
+        features = {"last_hidden_state": last, "cls_pooled": last[:, 0],
+                    "mean_pooled": mean_pool(last, inputs.get("attention_mask"))}
+        if self.output_attentions:
+            features.update({f"attentions.{i}": a for i, a in enumerate(out.attentions)})
+        return ModelOutput(logits=getattr(out, "logits", None), features=features,
+                           hidden_states=tuple(out.hidden_states) if self.output_hidden_states else None)
+
+    def export(self, out_dir: str) -> None:
+        """``save_pretrained`` the model, plus the tokenizer saved beside a loaded checkpoint."""
+        self.module.save_pretrained(out_dir)
+        if self.path is not None and os.path.isdir(self.path):
+            copy_tokenizer(self.path, out_dir)
+
+
+def mean_pool(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """Mean of ``hidden`` ``[B, L, D]`` over the positions where ``attention_mask`` ``[B, L]`` is set."""
+    if attention_mask is None:
+        return hidden.mean(1)
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+
+
+def _build(auto_class: Any, config: dict[str, Any], task: str, vocab_size: int | None, pad_token_id: int | None,
+           num_classes: int | None, dtype: torch.dtype | None, attn_implementation: str | None):
+    from transformers import AutoConfig
+
+    model_type = config.pop("model_type", None)
+    if model_type is None:
+        raise ConfigError("HFModel.config: needs 'model_type' (e.g. bert, llama, qwen2)")
+    if vocab_size is not None:
+        config["vocab_size"] = vocab_size
+    if pad_token_id is not None:
+        config.setdefault("pad_token_id", pad_token_id)
+    if num_classes is not None and task in _CLASSIFIERS:
+        config["num_labels"] = num_classes
+    try:
+        hf_config = AutoConfig.for_model(model_type, **config)
+    except ValueError as err:
+        raise ConfigError(f"HFModel.config.model_type: {err}") from err
+    kwargs = {k: v for k, v in (("dtype", dtype), ("attn_implementation", attn_implementation)) if v is not None}
+    return auto_class.from_config(hf_config, **kwargs)

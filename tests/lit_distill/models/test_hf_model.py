@@ -1,0 +1,98 @@
+"""HFModel: one adapter for every transformers family, from a config or a saved directory."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lit_distill import ConfigError, DistillationModule
+from lit_distill.losses import CrossEntropy, ForwardKL
+from lit_distill.models import HFModel
+from lit_distill.models.hf_model import mean_pool
+
+BERT = {"model_type": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "max_position_embeddings": 64}
+LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
+
+
+def inputs(batch=3, length=7, vocab=50):
+    g = torch.Generator().manual_seed(0)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, 4:] = 0
+    return {"input_ids": torch.randint(0, vocab, (batch, length), generator=g), "attention_mask": mask}
+
+
+@pytest.mark.parametrize("task, config, logits_shape", [
+    ("masked-lm", BERT, (3, 7, 50)), ("sequence-classification", BERT, (3, 4)),
+    ("token-classification", BERT, (3, 7, 4)), ("feature-extraction", BERT, None), ("causal-lm", LLAMA, (3, 7, 50))])
+def test_every_task_gives_one_model_output(task, config, logits_shape):
+    torch.manual_seed(0)
+    model = HFModel(task=task, config=config, vocab_size=50, num_classes=4, output_hidden_states=True).eval()
+    out = model(**inputs())
+    assert (out.logits is None) == (logits_shape is None)
+    if logits_shape:
+        assert tuple(out.logits.shape) == logits_shape and model.output_size == logits_shape[-1]
+    assert len(out.hidden_states) == 3 and out.features["cls_pooled"].shape == (3, 32)
+    last = out.hidden_states[-1]
+    torch.testing.assert_close(out.features["mean_pooled"][0], last[0, :4].mean(0))  # padding left out
+    spec = model.output_spec()
+    assert spec.closed and spec.hidden_states == 3 and set(out.features) == set(spec.features)
+
+
+def test_attention_maps_are_features_that_sum_to_one():
+    model = HFModel(task="feature-extraction", config=BERT, vocab_size=50, output_attentions=True).eval()
+    out = model(**inputs())
+    assert set(model.output_spec().features) >= {"attentions.0", "attentions.1"}
+    attention = out.features["attentions.1"]
+    assert attention.shape == (3, 2, 7, 7)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(3, 2, 7))
+
+
+def test_save_and_load_through_the_real_loading_code(tmp_path):
+    torch.manual_seed(0)
+    model = HFModel(task="sequence-classification", config=BERT, vocab_size=50, num_classes=4).eval()
+    model.export(str(tmp_path / "clf"))
+    loaded = HFModel(task="sequence-classification", path=str(tmp_path / "clf"), num_classes=4).eval()
+    torch.testing.assert_close(loaded(**inputs()).logits, model(**inputs()).logits)
+    encoder = HFModel(task="feature-extraction", path=str(tmp_path / "clf")).eval()  # the same weights, no head
+    torch.testing.assert_close(encoder(**inputs()).features["last_hidden_state"],
+                               model(**inputs()).features["last_hidden_state"])
+    with pytest.raises(ConfigError, match="embeds 50 tokens but the data's tokenizer has 60"):
+        HFModel(task="masked-lm", path=str(tmp_path / "clf"), vocab_size=60)
+
+
+def test_bad_arguments_are_one_line():
+    with pytest.raises(ConfigError, match="HFModel.task: 'seq2seq'"):
+        HFModel(task="seq2seq", config=BERT)
+    with pytest.raises(ConfigError, match="exactly one of 'path'"):
+        HFModel(task="masked-lm")
+    with pytest.raises(ConfigError, match="needs 'model_type'"):
+        HFModel(task="masked-lm", config={"hidden_size": 8})
+    with pytest.raises(ConfigError, match="no directory"):
+        HFModel(task="masked-lm", path="/no/such/dir")
+
+
+def test_mean_pool_matches_a_direct_computation():
+    hidden = torch.randn(2, 5, 3)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]])
+    expected = torch.stack([hidden[0, :2].mean(0), hidden[1].mean(0)])
+    torch.testing.assert_close(mean_pool(hidden, mask), expected)
+
+
+def test_a_classifier_distils_with_logit_kd_and_checks_sources_first():
+    torch.manual_seed(0)
+    student = HFModel(task="sequence-classification", config=BERT, vocab_size=50, num_classes=4)
+    teacher = HFModel(task="sequence-classification", config={**BERT, "num_hidden_layers": 3}, vocab_size=50,
+                      num_classes=4)
+    with pytest.raises(ConfigError, match="attentions.0.*no such feature"):
+        DistillationModule(student, {"kd": ForwardKL(sources={"student_logits": "student.features.attentions.0"})},
+                           teacher=teacher)
+    module = DistillationModule(student, {"kd": ForwardKL(temperature=2.0), "ce": CrossEntropy()}, teacher=teacher)
+    batches = [{"inputs": inputs(), "labels": torch.tensor([0, 3, 1])} for _ in range(2)]
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(module, DataLoader(batches, batch_size=None))
+    assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
