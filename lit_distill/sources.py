@@ -3,9 +3,10 @@
 A loss term names each of its inputs with a path (see :mod:`lit_distill.contracts`):
 
 - ``student.logits`` / ``teacher.logits``
-- ``student.hidden_states.<i>`` (negative indices allowed)
+- ``student.hidden_states.<i>`` (negative indices allowed); ``student.hidden_states`` is the whole tuple
 - ``student.features.<name>`` (``<name>`` may itself contain dots, e.g. ``lm_head.weight``)
-- ``batch.<key>`` (a top-level batch entry such as ``labels`` or ``loss_mask``)
+- ``batch.<key>`` (a batch entry such as ``labels`` or ``loss_mask``; a dotted key reaches into
+  nested dicts, e.g. ``batch.inputs.attention_mask``)
 
 :meth:`Source.parse` turns a path into a :class:`Source` once, when the term is built; the
 module then checks every model source against the :class:`OutputSpec` its adapter declares,
@@ -61,6 +62,8 @@ class Source:
         if name == "logits" and not key:
             return cls(root, "logits")
         if name == "hidden_states":
+            if not key:  # the whole tuple, for terms over several layers
+                return cls(root, "hidden_states")
             try:
                 return cls(root, "hidden_states", int(key))
             except ValueError:
@@ -96,7 +99,7 @@ class Source:
     def present(self, student: Any, teacher: Any, batch: dict) -> bool:
         """Whether :meth:`read` would find a value (a missing feature or batch key is absent)."""
         if self.root == "batch":
-            return self.key in batch
+            return _lookup(batch, self.key) is not _MISSING
         output = student if self.root == "student" else teacher
         if output is None:
             return False
@@ -113,9 +116,10 @@ class Source:
             SourceError: the value is not there; the message says what is.
         """
         if self.root == "batch":
-            if self.key not in batch:
+            value = _lookup(batch, self.key)
+            if value is _MISSING:
                 raise SourceError(f"source '{self}': the batch has no key '{self.key}' (keys: {sorted(batch)})")
-            return batch[self.key]
+            return value
         output = student if self.root == "student" else teacher
         if output is None:
             raise SourceError(f"source '{self}' needs a teacher, but the module has none")
@@ -125,10 +129,26 @@ class Source:
             if output.hidden_states is None:
                 raise SourceError(f"source '{self}': the {self.root} adapter returned no hidden states "
                                   "(set output_hidden_states: true on it)")
-            return output.hidden_states[self.key]
+            return output.hidden_states if self.key is None else output.hidden_states[self.key]
         if self.key not in output.features:
             raise SourceError(f"source '{self}': {self.root} features are {sorted(output.features)}")
         return output.features[self.key]
+
+
+_MISSING = object()
+
+
+def _lookup(batch: dict, key: str) -> Any:
+    """``batch[key]``, or for a dotted key absent at the top level, the nested entry
+    (``inputs.attention_mask`` → ``batch["inputs"]["attention_mask"]``); ``_MISSING`` if none."""
+    if key in batch:
+        return batch[key]
+    value: Any = batch
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
 
 
 @dataclass(frozen=True)
@@ -160,7 +180,7 @@ class OutputSpec:
             if self.hidden_states == 0:
                 return "this model returns no hidden states (set output_hidden_states: true on it, if it has it)"
             count = self.hidden_states
-            if count is not None and not -count <= int(source.key) < count:
+            if count is not None and source.key is not None and not -count <= int(source.key) < count:
                 return f"layer index {source.key} is out of range for {count} hidden states"
             return None
         if source.key in self.features or not self.closed:

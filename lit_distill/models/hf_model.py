@@ -16,7 +16,7 @@ task                       auto class                            logits
 Features: ``last_hidden_state`` ``[B, L, D]`` (the last layer's output),
 ``cls_pooled`` ``[B, D]`` (the first token's last hidden state), ``mean_pooled`` ``[B, D]`` (the
 mean over ``attention_mask``, sentence-embedding style) and, with ``output_attentions``,
-``attentions.<i>`` ``[B, heads, L, L]`` per layer (post-softmax). Hidden states with
+``attentions.<i>`` ``[B, heads, L, L]`` per layer (post-softmax; negative indices too). Hidden states with
 ``output_hidden_states`` (embeddings first).
 """
 
@@ -125,7 +125,7 @@ class HFModel(ModelAdapter):
         layers = int(getattr(self.module.config, "num_hidden_layers", 0)) or None
         features = {"last_hidden_state", "cls_pooled", "mean_pooled"}
         if self.output_attentions and layers:
-            features |= {f"attentions.{i}" for i in range(layers)}
+            features |= {f"attentions.{i}" for i in range(-layers, layers)}
         hidden = (None if layers is None else layers + 1) if self.output_hidden_states else 0
         return OutputSpec(logits=self.task != "feature-extraction", hidden_states=hidden,
                           features=frozenset(features), closed=layers is not None or not self.output_attentions)
@@ -141,7 +141,9 @@ class HFModel(ModelAdapter):
         features = {"last_hidden_state": last, "cls_pooled": last[:, 0],
                     "mean_pooled": mean_pool(last, inputs.get("attention_mask"))}
         if self.output_attentions:
-            features.update({f"attentions.{i}": a for i, a in enumerate(out.attentions)})
+            n = len(out.attentions)
+            for i, attention in enumerate(out.attentions):
+                features[f"attentions.{i}"] = features[f"attentions.{i - n}"] = attention
         return ModelOutput(logits=getattr(out, "logits", None), features=features,
                            hidden_states=tuple(out.hidden_states) if self.output_hidden_states else None)
 

@@ -187,6 +187,19 @@ EXAMPLES: dict[str, Example] = {
                           built_in=("student_dim", "teacher_dim")),
     "CodecFeatureDistillation": Example({"mode": "t_axis"}, codec_features, {"lambda_cos": 3.0, "hop_length": 4},
                                         built_in=("student_dim", "teacher_dim")),
+    "HiddenStatesMSE": Example({}, lambda: {"student_hidden": tuple(torch.randn(2, 3, 4, generator=generator())
+                                                                    for _ in range(3)),
+                                            "teacher_hidden": tuple(torch.randn(2, 3, 4) for _ in range(5))},
+                               built_in=("student_dim", "teacher_dim")),
+    "AttentionDistillation": Example({}, lambda: {"student_attention": torch.rand(2, 2, 3, 3, generator=generator())
+                                                  .softmax(-1), "teacher_attention": torch.rand(2, 2, 3, 3).softmax(-1)}),
+    "MiniLMRelation": Example({"heads": 2, "sources": {"student_states": "student.features.q",
+                                                        "teacher_states": "teacher.features.q"}},
+                              lambda: {"student_states": torch.randn(2, 3, 4, generator=generator()),
+                                       "teacher_states": torch.randn(2, 3, 8)}, {"heads": 4}),
+    "EmbeddingDistillation": Example({}, lambda: {"student_embedding": torch.randn(3, 4, generator=generator()),
+                                                  "teacher_embedding": torch.randn(3, 4)},
+                                     built_in=("student_dim", "teacher_dim")),
 }
 
 
