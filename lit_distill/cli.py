@@ -65,8 +65,15 @@ def _decode(args: Sequence[str]) -> None:
     decode_main(args)
 
 
+def _init_student(args: Sequence[str]) -> None:
+    from lit_distill.models.init_from_teacher import main as init_student_main
+
+    init_student_main(args)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
     "export": _export, "quickstart": _quickstart, "slurm": _slurm, "cache-teacher": _cache_teacher,
+    "init-student": _init_student,
     "tokenize": _tokenize, "decode": _decode}
 
 

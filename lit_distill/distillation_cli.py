@@ -32,6 +32,7 @@ DESCRIPTION = """lit_distill: knowledge distillation on Lightning.
   python -m lit_distill quickstart            (build data, teacher, distill, compare)
   python -m lit_distill slurm --config A.yaml --nodes 2 --ntasks-per-node 4 --save job.sbatch
   python -m lit_distill cache-teacher --config A.yaml --out CACHE_DIR
+  python -m lit_distill init-student --teacher DIR --layers every:2 --out DIR   (student from teacher layers)
   python -m lit_distill tokenize|decode --ckpt CODEC.ckpt --out DIR FILES...   (speech codecs)
 """
 
