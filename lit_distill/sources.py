@@ -4,7 +4,10 @@ A loss term names each of its inputs with a path (see :mod:`lit_distill.contract
 
 - ``student.logits`` / ``teacher.logits``
 - ``student.hidden_states.<i>`` (negative indices allowed); ``student.hidden_states`` is the whole tuple
-- ``student.features.<name>`` (``<name>`` may itself contain dots, e.g. ``lm_head.weight``)
+- ``student.features.<name>`` (``<name>`` may itself contain dots, e.g. ``lm_head.weight``);
+  ``student.features`` is the whole mapping
+- ``teachers.<name>.<output>``: member ``<name>`` of a ``MultiModel`` teacher (several named
+  teachers), i.e. ``teacher.features.<name>.<output>``
 - ``batch.<key>`` (a batch entry such as ``labels`` or ``loss_mask``; a dotted key reaches into
   nested dicts, e.g. ``batch.inputs.attention_mask``)
 
@@ -54,6 +57,12 @@ class Source:
         if not isinstance(path, str):
             raise ValueError(f"must be a string path, got {type(path).__name__}; {_FORMS}")
         root, _, rest = path.partition(".")
+        if root == "teachers":  # teachers.<name>.<output>: a member of a MultiModel teacher
+            name, _, output = rest.partition(".")
+            if not name or not output:
+                raise ValueError("teachers.<name>.<output> names one teacher of a MultiModel, e.g. "
+                                 "'teachers.bert.logits'")
+            return cls("teacher", "features", f"{name}.{output}")
         if root not in ("student", "teacher", "batch") or not rest:
             raise ValueError(f"must start with 'student.', 'teacher.' or 'batch.'; {_FORMS}")
         if root == "batch":
@@ -69,8 +78,8 @@ class Source:
             except ValueError:
                 raise ValueError("hidden_states needs an integer layer index, e.g. "
                                  f"'{root}.hidden_states.-1'") from None
-        if name == "features" and key:
-            return cls(root, "features", key)
+        if name == "features":  # no key: the whole mapping, for terms over several features
+            return cls(root, "features", key or None)
         raise ValueError(_FORMS)
 
     @property
@@ -104,7 +113,7 @@ class Source:
         if output is None:
             return False
         if self.field == "features":
-            return self.key in output.features
+            return self.key is None or self.key in output.features
         if self.field == "hidden_states":
             return output.hidden_states is not None
         return output.logits is not None
@@ -130,6 +139,8 @@ class Source:
                 raise SourceError(f"source '{self}': the {self.root} adapter returned no hidden states "
                                   "(set output_hidden_states: true on it)")
             return output.hidden_states if self.key is None else output.hidden_states[self.key]
+        if self.key is None:
+            return output.features
         if self.key not in output.features:
             raise SourceError(f"source '{self}': {self.root} features are {sorted(output.features)}")
         return output.features[self.key]
@@ -183,7 +194,7 @@ class OutputSpec:
             if count is not None and source.key is not None and not -count <= int(source.key) < count:
                 return f"layer index {source.key} is out of range for {count} hidden states"
             return None
-        if source.key in self.features or not self.closed:
+        if source.key is None or source.key in self.features or not self.closed:
             return None
         return "this model has no such feature"
 

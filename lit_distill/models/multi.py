@@ -36,20 +36,25 @@ class MultiModel(ModelAdapter):
     Args:
         members: the models by name (adapters, or any ``nn.Module``, wrapped in ``TorchModule``).
             Names must not contain dots.
-        inputs: per member, the names of the input entries it receives; a member not listed
-            receives every entry.
+        inputs: per member, the names of the input entries it receives, or a mapping from its
+            argument names to entry names (two teachers with their own tokenizers:
+            ``{bert: {input_ids: bert_input_ids, attention_mask: bert_attention_mask}}``); a member
+            not listed receives every entry.
 
     Outputs: ``ModelOutput(features={...})`` as above; ``logits`` and ``hidden_states`` are None.
     """
 
-    def __init__(self, members: Mapping[str, nn.Module], inputs: Mapping[str, Sequence[str]] | None = None) -> None:
+    def __init__(self, members: Mapping[str, nn.Module],
+                 inputs: Mapping[str, Sequence[str] | Mapping[str, str]] | None = None) -> None:
         super().__init__()
         if not members:
             raise ConfigError("MultiModel.members: give at least one named model")
         for name in members:
             if not name or "." in name:
                 raise ConfigError(f"MultiModel.members: name '{name}' must be non-empty and without dots")
-        inputs = {name: list(keys) for name, keys in (inputs or {}).items()}
+        # a list of entry names, or {argument: entry} to rename (two tokenizers: a_input_ids -> input_ids)
+        inputs = {name: dict(keys) if isinstance(keys, Mapping) else {k: k for k in keys}
+                  for name, keys in (inputs or {}).items()}
         unknown = sorted(set(inputs) - set(members))
         if unknown:
             raise ConfigError(f"MultiModel.inputs: {unknown} are not members (members: {sorted(members)})")
@@ -74,11 +79,11 @@ class MultiModel(ModelAdapter):
             if keys is None:
                 chosen = inputs
             else:
-                missing = [k for k in keys if k not in inputs]
+                missing = [k for k in keys.values() if k not in inputs]
                 if missing:
                     raise ConfigError(f"MultiModel.inputs.{name}: {missing} are not in the inputs "
                                       f"(available: {sorted(inputs)})")
-                chosen = {k: inputs[k] for k in keys}
+                chosen = {argument: inputs[entry] for argument, entry in keys.items()}
             features.update(_flatten(name, member(**chosen)))
         return ModelOutput(features=features)
 

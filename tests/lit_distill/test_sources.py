@@ -33,6 +33,16 @@ def test_feature_names_keep_their_dots(side, name):
     assert str(source) == f"{side}.features.{name}" and hash(source) == hash(str(source))
 
 
+def test_whole_tuples_and_named_teachers():
+    assert Source.parse("student.hidden_states") == Source("student", "hidden_states", None)
+    assert Source.parse("teacher.features").key is None
+    assert Source.parse("teachers.bert.logits") == "teacher.features.bert.logits"
+    assert Source.parse("teachers.bert.hidden_states.-1").key == "bert.hidden_states.-1"
+    out = ModelOutput(hidden_states=(torch.zeros(1),), features={"a.logits": torch.ones(1)})
+    assert Source.parse("teacher.features").read(None, out, {}) is out.features
+    assert Source.parse("batch.inputs.attention_mask").read(None, None, {"inputs": {"attention_mask": 3}}) == 3
+
+
 @given(names)
 def test_batch_keys(key):
     source = Source.parse(f"batch.{key}")
@@ -42,7 +52,7 @@ def test_batch_keys(key):
 @pytest.mark.parametrize("path, reason", [
     ("logits", "must start with"), ("student", "must start with"), ("student.logit", "valid forms"),
     ("student.logits.0", "valid forms"), ("teacher.hidden_states.last", "integer layer index"),
-    ("teacher.features", "valid forms"), ("pupil.logits", "must start with")])
+    ("teacher.featurez", "valid forms"), ("pupil.logits", "must start with"), ("teachers.bert", "teachers.<name>")])
 def test_malformed_paths_say_what_is_valid(path, reason):
     with pytest.raises(ValueError, match=reason):
         Source.parse(path)
