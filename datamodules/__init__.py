@@ -3,6 +3,8 @@
 - :mod:`datamodules.text`: causal-LM text (plain documents or prompt/response pairs).
 - :mod:`datamodules.cross_tokenizer`: the same text under a student and a teacher
   tokenizer, with answer masks, byte offsets and ALM chunk alignment.
+- :mod:`datamodules.text_classification`: labelled texts or sentence pairs (CSV/JSONL) for
+  encoders, each teacher with its own tokenizer.
 - :mod:`datamodules.vision`: image classification (ImageFolder, scikit-learn's digits),
   long-tailed subsampling, strong/teacher views, mixup/cutmix.
 - :mod:`datamodules.local_corpus`, :mod:`datamodules.tokenizer_training`: an offline
@@ -21,6 +23,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "datamodules.speech": ["SpeechDataModule", "synthesize_speech_corpus"],
     "datamodules.teacher_cache": ["CachedTeacherDataModule"],
     "datamodules.text": ["TextDataModule"],
+    "datamodules.text_classification": ["TextClassificationDataModule"],
     "datamodules.tokenizer_training": ["train_tokenizer"],
     "datamodules.vision": ["ImageClassificationDataModule"],
     "datamodules.vlm": ["VLMDataModule", "write_digit_vqa"],
