@@ -23,28 +23,11 @@ import time
 
 import lightning as L
 import torch
+from overhead import llama, make_batches  # bench/ is on sys.path when run as a script
 from torch.utils.data import DataLoader
 
 from lit_distill import DistillationModule, Teacher
 from lit_distill.losses import CrossEntropy, ForwardKL, forward_kl
-from lit_distill.models import HFCausalLM
-
-
-def llama(hidden: int, layers: int, vocab: int) -> HFCausalLM:
-    return HFCausalLM(config={"model_type": "llama", "vocab_size": vocab, "hidden_size": hidden,
-                              "intermediate_size": 3 * hidden, "num_hidden_layers": layers,
-                              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512})
-
-
-def make_batches(n: int, batch: int, seq: int, vocab: int) -> list[dict]:
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(0, vocab, (batch, seq), generator=g)
-        labels = torch.cat([ids[:, 1:], torch.full((batch, 1), -100)], dim=1)
-        out.append({"inputs": {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, "labels": labels,
-                    "loss_mask": labels != -100})
-    return out
 
 
 class StepTimer(L.Callback):
@@ -104,7 +87,7 @@ def main() -> None:
         student_logits = student(**inputs).logits
     result = {
         "bench": "bf16_teacher", "device": "cpu", "threads": torch.get_num_threads(),
-        "cpu_bf16": "avx512_bf16/amx" if "bf16" in open("/proc/cpuinfo").read() else "none",
+        "cpu_bf16_flags": sorted({f for f in open("/proc/cpuinfo").read().split() if f in ("avx512_bf16", "amx_bf16")}),
         "s_per_step": {k: statistics.median(v) for k, v in times.items()},
         "step_ratio_bf16_over_fp32": statistics.median(b / f for b, f in zip(times["bfloat16"], times["float32"],
                                                                              strict=True)),

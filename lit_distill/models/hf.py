@@ -189,22 +189,40 @@ def _load_pretrained(path, dtype, trust_remote_code, revision, attn_implementati
 
 
 def _build_from_config(config, vocab_size, pad_token_id, dtype, attn_implementation):
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    return build_from_config(AutoModelForCausalLM, config, "HFCausalLM.config", vocab_size, pad_token_id, dtype,
+                             attn_implementation)
+
+
+def build_from_config(auto_class: Any, config: dict[str, Any], field: str, vocab_size: int | None = None,
+                      pad_token_id: int | None = None, dtype: Any = None, attn_implementation: str | None = None,
+                      **overrides: Any):
+    """A fresh, randomly initialised ``auto_class`` model from architecture fields.
+
+    Args:
+        auto_class: e.g. ``AutoModelForCausalLM``.
+        config: ``model_type`` plus the architecture's fields (consumed).
+        field: the config field, for messages (e.g. ``HFModel.config``).
+        vocab_size: sets the vocabulary (the data's tokenizer) when given.
+        pad_token_id: sets the pad id unless the config has one.
+        dtype: parameter dtype (None: float32).
+        attn_implementation: e.g. ``sdpa`` or ``eager``.
+        overrides: further config fields set whatever the config says (e.g. ``num_labels``).
+    """
+    from transformers import AutoConfig
 
     model_type = config.pop("model_type", None)
     if model_type is None:
-        raise ConfigError("HFCausalLM.config: needs 'model_type' (e.g. llama, qwen2, gpt2)")
+        raise ConfigError(f"{field}: needs 'model_type' (e.g. llama, qwen2, bert)")
     if vocab_size is not None:
         config["vocab_size"] = vocab_size
     if pad_token_id is not None:
         config.setdefault("pad_token_id", pad_token_id)
+    config.update(overrides)
     try:
         hf_config = AutoConfig.for_model(model_type, **config)
     except ValueError as err:
-        raise ConfigError(f"HFCausalLM.config.model_type: {err}") from err
-    kwargs: dict[str, Any] = {}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    return AutoModelForCausalLM.from_config(hf_config, **kwargs)
+        raise ConfigError(f"{field}.model_type: {err}") from err
+    kwargs = {k: v for k, v in (("dtype", dtype), ("attn_implementation", attn_implementation)) if v is not None}
+    return auto_class.from_config(hf_config, **kwargs)

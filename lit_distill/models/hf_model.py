@@ -25,13 +25,12 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-import torch
 from torch import Tensor
 
 from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter, parse_dtype
-from lit_distill.models.hf import copy_tokenizer, load_pretrained_checked
+from lit_distill.models.hf import build_from_config, copy_tokenizer, load_pretrained_checked
 from lit_distill.sources import OutputSpec
 
 Task = Literal["causal-lm", "masked-lm", "sequence-classification", "token-classification", "feature-extraction"]
@@ -94,8 +93,9 @@ class HFModel(ModelAdapter):
                                                   **labels)
             self._check_loaded(vocab_size)
         else:
-            self.module = _build(auto_class, dict(config), task, vocab_size, pad_token_id, num_classes,
-                                 torch_dtype, attn_implementation)
+            labels = {"num_labels": num_classes} if task in _CLASSIFIERS and num_classes is not None else {}
+            self.module = build_from_config(auto_class, dict(config), "HFModel.config", vocab_size, pad_token_id,
+                                            torch_dtype, attn_implementation, **labels)
         self._install_hooks()
 
     def _check_loaded(self, vocab_size: int | None) -> None:
@@ -160,24 +160,3 @@ def mean_pool(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
         return hidden.mean(1)
     weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
-
-
-def _build(auto_class: Any, config: dict[str, Any], task: str, vocab_size: int | None, pad_token_id: int | None,
-           num_classes: int | None, dtype: torch.dtype | None, attn_implementation: str | None):
-    from transformers import AutoConfig
-
-    model_type = config.pop("model_type", None)
-    if model_type is None:
-        raise ConfigError("HFModel.config: needs 'model_type' (e.g. bert, llama, qwen2)")
-    if vocab_size is not None:
-        config["vocab_size"] = vocab_size
-    if pad_token_id is not None:
-        config.setdefault("pad_token_id", pad_token_id)
-    if num_classes is not None and task in _CLASSIFIERS:
-        config["num_labels"] = num_classes
-    try:
-        hf_config = AutoConfig.for_model(model_type, **config)
-    except ValueError as err:
-        raise ConfigError(f"HFModel.config.model_type: {err}") from err
-    kwargs = {k: v for k, v in (("dtype", dtype), ("attn_implementation", attn_implementation)) if v is not None}
-    return auto_class.from_config(hf_config, **kwargs)
