@@ -88,6 +88,16 @@ class DistillationCLI(LightningCLI):
         else:
             self.config = parser.parse_args(args)
 
+    def _dump_config(self) -> None:
+        # Lightning writes the linked values into the dumped config to save the module's
+        # hyperparameters; a student whose every argument is linked or None (a user's
+        # `{class_path: my.Model}`) is dumped without `init_args`, and Lightning then asserts.
+        super()._dump_config()
+        model = self.config_dump.get("model")
+        student = model.get("init_args", {}).get("student") if isinstance(model, dict) else None
+        if isinstance(student, dict) and "class_path" in student:
+            student.setdefault("init_args", {})
+
     def _parse_ckpt_path(self) -> None:
         # Lightning reads the checkpoint's hyperparameters right after parsing; check it first so
         # a bad file gives one line, not a deserialisation traceback.
