@@ -96,7 +96,7 @@ from datamodules.alignment import (
     token_byte_lengths,
 )
 from datamodules.records import Record, RecordsDataModule
-from datamodules.text import IGNORE_INDEX, _special_prefix
+from datamodules.text import IGNORE_INDEX, special_prefix
 from datamodules.tokenizer_training import load_tokenizer
 from lit_distill.errors import ConfigError
 
@@ -120,7 +120,7 @@ class _Side:
                 f"{name}_tokenizer {path!r} has no pad token; set data.init_args.{name}_pad_token "
                 "(e.g. to its EOS token or to a new token like '<pad>')"
             ) from err
-        self.prefix = _special_prefix(self.tok)
+        self.prefix = special_prefix(self.tok)
         self.eos = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
         self.byte_level = is_byte_level(self.tok)
         self.added_ids = set(self.tok.get_added_vocab().values())

@@ -198,10 +198,14 @@ class RecordsDataModule(EpochLoaders, LightningDataModule):
         """The batch collator (subclasses)."""
         raise NotImplementedError
 
-    def setup(self, stage: str | None = None) -> None:
-        """Read and tokenize the data once (cached in memory for all stages)."""
-        if self.train_dataset is not None:
-            return
+    def split_records(self) -> dict[str, tuple[list[Record], str]]:
+        """The records of each split before tokenisation, as :meth:`setup` splits them.
+
+        Returns:
+            ``{"train": (records, where), "val": (records, where)}``; ``where`` names the file or
+            split the records came from, for error messages. Without ``val_path`` the validation
+            records are the seeded ``val_fraction`` split of the training file (document level).
+        """
         hp = self.hparams
         fields = (hp.text_field, hp.prompt_field, hp.response_field)
         train, where = read_records(hp.train_path, hp.format, *fields, "train_path"), repr(hp.train_path)
@@ -216,9 +220,17 @@ class RecordsDataModule(EpochLoaders, LightningDataModule):
         else:
             train, val = split_documents(train, hp.val_fraction, hp.seed)
             val_where = f"the validation split of {where}"
-        self.train_dataset = self._build(train, where, "train")
-        self.val_dataset = self._build(val, val_where, "val")
+        return {"train": (train, where), "val": (val, val_where)}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read and tokenize the data once (cached in memory for all stages)."""
+        if self.train_dataset is not None:
+            return
+        splits = self.split_records()
+        self.train_dataset = self._build(*splits["train"], "train")
+        self.val_dataset = self._build(*splits["val"], "val")
         if n_skipped := sum(self.num_skipped.values()):
+            hp = self.hparams
             rank_zero_warn(f"skipped {n_skipped} prompt/response pair(s) {self.num_skipped} "
                            f"{self.skip_reason.replace('max_length', f'max_length={hp.max_length}')}")
 

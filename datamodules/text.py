@@ -42,7 +42,7 @@ IGNORE_INDEX = -100
 Sample = dict[str, torch.Tensor]  # {"input_ids": LongTensor[n], "labels": LongTensor[n]}
 
 
-def _special_prefix(tok) -> list[int]:
+def special_prefix(tok) -> list[int]:
     """Ids the tokenizer prepends on its own when encoding (e.g. BOS), found by probing."""
     plain = tok("a", add_special_tokens=False)["input_ids"]
     full = tok("a")["input_ids"]
@@ -72,7 +72,7 @@ def encode_records(
 
     A pair is truncated to ``max_length`` and skipped when no response target survives.
     """
-    prefix, eos = _special_prefix(tok), [tok.eos_token_id] if add_eos else []
+    prefix, eos = special_prefix(tok), [tok.eos_token_id] if add_eos else []
     texts = [t for r in records for t in ((r,) if isinstance(r, str) else r)]
     encoded = iter(tok(texts, add_special_tokens=False)["input_ids"]) if texts else iter(())
     seqs, skipped = [], 0

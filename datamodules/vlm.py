@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.checks import check_loader_arguments, read_utf8
 from datamodules.records import EpochLoaders, epoch_loader
-from datamodules.text import IGNORE_INDEX, _special_prefix
+from datamodules.text import IGNORE_INDEX, special_prefix
 from datamodules.tokenizer_training import load_tokenizer
 from lit_distill.errors import ConfigError, MissingPathError
 
@@ -161,7 +161,7 @@ class VLMDataModule(EpochLoaders, LightningDataModule):
 
     def encode_turns(self, turns: list[tuple[str, str]], where: str) -> dict[str, Tensor]:
         """``[(role, text), ...]`` (role ``human``/``gpt``) → ``input_ids`` ``[n]`` and shifted ``labels`` ``[n]``."""
-        ids = list(_special_prefix(self.tokenizer))
+        ids = list(special_prefix(self.tokenizer))
         target = [False] * len(ids)
         tags = 0
         for role, text in turns:

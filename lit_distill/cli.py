@@ -3,7 +3,8 @@
 Lightning subcommands (``fit``, ``validate``, ``test``, ``predict``) take a
 ``--config`` (stackable) naming the model, the data and the trainer; extra
 subcommands: ``export`` (student to its native format), ``quickstart``, ``slurm`` (render an
-sbatch script), ``cache-teacher`` (write the teacher's sparse outputs once) and
+sbatch script), ``cache-teacher`` (write the teacher's sparse outputs once), ``generate``
+(a model answers the data's prompts, as JSONL), ``init-student`` and
 ``tokenize``/``decode`` (audio to a speech codec's token ids and back).
 """
 
@@ -65,6 +66,12 @@ def _decode(args: Sequence[str]) -> None:
     decode_main(args)
 
 
+def _generate(args: Sequence[str]) -> None:
+    from lit_distill.generate import main as generate_main
+
+    generate_main(args)
+
+
 def _init_student(args: Sequence[str]) -> None:
     from lit_distill.models.init_from_teacher import main as init_student_main
 
@@ -73,7 +80,7 @@ def _init_student(args: Sequence[str]) -> None:
 
 COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
     "export": _export, "quickstart": _quickstart, "slurm": _slurm, "cache-teacher": _cache_teacher,
-    "init-student": _init_student,
+    "init-student": _init_student, "generate": _generate,
     "tokenize": _tokenize, "decode": _decode}
 
 

@@ -32,13 +32,14 @@ DESCRIPTION = """lit_distill: knowledge distillation on Lightning.
   python -m lit_distill quickstart            (build data, teacher, distill, compare)
   python -m lit_distill slurm --config A.yaml --nodes 2 --ntasks-per-node 4 --save job.sbatch
   python -m lit_distill cache-teacher --config A.yaml --out CACHE_DIR
+  python -m lit_distill generate --config A.yaml --out DIR   (the teacher answers the data's prompts: JSONL)
   python -m lit_distill init-student --teacher DIR --layers every:2 --out DIR   (student from teacher layers)
   python -m lit_distill tokenize|decode --ckpt CODEC.ckpt --out DIR FILES...   (speech codecs)
 """
 
 # Values a datamodule only knows once it is built (its tokenizer's size and pad
-# id, its number of classes) flow into the student. A link whose source the chosen datamodule lacks, or
-# whose target the chosen student lacks, is skipped, so one CLI serves every modality.
+# id, its number of classes) flow into the student. A link whose source the chosen datamodule lacks is
+# skipped, so one CLI serves every modality; a student takes a linked value by having the argument.
 DATA_TO_STUDENT_LINKS = ("vocab_size", "pad_token_id", "num_classes")
 
 

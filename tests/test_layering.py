@@ -25,7 +25,8 @@ PACKAGES = ("lit_distill", "datamodules", "recipes")
 # Optional modality libraries that importing the core must not load.
 HEAVY = ("transformers", "torchaudio", "vector_quantize_pytorch", "timm", "open_clip", "torchvision")
 # The only lit_distill modules that may import datamodules: commands that build data themselves.
-LEAF_COMMANDS = frozenset({"lit_distill.quickstart", "lit_distill.cache_teacher", "lit_distill.codec_cli"})
+LEAF_COMMANDS = frozenset({"lit_distill.quickstart", "lit_distill.cache_teacher", "lit_distill.codec_cli",
+                           "lit_distill.generate"})
 # Loss modules whose job is a modality library's: they may load it (and nothing else heavy).
 MODALITY_LOSSES = {"lit_distill.losses.audio": {"torchaudio"}}
 
