@@ -69,7 +69,7 @@ MIN_ALPHA_FRACTION = 0.6  # letters + spaces over all characters: rejects code-h
 LICENSES_DIR = Path("/usr/share/common-licenses")
 
 
-def _normalise(text: str) -> str:
+def normalise_document(text: str) -> str:
     """Strip trailing whitespace and collapse blank lines so the document contains none."""
     lines = [line.rstrip() for line in text.strip().splitlines()]
     return "\n".join(line for line in lines if line)
@@ -83,7 +83,7 @@ def _is_prose(text: str) -> bool:
     return alpha / len(text) >= MIN_ALPHA_FRACTION
 
 
-def _public_objects(module) -> Iterator[object]:
+def public_objects(module) -> Iterator[object]:
     """Yield ``module``, its public classes/functions defined in it, and the classes' methods."""
     yield module
     for name, obj in sorted(vars(module).items()):
@@ -115,7 +115,7 @@ def _stdlib_documents() -> Iterator[str]:
                 module = importlib.import_module(module_name)
             except ImportError:
                 continue
-        for obj in _public_objects(module):
+        for obj in public_objects(module):
             doc = inspect.getdoc(obj)
             if doc:
                 yield doc
@@ -150,7 +150,7 @@ def collect_documents(
     total = 0
     for source in sources:
         for raw in source:
-            doc = _normalise(raw)
+            doc = normalise_document(raw)
             if doc in seen or not _is_prose(doc):
                 continue
             if max_chars is not None and total + len(doc) > max_chars:

@@ -183,9 +183,11 @@ def load_pretrained_checked(auto_class: Any, path: str, field: str, example: str
 def _load_pretrained(path, dtype, trust_remote_code, revision, attn_implementation):
     from transformers import AutoModelForCausalLM
 
+    # from_pretrained returns the model in eval mode; a student must train with its dropout, as a
+    # model built from a config does (Lightning keeps submodules' modes). Teacher sets eval itself.
     return load_pretrained_checked(AutoModelForCausalLM, path, "HFCausalLM.path", "Qwen/Qwen2.5-0.5B",
                                    trust_remote_code=trust_remote_code, dtype=dtype, revision=revision,
-                                   attn_implementation=attn_implementation)
+                                   attn_implementation=attn_implementation).train()
 
 
 def _build_from_config(config, vocab_size, pad_token_id, dtype, attn_implementation):

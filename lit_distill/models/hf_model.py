@@ -90,7 +90,7 @@ class HFModel(ModelAdapter):
             self.module = load_pretrained_checked(auto_class, path, "HFModel.path", "bert-base-uncased",
                                                   trust_remote_code=trust_remote_code, dtype=torch_dtype,
                                                   revision=revision, attn_implementation=attn_implementation,
-                                                  **labels)
+                                                  **labels).train()  # from_pretrained gives eval mode: see hf.py
             self._check_loaded(vocab_size)
         else:
             labels = {"num_labels": num_classes} if task in _CLASSIFIERS and num_classes is not None else {}

@@ -96,3 +96,13 @@ def test_a_classifier_distils_with_logit_kd_and_checks_sources_first():
                         enable_model_summary=False, enable_checkpointing=False)
     trainer.fit(module, DataLoader(batches, batch_size=None))
     assert trainer.global_step == 2 and torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_a_loaded_model_trains_with_its_dropout_like_a_fresh_one(tmp_path):
+    fields = {"model_type": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "vocab_size": 50, "hidden_dropout_prob": 0.5}
+    HFModel(task="sequence-classification", config=fields, num_classes=3).export(str(tmp_path))
+    loaded = HFModel(task="sequence-classification", path=str(tmp_path), num_classes=3)
+    assert all(m.training for m in loaded.modules())  # from_pretrained alone returns eval mode
+    ids = torch.randint(0, 50, (2, 6))
+    assert not torch.equal(loaded(input_ids=ids).logits, loaded(input_ids=ids).logits)  # dropout is on
