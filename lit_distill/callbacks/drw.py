@@ -19,10 +19,14 @@ class DeferredReweighting(L.Callback):
         term: name of the :class:`~lit_distill.losses.deit.DeiTHardDistillation` term.
         start_epoch: first epoch (0-based) that is re-weighted (DeiT-LT CIFAR: 1100 of 1200).
         beta: effective-number β (DeiT-LT: 0.9999).
+        stop_mixing: also switch mixup/cutmix off from ``start_epoch`` on, as DeiT-LT's scripts do
+            (``--no-mixup-drw``): the re-weighted phase trains on clean images, whose teacher labels
+            agree with the gold label (the datamodule's ``set_mixing``).
     """
 
-    def __init__(self, term: str = "dist", start_epoch: int = 0, beta: float = 0.9999) -> None:
-        self.term, self.start_epoch, self.beta = term, start_epoch, beta
+    def __init__(self, term: str = "dist", start_epoch: int = 0, beta: float = 0.9999,
+                 stop_mixing: bool = False) -> None:
+        self.term, self.start_epoch, self.beta, self.stop_mixing = term, start_epoch, beta, stop_mixing
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         losses = getattr(pl_module, "losses", {})
@@ -30,7 +34,14 @@ class DeferredReweighting(L.Callback):
         if not isinstance(term, DeiTHardDistillation):
             raise ConfigError(f"DeferredReweighting.term: no DeiTHardDistillation term named "
                               f"'{self.term}' in model.init_args.losses (terms: {sorted(losses)})")
-        if trainer.current_epoch < self.start_epoch:
+        deferred = trainer.current_epoch >= self.start_epoch
+        if self.stop_mixing:
+            set_mixing = getattr(trainer.datamodule, "set_mixing", None)
+            if set_mixing is None:
+                raise ConfigError("DeferredReweighting.stop_mixing: the datamodule cannot switch mixing off "
+                                  "(no set_mixing; use datamodules.ImageClassificationDataModule)")
+            set_mixing(not deferred)  # a function of the epoch: a resumed run gets it back
+        if not deferred:
             term.class_weight = None
             return
         counts = getattr(trainer.datamodule, "class_counts", None)

@@ -349,3 +349,39 @@ def test_randaugment_posterize_to_zero_bits_does_not_crash(digits):
     plain = make_dm(augment="strong", randaugment="rand-m1-n4-mstd0.5")  # 'Posterize' at low levels
     for i in range(200):
         assert plain.train_dataset[i % len(plain.train_dataset)][0].shape == (3, 32, 32)
+
+
+def test_set_mixing_switches_soft_labels_off_and_back(digits):
+    dm = make_dm(mixup_alpha=0.8, augment="none")
+    assert "soft_labels" in next(iter(dm.train_dataloader()))
+    dm.set_mixing(False)
+    batch = next(iter(dm.train_dataloader()))
+    assert "soft_labels" not in batch and batch["labels"].dtype == torch.long
+    dm.set_mixing(True)
+    assert "soft_labels" in next(iter(dm.train_dataloader()))
+
+
+def test_set_mixing_is_refused_when_workers_hold_the_collate(digits):
+    dm = make_dm(mixup_alpha=0.8, augment="none", num_workers=1)
+    dm.train_dataloader()
+    with pytest.raises(ConfigError, match="num_workers: 0"):
+        dm.set_mixing(False)
+
+
+def test_affine_policy_moves_digits_without_inverting_them(digits):
+    torch.manual_seed(0)
+    dm = make_dm(augment="strong", strong_policy="affine", crop_padding=0, shuffle=False)
+    clean = make_dm(augment="none", shuffle=False)
+    strong = torch.stack([dm.train_dataset[i][0] for i in range(32)])
+    plain = torch.stack([clean.train_dataset[i][0] for i in range(32)])
+    assert not torch.allclose(strong, plain)  # geometry changed
+    # no photometric op: the background (the most common value of each image) stays the clean one
+    assert torch.allclose(strong.flatten(1).mode(1).values, plain.flatten(1).mode(1).values)
+
+
+def test_random_erasing_touches_the_student_view_only(digits):
+    torch.manual_seed(0)
+    dm = make_dm(augment="none", random_erasing=1.0, shuffle=False)
+    clean = make_dm(augment="none", shuffle=False)
+    assert all(not torch.equal(dm.train_dataset[i][0], clean.train_dataset[i][0]) for i in range(8))
+    assert all(torch.equal(dm.val_dataset[i][0], clean.val_dataset[i][0]) for i in range(8))

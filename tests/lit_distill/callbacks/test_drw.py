@@ -65,3 +65,31 @@ def test_weights_switch_on_at_the_start_epoch():
 def test_a_missing_term_is_named():
     with pytest.raises(ConfigError, match="no DeiTHardDistillation term named 'nope'"):
         fit(DeferredReweighting(term="nope"))
+
+
+class MixingData(Data):
+    """Records what DeferredReweighting asks of its mixing, per epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.mixing = []
+
+    def set_mixing(self, enabled):
+        self.mixing.append(enabled)
+
+
+def test_stop_mixing_switches_mixing_off_from_the_start_epoch():
+    data = MixingData()
+    torch.manual_seed(0)
+    module = DistillationModule(student=TwoHeads(), teacher=nn.Linear(4, 3),
+                                losses={"ce": CrossEntropy(weight=0.5), "dist": DeiTHardDistillation()})
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False,
+                        callbacks=[DeferredReweighting(term="dist", start_epoch=2, stop_mixing=True)])
+    trainer.fit(module, datamodule=data)
+    assert data.mixing == [True, True, False]
+
+
+def test_stop_mixing_needs_a_datamodule_that_can():
+    with pytest.raises(ConfigError, match="stop_mixing"):
+        fit(DeferredReweighting(term="dist", stop_mixing=True))
