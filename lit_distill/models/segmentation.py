@@ -28,7 +28,13 @@ from lit_distill.sources import OutputSpec
 __all__ = ["TimmSegmentation", "TorchvisionSegmentation", "widen_input_stem"]
 
 
-def widen_input_stem(model: nn.Module, extra_channels: int = 1, init_std: float = 1e-3,
+# LAD's authors draw the label channel's stem weights as 0.1 * randn (their train script); at the
+# label scale of 100 they feed, a small std such as 1e-3 gives those weights relative gradients
+# thousands of times the authors' (issue 14).
+LABEL_CHANNEL_INIT_STD = 0.1
+
+
+def widen_input_stem(model: nn.Module, extra_channels: int = 1, init_std: float = LABEL_CHANNEL_INIT_STD,
                      in_channels: int = 3) -> str:
     """Give the model's first convolution ``extra_channels`` more input channels, in place.
 
@@ -77,8 +83,11 @@ class _SegmentationAdapter(ModelAdapter):
     config_file: str = "segmentation_config.json"
 
     def _finish(self, extra_input_channels: int, extra_channel_init_std: float,
-                checkpoint: str | None) -> None:
+                checkpoint: str | None, init_from: str | None = None) -> None:
         self.stem_path: str | None = None
+        if init_from is not None:  # the RGB model's weights first: the widened stem keeps them
+            field = f"{type(self).__name__}.init_from"
+            load_checked(self.module, read_state_dict(init_from, field), field, init_from)
         if extra_input_channels:
             self.stem_path = widen_input_stem(self.module, extra_input_channels, extra_channel_init_std)
         if checkpoint is not None:
@@ -115,14 +124,19 @@ class TorchvisionSegmentation(_SegmentationAdapter):
             (see ``torchvision.models.list_models(module=torchvision.models.segmentation)``).
         num_classes: number of classes (background included).
         extra_input_channels: input channels added to the stem (LAD's teacher: 1).
-        extra_channel_init_std: standard deviation of the added channels' initial weights.
+        extra_channel_init_std: standard deviation of the added channels' initial weights (LAD's
+            authors: 0.1).
+        init_from: a state-dict file of the same model *without* the extra channels (e.g. the exported
+            no-KD baseline), loaded before the stem is widened: LAD fine-tunes its teacher and student
+            from a trained baseline. ``checkpoint`` (this widened model's own weights) loads after.
         checkpoint: local state-dict file loaded after the model is built (and widened).
         model_kwargs: further keyword arguments of the builder.
         hooks: module paths whose outputs are recorded as features.
     """
 
     def __init__(self, name: str, num_classes: int = 21, extra_input_channels: int = 0,
-                 extra_channel_init_std: float = 1e-3, checkpoint: str | None = None,
+                 extra_channel_init_std: float = LABEL_CHANNEL_INIT_STD, checkpoint: str | None = None,
+                 init_from: str | None = None,
                  model_kwargs: dict | None = None, hooks: list[str] | None = None) -> None:
         super().__init__(hooks)
         from torchvision.models import get_model, list_models, segmentation
@@ -145,7 +159,7 @@ class TorchvisionSegmentation(_SegmentationAdapter):
         self.num_classes = num_classes
         self.config = {"name": name, "num_classes": num_classes, "extra_input_channels": extra_input_channels,
                        "model_kwargs": dict(model_kwargs or {})}
-        self._finish(extra_input_channels, extra_channel_init_std, checkpoint)
+        self._finish(extra_input_channels, extra_channel_init_std, checkpoint, init_from)
 
     def run(self, pixel_values: Tensor) -> ModelOutput:
         return ModelOutput(logits=self.module(pixel_values)["out"])
@@ -193,7 +207,11 @@ class TimmSegmentation(_SegmentationAdapter):
         head_channels: width of the head.
         pretrained: load timm's pretrained backbone weights (needs them cached locally).
         extra_input_channels: input channels added to the stem (LAD's teacher: 1).
-        extra_channel_init_std: standard deviation of the added channels' initial weights.
+        extra_channel_init_std: standard deviation of the added channels' initial weights (LAD's
+            authors: 0.1).
+        init_from: a state-dict file of the same model *without* the extra channels (e.g. the exported
+            no-KD baseline), loaded before the stem is widened: LAD fine-tunes its teacher and student
+            from a trained baseline. ``checkpoint`` (this widened model's own weights) loads after.
         checkpoint: local state-dict file (of this whole model) loaded after it is built.
         model_kwargs: further keyword arguments of ``timm.create_model``.
         hooks: module paths whose outputs are recorded as features.
@@ -201,7 +219,8 @@ class TimmSegmentation(_SegmentationAdapter):
 
     def __init__(self, name: str, num_classes: int = 21, out_indices: list[int] | None = None,
                  head_channels: int = 64, pretrained: bool = False, extra_input_channels: int = 0,
-                 extra_channel_init_std: float = 1e-3, checkpoint: str | None = None,
+                 extra_channel_init_std: float = LABEL_CHANNEL_INIT_STD, checkpoint: str | None = None,
+                 init_from: str | None = None,
                  model_kwargs: dict | None = None, hooks: list[str] | None = None) -> None:
         super().__init__(hooks)
         import timm
@@ -224,7 +243,7 @@ class TimmSegmentation(_SegmentationAdapter):
         self.config = {"name": name, "num_classes": num_classes, "out_indices": indices,
                        "head_channels": head_channels, "extra_input_channels": extra_input_channels,
                        "model_kwargs": dict(model_kwargs or {})}
-        self._finish(extra_input_channels, extra_channel_init_std, checkpoint)
+        self._finish(extra_input_channels, extra_channel_init_std, checkpoint, init_from)
 
     def run(self, pixel_values: Tensor) -> ModelOutput:
         return ModelOutput(logits=self.module(pixel_values))

@@ -94,3 +94,24 @@ def test_bad_arguments():
         TimmSegmentation("not_a_model", num_classes=3)
     with pytest.raises(ConfigError, match="extra_input_channels"):
         widen_input_stem(nn.Sequential(nn.Conv2d(1, 2, 3)), 1)
+
+
+def test_init_from_a_baseline_keeps_its_weights_and_widens_with_the_authors_std(tmp_path):
+    torch.manual_seed(0)
+    baseline = TimmSegmentation("test_resnet", num_classes=4, head_channels=8).eval()
+    baseline.export(str(tmp_path))
+    torch.manual_seed(1)  # another init: everything but the new channel must come from the baseline
+    teacher = TimmSegmentation("test_resnet", num_classes=4, head_channels=8, extra_input_channels=1,
+                               init_from=str(tmp_path / "model_state_dict.pt")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(pixel_values=torch.cat([x, torch.zeros(2, 1, 32, 32)], 1)).logits,
+                                   baseline(pixel_values=x).logits, rtol=0, atol=0)
+    extra = teacher.module.get_submodule(teacher.stem_path).weight[:, 3]
+    assert extra.std().item() == pytest.approx(0.1, rel=0.35)  # LAD's 0.1 * randn
+    student = TimmSegmentation("test_resnet", num_classes=4, head_channels=8,
+                               init_from=str(tmp_path / "model_state_dict.pt")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(student(pixel_values=x).logits, baseline(pixel_values=x).logits, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="TimmSegmentation.init_from"):
+        TimmSegmentation("test_resnet", num_classes=5, head_channels=8, init_from=str(tmp_path / "model_state_dict.pt"))
