@@ -6,6 +6,7 @@ Names are imported from their module on first use (:mod:`lit_distill.lazy_export
 from lit_distill.lazy_exports import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "lit_distill.callbacks.class_prior": ["ClassPriorFromData"],
     "lit_distill.callbacks.codec_metrics": ["CodecMetrics"],
     "lit_distill.callbacks.drw": ["DeferredReweighting"],
     "lit_distill.callbacks.gradient_share": ["GradientShare"],

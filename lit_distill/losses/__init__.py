@@ -11,6 +11,8 @@ one module per family; the ``LossTerm`` classes wrap them for YAML.
   matching over byte-aligned chunks (``alm`` and the ``ALM`` term).
 - :mod:`lit_distill.losses.deit`: DeiT/DeiT-LT distillation through a distillation
   token, and DeiT-LT's effective-number class weights.
+- :mod:`lit_distill.losses.long_tail`: logit-adjusted cross-entropy (balanced softmax) for
+  long-tail-aware teachers.
 - :mod:`lit_distill.losses.feature`: ``FeatureMSE``, intermediate features (hidden states,
   feature maps) through a learned projector when the widths differ.
 - :mod:`lit_distill.losses.relation`: TRG, token-level relationship graphs between
@@ -44,6 +46,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
         "waveform_l1",
     ],
     "lit_distill.losses.cross_tokenizer": ["ULD", "uld"],
+    "lit_distill.losses.long_tail": ["LogitAdjustedCrossEntropy", "log_prior", "logit_adjusted_cross_entropy"],
     "lit_distill.losses.deit": ["DeiTHardDistillation", "deit_hard_distillation", "effective_number_weights"],
     "lit_distill.losses.divergences": [
         "forward_kl",

@@ -169,7 +169,9 @@ class CrossEntropy(LossTerm):
     """Supervised cross-entropy of the student against ``batch.labels``, mean over valid labels.
 
     When the batch carries ``soft_labels`` (mixup/cutmix targets ``[B, C]``, rows summing to 1),
-    the cross-entropy is taken against them instead: mean over samples of −Σ_c y_c log q_c.
+    the cross-entropy is taken against them instead: mean over samples of −Σ_c y_c log q_c, with
+    ``label_smoothing`` ε applied to the mixed targets as timm's mixup does for DeiT:
+    y ← (1 − ε)·y + ε/C.
 
     Args:
         ignore_index: label value that does not count.
@@ -191,8 +193,21 @@ class CrossEntropy(LossTerm):
         """Args: logits ``[..., C]``; labels ``[...]`` integer; soft_labels ``[..., C]`` (optional,
         used instead of ``labels``). Returns a 0-dim float32 tensor."""
         if soft_labels is not None:
-            return -(soft_labels.float() * torch.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+            return soft_cross_entropy(logits, soft_labels, self.label_smoothing)
         return cross_entropy(logits, labels, self.ignore_index, self.label_smoothing)
+
+
+def soft_cross_entropy(logits: Tensor, soft_labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Mean over samples of −Σ_c y_c log softmax(logits)_c, y smoothed by ε = ``label_smoothing``.
+
+    Args:
+        logits: ``[..., C]``.
+        soft_labels: ``[..., C]``, rows summing to 1 (e.g. mixup targets).
+    """
+    targets = soft_labels.float()
+    if label_smoothing:
+        targets = (1 - label_smoothing) * targets + label_smoothing / targets.shape[-1]
+    return -(targets * torch.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
 
 
 def cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = -100,

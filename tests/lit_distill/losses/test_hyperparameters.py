@@ -69,6 +69,9 @@ def logits_pair(vocab_student: int = 7, vocab_teacher: int = 7) -> dict[str, Any
             "teacher_logits": torch.randn(2, 3, vocab_teacher, generator=g), "mask": mask}
 
 
+CLASS_COUNTS = [50, 20, 9, 4, 2]
+
+
 def classification() -> dict[str, Any]:
     return {"logits": torch.randn(6, 5, generator=generator()), "labels": torch.tensor([0, 1, 2, 3, 4, 0])}
 
@@ -159,6 +162,9 @@ EXAMPLES: dict[str, Example] = {
                     {"t_start": 0.9, "t_end": 0.45, "alpha": 0.5, "beta": 0.0}, {"chunk_size": 2},
                     probe=taid_after_updates),
     "CrossEntropy": Example({}, classification, {"ignore_index": 0, "label_smoothing": 0.1}),
+    "LogitAdjustedCrossEntropy": Example({"class_counts": CLASS_COUNTS}, classification,
+                                         {"ignore_index": 0, "label_smoothing": 0.1, "tau": 0.5,
+                                          "class_counts": CLASS_COUNTS[::-1]}),
     "DeiTHardDistillation": Example({}, lambda: {"dist_logits": torch.randn(4, 5, generator=generator()),
                                                  "teacher_logits": torch.randn(4, 5)}),
     "ALM": Example({}, alm_inputs, {"tau": 5.0, "eps": 0.01}),
