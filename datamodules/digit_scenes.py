@@ -1,13 +1,18 @@
 """Synthetic scenes of real digits: images, per-pixel masks and object lists, seeded.
 
 Scikit-learn's digits (1,797 real 8x8 handwritten digits, shipped with the library)
-are upsampled and pasted, without overlap, onto a coloured noisy canvas. A scene
+are upsampled and pasted, without overlap by default, onto a coloured noisy canvas. A scene
 gives what several datamodules need from one generator: a segmentation mask
 (background 0, digit ``d`` is class ``d + 1``) and the list of placed objects
 (digit, box) from which questions and answers are written.
 
 The digit images are split once (seeded) into a train and a held-out pool, so
 held-out scenes are made of handwriting never seen in training.
+
+Harder scenes, where telling which strokes belong together (grouping) matters: ``max_overlap``
+lets digits overlap (later ones drawn on top), ``contrast`` draws each digit's colour close to
+the background's, and ``clutter`` pastes digit fragments that belong to the background class.
+With the defaults the scenes are exactly the original ones (same random stream).
 
 Example::
 
@@ -105,9 +110,17 @@ def _random_color(gen: torch.Generator, low: float, high: float) -> Tensor:
     return low + (high - low) * torch.rand(3, generator=gen)
 
 
+def _overlap(a: tuple[int, int, int], b: tuple[int, int, int]) -> int:
+    """Area shared by two square boxes ``(top, left, size)``."""
+    rows = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    cols = min(a[1] + a[2], b[1] + b[2]) - max(a[1], b[1])
+    return max(rows, 0) * max(cols, 0)
+
+
 def _place_boxes(gen: torch.Generator, count: int, canvas_size: int, digit_size: tuple[int, int],
-                 max_tries: int) -> list[tuple[int, int, int]]:
-    """Up to ``count`` non-overlapping square boxes ``(top, left, size)``."""
+                 max_tries: int, max_overlap: float = 0.0) -> list[tuple[int, int, int]]:
+    """Up to ``count`` square boxes ``(top, left, size)``, each sharing at most ``max_overlap``
+    of its area with every earlier box (0: disjoint boxes)."""
     boxes: list[tuple[int, int, int]] = []
     for _ in range(max_tries):
         if len(boxes) == count:
@@ -115,15 +128,58 @@ def _place_boxes(gen: torch.Generator, count: int, canvas_size: int, digit_size:
         size = int(torch.randint(digit_size[0], digit_size[1] + 1, (1,), generator=gen))
         top = int(torch.randint(0, canvas_size - size + 1, (1,), generator=gen))
         left = int(torch.randint(0, canvas_size - size + 1, (1,), generator=gen))
-        if all(top + size <= t or t + s <= top or left + size <= lf or lf + s <= left for t, lf, s in boxes):
-            boxes.append((top, left, size))
+        box = (top, left, size)
+        if all(_overlap(box, other) <= max_overlap * min(size, other[2]) ** 2 for other in boxes):
+            boxes.append(box)
     return boxes
+
+
+def _digit_color(generator: torch.Generator, background: Tensor, contrast: tuple[float, float] | None) -> Tensor:
+    """A glyph colour ``[3]``: bright (0.55-1) by default, else ``background`` moved by ``c ~ U(contrast)``
+    along a random direction (largest channel change exactly ``c``; a channel that would leave
+    [0, 1] moves the other way)."""
+    if contrast is None:
+        return _random_color(generator, 0.55, 1.0)
+    c = contrast[0] + (contrast[1] - contrast[0]) * float(torch.rand((), generator=generator))
+    direction = torch.rand(3, generator=generator) * 2 - 1
+    delta = direction / direction.abs().max().clamp_min(1e-6) * c
+    delta = torch.where(((background + delta) < 0) | ((background + delta) > 1), -delta, delta)
+    return (background + delta).clamp(0, 1)
+
+
+def _glyph(pool: DigitPool, generator: torch.Generator, size: int) -> tuple[int, Tensor]:
+    """A random digit of the pool upsampled to ``[size, size]`` in [0, 1], with its class."""
+    index = int(torch.randint(0, len(pool.labels), (1,), generator=generator))
+    glyph = F.interpolate(pool.images[index][None, None], size=(size, size), mode="bilinear",
+                          align_corners=False)[0, 0].clamp(0, 1)
+    return int(pool.labels[index]), glyph
+
+
+def _paste_clutter(image: Tensor, pool: DigitPool, generator: torch.Generator, count: int,
+                   digit_size: tuple[int, int], background: Tensor, contrast: tuple[float, float] | None) -> None:
+    """Paint ``count`` digit fragments (one random half of a glyph: top, bottom, left or right) in
+    place; they stay background in the mask, so only their shape tells them from digits."""
+    canvas_size = image.shape[-1]
+    for _ in range(count):
+        size = int(torch.randint(digit_size[0], digit_size[1] + 1, (1,), generator=generator))
+        _, glyph = _glyph(pool, generator, size)
+        half, side = size // 2, int(torch.randint(0, 4, (1,), generator=generator))
+        keep = torch.zeros_like(glyph)
+        (keep[:half] if side == 0 else keep[half:] if side == 1 else keep[:, :half] if side == 2
+         else keep[:, half:]).fill_(1.0)
+        glyph = glyph * keep
+        top = int(torch.randint(0, canvas_size - size + 1, (1,), generator=generator))
+        left = int(torch.randint(0, canvas_size - size + 1, (1,), generator=generator))
+        color = _digit_color(generator, background, contrast)
+        region = image[:, top:top + size, left:left + size]
+        image[:, top:top + size, left:left + size] = region * (1 - glyph) + color[:, None, None] * glyph
 
 
 def compose_scene(pool: DigitPool, generator: torch.Generator, canvas_size: int = 64,
                   num_digits: tuple[int, int] = (1, 4), digit_size: tuple[int, int] = (16, 28),
-                  noise_std: float = 0.05, max_tries: int = 200) -> Scene:
-    """Compose one scene: 1..k non-overlapping digits on a dark, noisy, coloured canvas.
+                  noise_std: float = 0.05, max_tries: int = 200, max_overlap: float = 0.0,
+                  contrast: tuple[float, float] | None = None, clutter: int = 0) -> Scene:
+    """Compose one scene: 1..k digits (non-overlapping by default) on a dark, noisy, coloured canvas.
 
     Args:
         pool: digit images to draw from.
@@ -133,23 +189,33 @@ def compose_scene(pool: DigitPool, generator: torch.Generator, canvas_size: int 
         digit_size: inclusive range of the side of each digit's box in pixels.
         noise_std: standard deviation of the Gaussian pixel noise.
         max_tries: box placements to try before settling for fewer digits.
+        max_overlap: largest share of the smaller box's area two digit boxes may have in
+            common (0: disjoint). A later digit is drawn over an earlier one, in the image and
+            in the mask.
+        contrast: range of the glyph-to-background colour change (largest channel); None: bright
+            glyphs (0.55-1 per channel) on the dark canvas.
+        clutter: digit fragments (half glyphs) painted before the digits and labelled background.
     """
     lo, hi = num_digits
     if not 1 <= lo <= hi:
         raise ConfigError(f"num_digits: need 1 <= min <= max, got {num_digits}")
     if not 4 <= digit_size[0] <= digit_size[1] <= canvas_size:
         raise ConfigError(f"digit_size: need 4 <= min <= max <= canvas_size ({canvas_size}), got {digit_size}")
+    if not 0.0 <= max_overlap <= 1.0:
+        raise ConfigError(f"max_overlap: must be in [0, 1], got {max_overlap}")
+    if contrast is not None and not 0.0 < contrast[0] <= contrast[1] <= 0.5:
+        raise ConfigError(f"contrast: need 0 < min <= max <= 0.5, got {list(contrast)}")
+    if clutter < 0:
+        raise ConfigError(f"clutter: must be >= 0, got {clutter}")
     count = int(torch.randint(lo, hi + 1, (1,), generator=generator))
     background = _random_color(generator, 0.0, 0.35)
     image = background[:, None, None].expand(3, canvas_size, canvas_size).clone()
     mask = torch.zeros(canvas_size, canvas_size, dtype=torch.long)
     objects = []
-    for top, left, size in _place_boxes(generator, count, canvas_size, digit_size, max_tries):
-        index = int(torch.randint(0, len(pool.labels), (1,), generator=generator))
-        digit = int(pool.labels[index])
-        glyph = F.interpolate(pool.images[index][None, None], size=(size, size), mode="bilinear",
-                              align_corners=False)[0, 0].clamp(0, 1)  # [size, size]
-        color = _random_color(generator, 0.55, 1.0)
+    _paste_clutter(image, pool, generator, clutter, digit_size, background, contrast)
+    for top, left, size in _place_boxes(generator, count, canvas_size, digit_size, max_tries, max_overlap):
+        digit, glyph = _glyph(pool, generator, size)  # glyph [size, size]
+        color = _digit_color(generator, background, contrast)
         region = image[:, top:top + size, left:left + size]
         image[:, top:top + size, left:left + size] = region * (1 - glyph) + color[:, None, None] * glyph
         mask[top:top + size, left:left + size][glyph > MASK_THRESHOLD] = digit + 1

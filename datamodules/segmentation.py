@@ -252,6 +252,11 @@ class SegmentationDataModule(EpochLoaders, LightningDataModule):
         scene_seed: seed of the generated scenes (validation uses ``scene_seed + 1``).
         num_digits: inclusive range of digits per scene.
         digit_size: inclusive range of a digit's box side in pixels.
+        max_overlap: how much digit boxes may overlap (share of the smaller box; 0: disjoint).
+        contrast: glyph-to-background colour change range (e.g. ``[0.1, 0.25]``: low contrast);
+            None: bright digits on a dark canvas.
+        clutter: digit fragments per scene labelled background.
+        noise_std: Gaussian pixel noise of the generated scenes.
         augment: ``scale_crop`` (joint random scale, pad and crop; flip if ``hflip``) or ``none``.
         scale_range: range of the random scale factor.
         hflip: joint random horizontal flips (off: mirrored digits are not digits).
@@ -262,7 +267,8 @@ class SegmentationDataModule(EpochLoaders, LightningDataModule):
         label_views: independently noised label channels per image (2 = LAD's dual path).
         label_input: the side whose inputs carry the channel: ``teacher`` (distillation) or
             ``student`` (the label-assisted teacher is itself being trained).
-        label_scale: multiplier of the label channel (the reference's 100).
+        label_scale: multiplier of the label channel (the reference's 100; 0 feeds a channel of
+            zeros, e.g. a LAD teacher with its label taken away).
         mean: per-channel (RGB) normalisation mean.
         std: per-channel (RGB) normalisation std.
         batch_size: images per batch (per process).
@@ -282,6 +288,10 @@ class SegmentationDataModule(EpochLoaders, LightningDataModule):
         scene_seed: int = 0,
         num_digits: tuple[int, int] = (1, 4),
         digit_size: tuple[int, int] = (16, 28),
+        max_overlap: float = 0.0,
+        contrast: tuple[float, float] | None = None,
+        clutter: int = 0,
+        noise_std: float = 0.05,
         augment: Literal["none", "scale_crop"] = "scale_crop",
         scale_range: tuple[float, float] = (0.75, 1.25),
         hflip: bool = False,
@@ -369,7 +379,9 @@ class SegmentationDataModule(EpochLoaders, LightningDataModule):
 
         hp = self.hparams
         kwargs = {"canvas_size": hp.image_size, "num_digits": tuple(hp.num_digits),
-                  "digit_size": tuple(hp.digit_size)}
+                  "digit_size": tuple(hp.digit_size), "max_overlap": hp.max_overlap,
+                  "contrast": None if hp.contrast is None else tuple(hp.contrast), "clutter": hp.clutter,
+                  "noise_std": hp.noise_std}
         train = make_scenes(hp.train_scenes, digit_pool("train"), hp.scene_seed, **kwargs)
         val = make_scenes(hp.val_scenes, digit_pool("val"), hp.scene_seed + 1, **kwargs)
         return [(s.image, s.mask) for s in train], [(s.image, s.mask) for s in val]

@@ -65,3 +65,38 @@ def test_mask_marks_bright_glyph_pixels(pool):
 def test_bad_arguments_are_config_errors(pool, kwargs):
     with pytest.raises(ConfigError):
         compose_scene(pool, torch.Generator().manual_seed(0), **kwargs)
+
+
+def test_overlap_contrast_and_clutter_make_harder_scenes(pool):
+    kwargs = {"canvas_size": 48, "digit_size": (12, 21), "num_digits": (3, 4)}
+    easy = make_scenes(40, pool, seed=5, **kwargs)
+    hard = make_scenes(40, pool, seed=5, max_overlap=0.5, contrast=(0.1, 0.2), clutter=2, noise_std=0.0, **kwargs)
+
+    def overlapping(scene):
+        boxes = [(o.top, o.left, o.size) for o in scene.objects]
+        return any(min(a[0] + a[2], b[0] + b[2]) > max(a[0], b[0]) and min(a[1] + a[2], b[1] + b[2]) > max(a[1], b[1])
+                   for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+    assert not any(overlapping(s) for s in easy) and sum(overlapping(s) for s in hard) >= 10
+    for scene in hard:
+        background = scene.image[:, scene.mask == 0]
+        if (scene.mask > 0).any():  # glyph pixels differ from the background by at most the contrast
+            step = (scene.image[:, scene.mask > 0] - background.median(1).values[:, None]).abs().amax(0)
+            assert step.max() <= 0.2 + 1e-5
+    # clutter: fragments painted but labelled background, so the background is not one colour
+    unlabelled_strokes = sum(bool((s.image[:, s.mask == 0].std(1) > 0.01).any()) for s in hard)
+    assert unlabelled_strokes >= 30
+
+
+def test_a_later_digit_covers_an_earlier_one_in_the_mask(pool):
+    for scene in make_scenes(60, pool, seed=2, num_digits=(4, 4), max_overlap=1.0):
+        last = scene.objects[-1]
+        box = scene.mask[last.top:last.top + last.size, last.left:last.left + last.size]
+        assert (box == last.digit + 1).any()
+
+
+@pytest.mark.parametrize("kwargs", [{"max_overlap": 1.5}, {"contrast": (0.0, 0.2)}, {"contrast": (0.3, 0.2)},
+                                    {"clutter": -1}])
+def test_bad_hard_scene_arguments_are_config_errors(pool, kwargs):
+    with pytest.raises(ConfigError, match=next(iter(kwargs))):
+        compose_scene(pool, torch.Generator().manual_seed(0), **kwargs)
