@@ -8,6 +8,9 @@ The recipe as LAD's authors run it, at this machine's scale (``configs/segmentat
    0.1·randn), fine-tuned from the baseline (``init_from``) with the dual path
    (``test-resnet-lad_teacher_digit-scenes.yaml``), seed 0, exported. ``LabelChannelCheck``
    logs its held-out mIoU with the fixed label encoding fed and with the channel zeroed.
+   ``--teacher-encoding``: the authors train it with random label encodings (``random``); here
+   every such teacher ignored its label (docs/experiments/lad.md), so the default trains it with
+   the fixed encoding it is distilled with (``fixed``).
 3. Students, every arm fine-tuned from the same baseline with the same steps, optimiser and
    data (``test-resnet_from_test-resnet-lad_digit-scenes.yaml``): ``ce`` (no teacher),
    ``lad`` (CE + 3·CWD at T = 4 from the teacher fed the fixed label encoding) and
@@ -76,10 +79,46 @@ def baseline(ns) -> RunResult:
 
 def teacher(ns, init: str) -> RunResult:
     name = f"lad_teacher_{ns.teacher_optimizer}_lr{ns.teacher_lr:g}_scale{ns.label_scale:g}_{ns.teacher_steps}steps"
+    name += "" if ns.teacher_encoding == "random" else f"_{ns.teacher_encoding}"
     overrides = [*schedule(ns.teacher_steps, ns.teacher_steps), optimizer(ns.teacher_optimizer, ns.teacher_lr),
                  f"--model.init_args.student.init_args.model.init_args.init_from={init}",
                  f"--data.init_args.label_scale={ns.label_scale:g}", *QUIET, *ns.extra]
+    if ns.teacher_encoding != "random":
+        overrides.append(f"--data.init_args.label_encoding={ns.teacher_encoding}")
     return launch([Run(name, [TEACHER], overrides, group="teacher", export=True)], ns.work, workers=1, cwd=REPO)[0]
+
+
+def stem_label_share(init: str, scales: list[float], images: int = 64) -> dict[str, float]:
+    """Share of the widened stem's output variance that comes from the label channel, per label scale.
+
+    The baseline's weights widened as the LAD teacher starts (new channel 0.1·randn, seed 0), on
+    ``images`` held-out scenes with a random label encoding: ``var(W_label * ℓ) / (var(W_rgb * x) +
+    var(W_label * ℓ))`` over the stem convolution's outputs (bias left out). No training.
+    """
+    import torch
+
+    from datamodules.segmentation import SegmentationDataModule, label_encoding
+    from lit_distill.models.segmentation import TimmSegmentation
+
+    config = {k: v for k, v in __import__("yaml").safe_load(Path(REPO / BASELINE).read_text())["data"]["init_args"].items()
+              if k != "source"}
+    dm = SegmentationDataModule(source="digit_scenes", **{**config, "val_scenes": images, "batch_size": images})
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    rgb, masks = batch["inputs"]["pixel_values"], batch["labels"]  # [B, 3, H, W], [B, H, W]
+    torch.manual_seed(0)
+    model = TimmSegmentation("test_resnet", num_classes=11, out_indices=[1, 2, 4], head_channels=32,
+                             extra_input_channels=1, init_from=init)
+    conv = model.module.get_submodule(model.stem_path)
+    shares = {}
+    with torch.no_grad():
+        rgb_part = torch.nn.functional.conv2d(rgb, conv.weight[:, :3], None, conv.stride, conv.padding)
+        for scale in scales:
+            g = torch.Generator().manual_seed(0)
+            label = torch.stack([label_encoding(m, 11, "random", scale=scale, generator=g) for m in masks])[:, None]
+            label_part = torch.nn.functional.conv2d(label, conv.weight[:, 3:], None, conv.stride, conv.padding)
+            shares[f"{scale:g}"] = float(label_part.var() / (rgb_part.var() + label_part.var()))
+    return shares
 
 
 def teacher_check(result: RunResult) -> dict[str, float]:
@@ -134,6 +173,9 @@ def write_report(out: Path, result: dict, command: str) -> None:
              "`lad.json`. Method, configs and stages: the script's docstring.\n",
              f"Baseline (no KD, from scratch, {result['config']['baseline_steps']} steps, seed 0): mIoU "
              f"{result['baseline_miou']:.4f}. Every student below starts from it.\n",
+             "Label channel's share of the widened stem's output variance at the start of fine-tuning "
+             "(`stem_label_share`, random encoding, held-out scenes): "
+             + ", ".join(f"scale {k}: {v:.3f}" for k, v in result["stem_label_share"].items()) + ".\n",
              "## Teacher check\n",
              markdown_table(["LAD teacher (fine-tuned from the baseline)", "mIoU label fed", "label zeroed", "drop"],
                             [(t["name"], f"{t['miou_label_fed']:.4f}", f"{t['miou_label_zeroed']:.4f}",
@@ -165,7 +207,8 @@ def experiment(ns) -> dict:
     lad = teacher(ns, init)
     check = {"name": lad.run.name, **teacher_check(lad)}
     result = {"config": {k: v for k, v in vars(ns).items() if k not in ("work", "out")},
-              "baseline_miou": base.metrics().final["val/miou"], "teacher": check, "arms": {}}
+              "baseline_miou": base.metrics().final["val/miou"], "teacher": check, "arms": {},
+              "stem_label_share": stem_label_share(init, [1.0, 10.0, 100.0])}
     print(f"baseline mIoU {result['baseline_miou']:.4f}; teacher {json.dumps(check)}", flush=True)
     if ns.stop_after == "teacher":
         return result
@@ -185,14 +228,16 @@ def experiment(ns) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--baseline-steps", type=int, default=1000, help="no-KD baseline from scratch")
+    parser.add_argument("--baseline-steps", type=int, default=1500, help="no-KD baseline from scratch")
     parser.add_argument("--teacher-steps", type=int, default=400, help="LAD teacher fine-tuning steps")
     parser.add_argument("--teacher-optimizer", choices=["sgd", "adamw"], default="adamw")
-    parser.add_argument("--teacher-lr", type=float, default=3e-4)
+    parser.add_argument("--teacher-lr", type=float, default=1e-3)
+    parser.add_argument("--teacher-encoding", choices=["random", "fixed"], default="fixed",
+                        help="label encoding the teacher trains with (authors: random; validation: fixed)")
     parser.add_argument("--label-scale", type=float, default=1.0, help="label channel = scale · ℓ̃ (authors: 100)")
     parser.add_argument("--steps", type=int, default=400, help="fine-tuning steps of every student arm")
     parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="adamw", help="students' optimiser")
-    parser.add_argument("--lr", type=float, default=3e-4, help="students' lr")
+    parser.add_argument("--lr", type=float, default=1e-3, help="students' lr")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--min-label-drop", type=float, default=0.02,
                         help="the teacher's mIoU must fall by at least this when its label channel is zeroed")
