@@ -73,11 +73,13 @@ def schedule(steps: int, val_every: int) -> list[str]:
 
 
 def baseline(ns) -> RunResult:
+    """Stage 1: the no-KD student from scratch (seed 0), exported; every later run starts from it."""
     overrides = [*schedule(ns.baseline_steps, ns.baseline_steps), *QUIET, *ns.extra]
     return launch([Run("baseline", [BASELINE], overrides, group="baseline", export=True)], ns.work, workers=1, cwd=REPO)[0]
 
 
 def teacher(ns, init: str) -> RunResult:
+    """Stage 2: the LAD teacher fine-tuned from the baseline weights ``init`` (seed 0), exported."""
     name = f"lad_teacher_{ns.teacher_optimizer}_lr{ns.teacher_lr:g}_scale{ns.label_scale:g}_{ns.teacher_steps}steps"
     name += "" if ns.teacher_encoding == "random" else f"_{ns.teacher_encoding}"
     overrides = [*schedule(ns.teacher_steps, ns.teacher_steps), optimizer(ns.teacher_optimizer, ns.teacher_lr),
@@ -122,6 +124,7 @@ def stem_label_share(init: str, scales: list[float], images: int = 64) -> dict[s
 
 
 def teacher_check(result: RunResult) -> dict[str, float]:
+    """The teacher's last LabelChannelCheck values (held-out mIoU, label fed / zeroed / drop)."""
     final = result.metrics().final
     return {"miou_label_fed": final["val/miou_label_fed"], "miou_label_zeroed": final["val/miou_label_zeroed"],
             "miou_label_drop": final["val/miou_label_drop"], "miou": final["val/miou"]}
@@ -138,6 +141,7 @@ def check_failure(check: dict[str, float], ce_mean: float, min_drop: float) -> s
 
 
 def students(ns, arms: list[str], init: str, teacher_weights: str | None) -> list[RunResult]:
+    """Stage 3: ``arms`` × seeds, each fine-tuned from ``init`` with the same steps, optimiser and data."""
     common = [*schedule(ns.steps, ns.steps), optimizer(ns.optimizer, ns.lr),
               f"--model.init_args.student.init_args.init_from={init}",
               f"--data.init_args.label_scale={ns.label_scale:g}", *QUIET, *ns.extra]
@@ -154,6 +158,7 @@ def students(ns, arms: list[str], init: str, teacher_weights: str | None) -> lis
 
 
 def arm_report(runs: list[RunResult]) -> dict:
+    """Per seed: held-out mIoU, the teacher's mIoU as fed, and the mean last gradient shares."""
     finals = [r.metrics().final for r in runs]
     shares = {k.split("/", 1)[1]: mean_std(f[k] for f in finals if k in f).mean
               for k in finals[0] if k.startswith("grad_share/")}
@@ -163,12 +168,13 @@ def arm_report(runs: list[RunResult]) -> dict:
 
 
 def write_report(out: Path, result: dict, command: str) -> None:
+    """``out/lad.{md,json}``; a hand-written ``## Reading`` section of an existing ``lad.md`` is kept."""
     t, arms = result["teacher"], result["arms"]
     rows = [(ARMS[arm], mean_std(a["miou"]).cell(), ", ".join(f"{x:.4f}" for x in a["miou"]),
              f"{mean_std(a['teacher_miou']).mean:.4f}" if a["teacher_miou"] else "-",
              ", ".join(f"{k} {v:.2f}" for k, v in a["grad_share_last"].items()) or "-") for arm, a in arms.items()]
     ce = mean_std(arms["ce"]["miou"]) if "ce" in arms else None
-    lines = [f"# LAD on hard digit scenes: CE vs CE + CWD from the LAD teacher (label fed / zeroed)\n",
+    lines = ["# LAD on hard digit scenes: CE vs CE + CWD from the LAD teacher (label fed / zeroed)\n",
              f"Rerun: `{command}` ({result['seconds'] / 60:.1f} min on this machine's 2 shared cores). Raw numbers: "
              "`lad.json`. Method, configs and stages: the script's docstring.\n",
              f"Baseline (no KD, from scratch, {result['config']['baseline_steps']} steps, seed 0): mIoU "
@@ -201,6 +207,7 @@ def write_report(out: Path, result: dict, command: str) -> None:
 
 
 def experiment(ns) -> dict:
+    """Baseline → teacher → CE students → teacher check → distilled students; the result dict."""
     began = time.perf_counter()
     base = baseline(ns)
     init = str(base.export_dir / "model_state_dict.pt")
