@@ -31,7 +31,6 @@ ALLOWED: dict[str, tuple[int, frozenset[str]]] = {
     "scripts/speech_probes.py": (15, frozenset({"loop"})),  # CTC probes, part of the speech experiment
     "scripts/experiment_llava_mod.py": (15, frozenset({"in-process"})),
     "recipes/llava_mod.py": (15, frozenset({"loop"})),
-    "scripts/experiment_lad.py": (14, frozenset({"in-process"})),
 }
 
 
