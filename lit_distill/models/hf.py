@@ -43,6 +43,10 @@ class HFCausalLM(ModelAdapter):
             for fused losses (``lit_distill.losses.FusedForwardKL``) that never build
             full ``[B, L, V]`` logits. Only for models whose logits are exactly
             ``hidden @ weight.T + bias`` (no soft-capping or logit scale).
+        lora: train LoRA adapters instead of the whole model, through ``peft``:
+            ``{r: 8, alpha: 16, dropout: 0.0, target_modules: [q_proj, v_proj]}`` (also ``bias``,
+            ``modules_to_save``; :mod:`lit_distill.models.lora`). The base stays frozen;
+            ``export`` writes merged weights and the adapter alone in ``adapter/``.
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class HFCausalLM(ModelAdapter):
         output_hidden_states: bool = False,
         hooks: list[str] | None = None,
         compute_logits: bool = True,
+        lora: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(hooks)
         if (path is None) == (config is None):
@@ -65,6 +70,7 @@ class HFCausalLM(ModelAdapter):
                               "or 'config' (a dict with model_type, to build a fresh model)")
         self.path = path
         self.output_hidden_states = output_hidden_states
+        self.lora = None  # set after loading: the checks below read the plain model
         torch_dtype = parse_dtype(dtype, "HFCausalLM.dtype")
         if path is not None:
             self.module = _load_pretrained(path, torch_dtype, trust_remote_code, revision, attn_implementation)
@@ -78,22 +84,32 @@ class HFCausalLM(ModelAdapter):
         self.compute_logits = compute_logits
         if not compute_logits:
             _check_plain_head(self.module)
+        if lora:
+            from lit_distill.models.lora import apply_lora
+
+            self.module = apply_lora(self.module, dict(lora), "HFCausalLM.lora")
+            self.lora = dict(lora)
         self._install_hooks()
 
     @property
+    def model(self):
+        """The ``transformers`` model (under a LoRA student's ``peft`` wrapper, with its adapters)."""
+        return self.module.get_base_model() if self.lora else self.module
+
+    @property
     def output_size(self) -> int | None:
-        embeddings = self.module.get_output_embeddings()
-        return embeddings.weight.shape[0] if embeddings is not None else self.module.config.vocab_size
+        embeddings = self.model.get_output_embeddings()
+        return embeddings.weight.shape[0] if embeddings is not None else self.model.config.vocab_size
 
     def declared_outputs(self) -> OutputSpec:
         """Logits (or, with ``compute_logits: false``, the last hidden state and the LM head as
         features), plus every layer's hidden states when ``output_hidden_states``."""
         features = frozenset()
         if not self.compute_logits:
-            head = self.module.get_output_embeddings()
+            head = self.model.get_output_embeddings()
             features = frozenset({"last_hidden_state", "lm_head.weight"}
                                  | ({"lm_head.bias"} if getattr(head, "bias", None) is not None else set()))
-        layers = getattr(self.module.config, "num_hidden_layers", None)
+        layers = getattr(self.model.config, "num_hidden_layers", None)
         hidden = (None if layers is None else int(layers) + 1) if self.output_hidden_states else 0
         return OutputSpec(logits=self.compute_logits, hidden_states=hidden, features=features, closed=True)
 
@@ -106,9 +122,9 @@ class HFCausalLM(ModelAdapter):
 
     def _run_without_head(self, inputs: dict[str, Any]) -> ModelOutput:
         """The base model only; the head's parameters are handed to the loss as features."""
-        out = self.module.base_model(**inputs, output_hidden_states=self.output_hidden_states,
-                                     use_cache=False)
-        head = self.module.get_output_embeddings()
+        out = self.model.base_model(**inputs, output_hidden_states=self.output_hidden_states,
+                                    use_cache=False)
+        head = self.model.get_output_embeddings()
         features = {"last_hidden_state": out.last_hidden_state, "lm_head.weight": head.weight}
         if getattr(head, "bias", None) is not None:
             features["lm_head.bias"] = head.bias
@@ -116,8 +132,16 @@ class HFCausalLM(ModelAdapter):
                            hidden_states=out.hidden_states if self.output_hidden_states else None)
 
     def export(self, out_dir: str) -> None:
-        """``save_pretrained`` the model, plus the tokenizer saved beside a loaded checkpoint."""
-        self.module.save_pretrained(out_dir)
+        """``save_pretrained`` the model, plus the tokenizer saved beside a loaded checkpoint.
+
+        A LoRA student writes its merged weights there and its adapter in ``out_dir/adapter``.
+        """
+        if self.lora:
+            from lit_distill.models.lora import export_lora
+
+            export_lora(self.module, out_dir, self.path)
+        else:
+            self.module.save_pretrained(out_dir)
         if self.path is not None and os.path.isdir(self.path):
             copy_tokenizer(self.path, out_dir)
 

@@ -1,0 +1,70 @@
+"""LoRA students through ``peft``: wrap a ``transformers`` model, export adapter and merged weights.
+
+Only the adapter weights train: ``peft`` freezes the base model, and
+``DistillationModule.configure_optimizers`` hands the optimizer the trainable parameters only.
+Checkpoints hold the whole student (base + adapter) under ``peft``'s parameter names, so resume
+and ``export`` rebuild it from the same config.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+from lit_distill.errors import ConfigError
+
+#: ``lora:`` keys and their ``peft.LoraConfig`` names.
+LORA_FIELDS = {"r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "target_modules",
+               "bias": "bias", "modules_to_save": "modules_to_save"}
+ADAPTER_DIR = "adapter"
+
+
+def apply_lora(model: Any, options: dict[str, Any], field: str) -> Any:
+    """Wrap a causal LM in a ``peft`` LoRA model (base frozen, adapters trainable).
+
+    Args:
+        model: a ``transformers`` ``PreTrainedModel``.
+        options: ``{r, alpha, dropout, target_modules, bias, modules_to_save}``; ``r`` and
+            ``target_modules`` (e.g. ``[q_proj, v_proj]`` or ``all-linear``) matter most;
+            the others default to peft's.
+        field: the config field, for messages (e.g. ``HFCausalLM.lora``).
+
+    Returns:
+        A ``peft.PeftModelForCausalLM`` in the model's train/eval mode.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    unknown = sorted(set(options) - set(LORA_FIELDS))
+    if unknown:
+        raise ConfigError(f"{field}: unknown keys {unknown}; valid: {sorted(LORA_FIELDS)}")
+    if int(options.get("r", 8)) < 1:
+        raise ConfigError(f"{field}.r: the LoRA rank must be >= 1, got {options['r']}")
+    kwargs = {LORA_FIELDS[key]: value for key, value in options.items()}
+    if isinstance(kwargs.get("target_modules"), (list, tuple)):
+        kwargs["target_modules"] = list(kwargs["target_modules"])
+    try:
+        wrapped = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, **kwargs))
+    except ValueError as err:  # e.g. target modules that match nothing
+        raise ConfigError(f"{field}: {str(err).splitlines()[0]}") from err
+    return wrapped.train(model.training)
+
+
+def export_lora(model: Any, out_dir: str, base_path: str | None) -> None:
+    """Write merged weights to ``out_dir`` and the adapter alone to ``out_dir/adapter``.
+
+    ``AutoModelForCausalLM.from_pretrained(out_dir)`` loads the merged model (the base with
+    ``B @ A * alpha / r`` added to each adapted weight); ``PeftModel.from_pretrained(base,
+    out_dir/adapter)`` puts the adapter back on the base model at ``base_path``.
+
+    Args:
+        model: the ``peft`` model to export (left unchanged).
+        out_dir: directory to write.
+        base_path: the base model's directory or hub id, recorded in the adapter's config.
+    """
+    adapter_dir = os.path.join(out_dir, ADAPTER_DIR)
+    if base_path is not None:
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = base_path
+    model.save_pretrained(adapter_dir)
+    copy.deepcopy(model).merge_and_unload().save_pretrained(out_dir)
