@@ -72,6 +72,12 @@ def _generate(args: Sequence[str]) -> None:
     generate_main(args)
 
 
+def _speculate(args: Sequence[str]) -> None:
+    from lit_distill.speculate import main as speculate_main
+
+    speculate_main(args)
+
+
 def _init_student(args: Sequence[str]) -> None:
     from lit_distill.models.init_from_teacher import main as init_student_main
 
@@ -80,7 +86,7 @@ def _init_student(args: Sequence[str]) -> None:
 
 COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
     "export": _export, "quickstart": _quickstart, "slurm": _slurm, "cache-teacher": _cache_teacher,
-    "init-student": _init_student, "generate": _generate,
+    "init-student": _init_student, "generate": _generate, "speculate": _speculate,
     "tokenize": _tokenize, "decode": _decode}
 
 

@@ -26,7 +26,7 @@ PACKAGES = ("lit_distill", "datamodules", "recipes")
 HEAVY = ("transformers", "torchaudio", "vector_quantize_pytorch", "timm", "open_clip", "torchvision")
 # The only lit_distill modules that may import datamodules: commands that build data themselves.
 LEAF_COMMANDS = frozenset({"lit_distill.quickstart", "lit_distill.cache_teacher", "lit_distill.codec_cli",
-                           "lit_distill.generate"})
+                           "lit_distill.generate", "lit_distill.speculate"})
 # Loss modules whose job is a modality library's: they may load it (and nothing else heavy).
 MODALITY_LOSSES = {"lit_distill.losses.audio": {"torchaudio"}}
 
