@@ -11,6 +11,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "lit_distill.callbacks.drw": ["DeferredReweighting"],
     "lit_distill.callbacks.gradient_share": ["GradientShare"],
     "lit_distill.callbacks.group_accuracy": ["ClassGroupAccuracy"],
+    "lit_distill.callbacks.acceptance": ["SpeculativeAcceptance"],
     "lit_distill.callbacks.label_check": ["LabelChannelCheck"],
     "lit_distill.callbacks.metrics_table": ["MetricsTable"],
     "lit_distill.callbacks.progress": ["StepProgressBar"],
