@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import lightning as L
-import torch
 from torch import Tensor
 
 from lit_distill.errors import ConfigError
