@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lit_distill.errors import ConfigError
-from lit_distill.sampling import SamplingOptions, cut_at_eos, hf_generator, left_pad, sample_responses
+from lit_distill.sampling import (
+    SamplingOptions,
+    cut_at_eos,
+    hf_generator,
+    left_pad,
+    sample_responses,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
