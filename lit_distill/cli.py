@@ -4,8 +4,8 @@ Lightning subcommands (``fit``, ``validate``, ``test``, ``predict``) take a
 ``--config`` (stackable) naming the model, the data and the trainer; extra
 subcommands: ``export`` (student to its native format), ``quickstart``, ``slurm`` (render an
 sbatch script), ``cache-teacher`` (write the teacher's sparse outputs once), ``generate``
-(a model answers the data's prompts, as JSONL), ``init-student`` and
-``tokenize``/``decode`` (audio to a speech codec's token ids and back).
+(a model answers the data's prompts, as JSONL), ``speculate`` (a draft's acceptance rate
+against its target), ``init-student`` and ``tokenize``/``decode`` (audio to a speech codec's token ids and back).
 """
 
 from __future__ import annotations
