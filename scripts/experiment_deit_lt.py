@@ -36,7 +36,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lit_distill.experiment import Run, by_arm, expand, launch, markdown_table, mean_std  # noqa: E402
+from lit_distill.experiment import (  # noqa: E402
+    Run,
+    by_arm,
+    expand,
+    launch,
+    markdown_table,
+    mean_std,
+    write_keeping_reading,
+)
 
 CONFIGS = REPO / "configs/vision"
 TEACHER = CONFIGS / "deit_lt/resnet18-sam_teacher_digits-lt100.yaml"
@@ -143,9 +151,7 @@ def write_report(out: Path, results: dict, command: str, seconds: float) -> None
                     cells += [mean_std(values[k]).cell(3) if (k := f"val/acc_{head}_{g}") in values else "-" for g in GROUPS]
                     table.append((arm, head, *cells))
         lines += [markdown_table(["arm", "head", "overall", *GROUPS], table), ""]
-    reading = out / "deit_lt.md"
-    kept = reading.read_text().split("\n## Reading", 1)[1] if reading.exists() and "\n## Reading" in reading.read_text() else None
-    reading.write_text("\n".join(lines) + (f"\n## Reading{kept}" if kept else ""))
+    write_keeping_reading(out / "deit_lt.md", "\n".join(lines))
     (out / "deit_lt.json").write_text(json.dumps(results, indent=2) + "\n")
 
 

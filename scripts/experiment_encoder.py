@@ -40,7 +40,15 @@ sys.path.insert(0, str(REPO))
 
 from datamodules.stdlib_topics import write_stdlib_topics  # noqa: E402
 from lit_distill.errors import ConfigError  # noqa: E402
-from lit_distill.experiment import Run, by_arm, expand, launch, markdown_table, mean_std  # noqa: E402
+from lit_distill.experiment import (  # noqa: E402
+    Run,
+    by_arm,
+    expand,
+    launch,
+    markdown_table,
+    mean_std,
+    write_keeping_reading,
+)
 
 WORK = REPO / "artifacts/encoder_experiment"
 TEACHER = "configs/text/encoder/minilm-l6_stdlib-topics.yaml"
@@ -193,9 +201,7 @@ def write_report(out: Path, result: dict, command: str) -> None:
             + markdown_table(["student (3 layers, 384 wide)", "accuracy", "per seed", "gradient share on the student's last layer (last measurement)"], rows)
             + "\n\n## Sentence embeddings (Spearman of cosine similarities, student vs teacher, 3,000 held-out pairs)\n\n"
             + markdown_table(["student", "Spearman", "per seed"], emb) + "\n")
-    reading = out / "encoder.md"
-    kept = reading.read_text().split("\n## Reading", 1)[1] if reading.exists() and "\n## Reading" in reading.read_text() else None
-    reading.write_text(text + (f"\n## Reading{kept}" if kept else ""))
+    write_keeping_reading(out / "encoder.md", text)
     (out / "encoder.json").write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -44,7 +44,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lit_distill.errors import ConfigError  # noqa: E402
-from lit_distill.experiment import Run, RunResult, by_arm, expand, launch, markdown_table, mean_std  # noqa: E402
+from lit_distill.experiment import (  # noqa: E402
+    Run,
+    RunResult,
+    by_arm,
+    expand,
+    launch,
+    markdown_table,
+    mean_std,
+    write_keeping_reading,
+)
 
 CONFIGS = "configs/segmentation/lad"
 BASELINE = f"{CONFIGS}/test-resnet_digit-scenes-hard.yaml"
@@ -200,9 +209,7 @@ def write_report(out: Path, result: dict, command: str) -> None:
             spread = max(ce.std, mean_std(arms[arm]["miou"]).std)
             lines.append(f"- {arm} − ce: {d:+.4f} (largest seed std {spread:.4f}; "
                          f"{'beyond' if abs(d) > 2 * spread else 'within'} two standard deviations).")
-    reading = out / "lad.md"
-    kept = reading.read_text().split("\n## Reading", 1)[1] if reading.exists() and "\n## Reading" in reading.read_text() else None
-    reading.write_text("\n".join(lines) + "\n" + (f"\n## Reading{kept}" if kept else ""))
+    write_keeping_reading(out / "lad.md", "\n".join(lines) + "\n")
     (out / "lad.json").write_text(json.dumps(result, indent=2) + "\n")
 
 

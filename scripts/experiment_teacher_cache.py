@@ -42,13 +42,21 @@ sys.path.insert(0, str(REPO))
 
 from lit_distill.cache import TeacherCache  # noqa: E402
 from lit_distill.cache_teacher import cache_teacher  # noqa: E402
-from lit_distill.experiment import Run, Stat, by_arm, expand, launch, markdown_table, mean_std  # noqa: E402
+from lit_distill.experiment import (  # noqa: E402
+    Run,
+    Stat,
+    by_arm,
+    expand,
+    launch,
+    markdown_table,
+    mean_std,
+    write_keeping_reading,
+)
 from lit_distill.losses import cross_entropy, forward_kl, sparse_forward_kl  # noqa: E402
 
 WORK = REPO / "artifacts/teacher_cache_experiment"
 ONLINE = "configs/text/kd/quickstart-student_from_quickstart-teacher.yaml"
 CACHED = "configs/text/kd/quickstart-student_from_quickstart-teacher_cache.yaml"
-READING = "\n## Reading"  # the report's hand-written section, kept when the tables are regenerated
 
 
 def schedule(steps: int) -> list[str]:
@@ -158,11 +166,8 @@ def main() -> None:
               "seconds_total": round(time.perf_counter() - total_start, 1)}
     ns.out.mkdir(parents=True, exist_ok=True)
     (ns.out / "teacher_cache.json").write_text(json.dumps(result, indent=2) + "\n")
-    report = ns.out / "teacher_cache.md"
-    old = report.read_text() if report.exists() else ""
-    reading = old[old.index(READING):] if READING in old else "\n"
     table = _table(result, stats)
-    report.write_text(_HEADER.format(**result, seeds_n=len(ns.seeds)) + table + "\n" + reading)
+    write_keeping_reading(ns.out / "teacher_cache.md", _HEADER.format(**result, seeds_n=len(ns.seeds)) + table + "\n")
     print(table)
 
 

@@ -37,7 +37,15 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from experiment_deit_lt import MICRO, SCHEDULER, TEACHER, schedule  # noqa: E402
 
-from lit_distill.experiment import Run, by_arm, expand, launch, markdown_table, mean_std  # noqa: E402
+from lit_distill.experiment import (  # noqa: E402
+    Run,
+    by_arm,
+    expand,
+    launch,
+    markdown_table,
+    mean_std,
+    write_keeping_reading,
+)
 
 CONFIG = REPO / "configs/vision/trg/deit-tiny_from_resnet18_digits-lt100.yaml"
 PARTS = ("local", "global", "contextual")
@@ -144,9 +152,7 @@ def write_report(out: Path, results: dict, command: str, seconds: float) -> None
             shares = ", ".join(f"{k.split('/', 1)[1]} {mean_std(v).mean:.2f}" for k, v in values.items() if k.startswith("grad_share/"))
             table.append((arm, *cells, shares or "-"))
         lines += [markdown_table(["arm", "overall", *GROUPS, "gradient share at the end"], table), ""]
-    report = out / "trg.md"
-    kept = report.read_text().split("\n## Reading", 1)[1] if report.exists() and "\n## Reading" in report.read_text() else None
-    report.write_text("\n".join(lines) + (f"\n## Reading{kept}" if kept else ""))
+    write_keeping_reading(out / "trg.md", "\n".join(lines))
     (out / "trg.json").write_text(json.dumps(results, indent=2) + "\n")
 
 

@@ -176,3 +176,14 @@ def test_a_failing_run_is_named_with_the_tail_of_its_log(tmp_path, tiny_arm):
     assert "run 'runs/broken/seed0' failed (fit exit 2); last lines of" in message
     assert "trainer.max_steps" in message and "missing.yaml" in message
     assert not (bad.directory(tmp_path) / "done.json").exists()
+
+
+def test_write_keeping_reading_keeps_the_hand_written_section(tmp_path):
+    from lit_distill.experiment import write_keeping_reading
+
+    report = tmp_path / "r.md"
+    write_keeping_reading(report, "# Tables v1\n")
+    assert report.read_text() == "# Tables v1\n"
+    report.write_text(report.read_text() + "\n## Reading\n\nwhy it happened\n")
+    write_keeping_reading(report, "# Tables v2\n")
+    assert report.read_text() == "# Tables v2\n\n## Reading\n\nwhy it happened\n"
