@@ -90,28 +90,40 @@ def expected_tokens_per_call(alpha: float, gamma: int) -> float:
 class AcceptanceTally:
     """Running sums over batches: mean acceptance and mean tokens per target call.
 
+    The sums stay on the logits' device (no host sync per batch); ``sums`` may be reduced over
+    processes before :meth:`result`.
+
     Args:
         gamma: draft tokens per target call.
         temperature: sampling temperature for the sampled estimate.
     """
 
+    KEYS = ("acceptance", "tokens_per_call", "acceptance_greedy", "tokens_per_call_greedy", "positions")
+
     def __init__(self, gamma: int = 4, temperature: float = 1.0) -> None:
         self.gamma, self.temperature = gamma, temperature
-        self.sums = {"sampled": [0.0, 0.0], "greedy": [0.0, 0.0]}
-        self.positions = 0
+        self.sums: dict[str, Tensor] = {}
 
     def update(self, draft_logits: Tensor, target_logits: Tensor, mask: Tensor) -> None:
         """Add one batch: logits ``[B, L, V]``, ``mask`` ``[B, L]`` bool of scored positions."""
         mask = mask.bool()
-        for mode in ("sampled", "greedy"):
-            alpha = acceptance_per_position(draft_logits, target_logits, self.temperature, greedy=mode == "greedy")
-            calls = tokens_per_call(alpha, mask, self.gamma)
-            self.sums[mode][0] += float(alpha[mask].double().sum())
-            self.sums[mode][1] += float(calls[mask].double().sum())
-        self.positions += int(mask.sum())
+        values = {"positions": mask.sum()}
+        for suffix, greedy in (("", False), ("_greedy", True)):
+            alpha = acceptance_per_position(draft_logits, target_logits, self.temperature, greedy)
+            values[f"acceptance{suffix}"] = (alpha * mask).sum()
+            values[f"tokens_per_call{suffix}"] = (tokens_per_call(alpha, mask, self.gamma) * mask).sum()
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0) + value.double()
+
+    def means(self) -> dict[str, float]:
+        """Each sum over the scored positions, e.g. ``{"acceptance": 0.71, ...}`` (positions excluded)."""
+        positions = float(self.sums.get("positions", 0)) or 1.0
+        return {key: float(self.sums.get(key, 0)) / positions for key in self.KEYS if key != "positions"}
 
     def result(self) -> dict:
         """``{sampled|greedy: {acceptance, tokens_per_call}, gamma, temperature, positions}``."""
-        n = max(self.positions, 1)
-        out = {mode: {"acceptance": a / n, "tokens_per_call": c / n} for mode, (a, c) in self.sums.items()}
-        return out | {"gamma": self.gamma, "temperature": self.temperature, "positions": self.positions}
+        means = self.means()
+        out = {mode: {"acceptance": means[f"acceptance{suffix}"], "tokens_per_call": means[f"tokens_per_call{suffix}"]}
+               for mode, suffix in (("sampled", ""), ("greedy", "_greedy"))}
+        positions = int(self.sums.get("positions", 0))
+        return out | {"gamma": self.gamma, "temperature": self.temperature, "positions": positions}

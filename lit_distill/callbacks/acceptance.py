@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import lightning as L
-from torch import Tensor
 
 from lit_distill.errors import ConfigError
-from lit_distill.speculative import acceptance_per_position, tokens_per_call
+from lit_distill.speculative import AcceptanceTally
 
 
 class SpeculativeAcceptance(L.Callback):
@@ -33,10 +32,10 @@ class SpeculativeAcceptance(L.Callback):
             raise ConfigError(f"SpeculativeAcceptance: need gamma >= 1 and temperature > 0, got gamma={gamma}, "
                               f"temperature={temperature}")
         self.gamma, self.temperature, self.prefix = gamma, temperature, prefix
-        self._sums: dict[str, Tensor] = {}
+        self._tally = AcceptanceTally(gamma, temperature)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._sums = {}
+        self._tally = AcceptanceTally(self.gamma, self.temperature)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         student = outputs.get("student") if isinstance(outputs, dict) else None
@@ -44,20 +43,11 @@ class SpeculativeAcceptance(L.Callback):
         mask = batch.get("loss_mask") if isinstance(batch, dict) else None
         if student is None or teacher is None or student.logits is None or teacher.logits is None or mask is None:
             return
-        mask = mask.bool()
-        values = {}
-        for suffix, greedy in (("", False), ("_greedy", True)):
-            alpha = acceptance_per_position(student.logits.detach(), teacher.logits.detach(), self.temperature, greedy)
-            values[f"acceptance{suffix}"] = (alpha * mask).sum()
-            values[f"tokens_per_call{suffix}"] = (tokens_per_call(alpha, mask, self.gamma) * mask).sum()
-        values["positions"] = mask.sum().float()
-        for key, value in values.items():
-            self._sums[key] = self._sums.get(key, 0) + value.double()
+        self._tally.update(student.logits.detach(), teacher.logits.detach(), mask)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._sums or trainer.sanity_checking:
+        if not self._tally.sums or trainer.sanity_checking:
             return
-        sums = {k: trainer.strategy.reduce(v, reduce_op="sum") for k, v in self._sums.items()}
-        positions = sums.pop("positions").clamp_min(1)
-        for key, value in sums.items():
-            pl_module.log(f"{self.prefix}/{key}", (value / positions).float(), batch_size=1)
+        self._tally.sums = {k: trainer.strategy.reduce(v, reduce_op="sum") for k, v in self._tally.sums.items()}
+        for key, value in self._tally.means().items():
+            pl_module.log(f"{self.prefix}/{key}", value, batch_size=1)
