@@ -25,6 +25,7 @@ ALM chunks of a sample in the batch, at least 1)::
         "alm_chunk_mask":       BoolTensor[B, C],      # chunk c counts in the ALM loss
         "student_chunk_start_mask": BoolTensor[B, Ls],  # predicts the first token of a counted chunk
         "teacher_chunk_start_mask": BoolTensor[B, Lt],  # (ULD's byte alignment)
+        "prompts": list[str | None],  # each pair's prompt text (None: a document piece)
     }
 
 **Targets.** As in :mod:`datamodules.text`, labels are -100 on padding, the last position, the
@@ -52,6 +53,11 @@ one side (e.g. whitespace only) is dropped.
 
 **Pairs** whose response does not fit ``max_length`` (or is empty) on *either* side are skipped,
 counted in :attr:`CrossTokenizerDataModule.num_skipped` and reported in one warning.
+
+**Retokenising generated answers** (on-policy distillation across tokenizers):
+:meth:`CrossTokenizerDataModule.retokenize` encodes prompt + response texts exactly as the data's
+pairs are encoded and collates them into this batch layout; ``prompts`` carries the prompt texts
+that an on-policy step answers. A response that did not end (no EOS sampled) gets no EOS target.
 
 **Chat templates.** With ``student_chat_template`` / ``teacher_chat_template`` and a tokenizer
 that has a chat template, that side renders the pair as a user/assistant conversation. The
@@ -195,15 +201,19 @@ class _Side:
         return [("ids", self.prefix, 0, False), ("text", text, 0, True),
                 ("ids", self.eos if last else [], 0, True)]
 
-    def pair(self, prompt: str, response: str):
-        """Parts of a prompt/response pair (response bytes start after the prompt's)."""
+    def pair(self, prompt: str, response: str, ended: bool = True):
+        """Parts of a prompt/response pair (response bytes start after the prompt's).
+
+        ``ended=False`` (a generated answer cut at its token budget) leaves out what follows the
+        response: the EOS, or the chat template's tail.
+        """
         base = len(prompt.encode("utf-8"))
         if self.chat_parts is None:
             return [("ids", self.prefix, 0, False), ("text", prompt, 0, False),
-                    ("text", response, base, True), ("ids", self.eos, 0, True)]
+                    ("text", response, base, True), ("ids", self.eos if ended else [], 0, True)]
         head, middle, tail = self.chat_parts
         return [("chrome", head, 0, False), ("text", prompt, 0, False), ("chrome", middle, 0, False),
-                ("text", response, base, True), ("chrome", tail, 0, True)]
+                ("text", response, base, True), ("chrome", tail if ended else "", 0, True)]
 
 
 def _align(
@@ -258,6 +268,7 @@ class CrossTokenizerCollator:
             batch[f"{prefix}labels"] = labels
             batch[f"{prefix}loss_mask"] = labels != IGNORE_INDEX
             batch[f"{side}_byte_offsets"] = offs
+        batch["prompts"] = [s.get("prompt") for s in samples]
         a_s, a_t, mask = chunk_matrices(
             [(s["chunks"], s["counted"]) for s in samples], lengths["student"], lengths["teacher"]
         )
@@ -357,6 +368,16 @@ class CrossTokenizerDataModule(RecordsDataModule):
         return self.student.tok.pad_token_id
 
     @property
+    def student_tokenizer(self):
+        """The student's tokenizer (decodes the student's samples in on-policy steps)."""
+        return self.student.tok
+
+    @property
+    def student_eos_token_id(self) -> int | None:
+        """The student tokenizer's EOS id (ends the student's samples), or None."""
+        return self.student.tok.eos_token_id
+
+    @property
     def teacher_vocab_size(self) -> int:
         """Number of teacher token ids, added tokens included."""
         return len(self.teacher.tok)
@@ -423,16 +444,21 @@ class CrossTokenizerDataModule(RecordsDataModule):
             a = b
         return pieces
 
-    def _sample(self, text: str, parts_of) -> tuple[dict | None, bool]:
-        """Build one sample; returns ``(sample or None, response_lost)``."""
+    def _sample(self, text: str, parts_of, prompt: str | None = None,
+                empty_response: bool = False) -> tuple[dict | None, bool]:
+        """Build one sample; returns ``(sample or None, response_lost)``.
+
+        ``empty_response`` accepts a pair without response text (its only target is then EOS).
+        """
         data = text.encode("utf-8")
         built = [side.build(parts_of(side)) for side in (self.student, self.teacher)]
-        lost = any(len(ids) > self.hparams.max_length or n_text == 0 for ids, _, _, n_text in built)
+        lost = any(len(ids) > self.hparams.max_length or (n_text == 0 and not empty_response)
+                   for ids, _, _, n_text in built)
         if lost or not all(any(tgt) for _, tgt, _, _ in built):
             return None, lost
         chunks, counted = _align(data, [b[:3] for b in built], self.hparams.alignment)
         sample = {side: _to_sample(b, data) for side, b in zip(_SIDES, built, strict=True)}
-        sample.update(chunks=chunks, counted=counted, text=text)
+        sample.update(chunks=chunks, counted=counted, text=text, prompt=prompt)
         return sample, False
 
     def encode_records(self, records: list[Record]) -> tuple[list[dict], int]:
@@ -449,12 +475,43 @@ class CrossTokenizerDataModule(RecordsDataModule):
                 continue
             prompt, response = rec
             sample, lost = self._sample(
-                prompt + response, lambda side, p=prompt, r=response: side.pair(p, r)
+                prompt + response, lambda side, p=prompt, r=response: side.pair(p, r), prompt
             )
             if sample is not None:
                 samples.append(sample)
             skipped += lost or sample is None
         return samples, skipped
+
+    def retokenize(self, prompts: list[str], responses: list[str], ended: list[bool]) -> dict:
+        """A batch (this module's layout) of prompt + response texts encoded on both sides.
+
+        For on-policy distillation across tokenizers: the student's sampled answers, decoded to
+        text, become targets on both sides with byte-aligned masks and ALM chunks, as a data pair
+        would. A response too long for ``max_length`` on either side is cut (in the text, from the
+        end) until it fits, and then counts as not ended (no EOS target).
+
+        Args:
+            prompts: ``B`` prompt texts (as in the batch's ``prompts``).
+            responses: ``B`` response texts.
+            ended: per row, whether the response ended with EOS (then EOS is a target).
+
+        Returns:
+            The collated batch on the CPU.
+        """
+        samples = []
+        for prompt, response, done in zip(prompts, responses, ended, strict=True):
+            while True:
+                sample, _ = self._sample(prompt + response, lambda side, r=response, e=done: side.pair(prompt, r, e),
+                                         prompt, empty_response=True)
+                if sample is not None or not response:
+                    break
+                response = response[: len(response) * 3 // 4]
+                done = not response  # a cut answer has no EOS target, unless nothing is left but EOS
+            if sample is None:
+                raise ConfigError(f"retokenize: the prompt {prompt[:40]!r}... leaves no room for a response "
+                                  f"within max_length={self.hparams.max_length} on both sides")
+            samples.append(sample)
+        return self.collate_fn()(samples)
 
     def _build(self, records: list[Record], where: str, split: str) -> list[dict]:
         samples, skipped = self.encode_records(records)

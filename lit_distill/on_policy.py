@@ -7,6 +7,12 @@ models score the student's answer and the configured terms apply as usual (GKD: 
 JSD; DistiLLM: skew KL), with the module's exact token normalisation, logging and checks. The
 other steps train on the data's responses (off-policy).
 
+With two tokenizers (a batch with ``student_inputs`` / ``teacher_inputs`` and ``prompts``, from
+``datamodules.CrossTokenizerDataModule``), the student samples in its own tokens, its answers are
+decoded to text, and the datamodule's :meth:`retokenize` encodes prompt + answer for both sides
+exactly as a data pair is encoded: byte-aligned masks and ALM chunks, so ULD and ALM apply
+on-policy unchanged.
+
 Resumable and seeded without state: the coin of optimizer step ``k`` and the samples drawn at
 it are pure functions of ``(seed, k, rank)``, so a run resumed from a checkpoint draws what the
 uninterrupted run drew.
@@ -19,6 +25,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor
 
 from lit_distill.errors import ConfigError
@@ -72,6 +79,18 @@ def response_batch(prompts: list[list[int]], responses: list[tuple[list[int], bo
             "labels": labels.to(device), "loss_mask": (labels != IGNORE_INDEX).to(device)}
 
 
+def answer_text(tokenizer: Any, prompt: list[int], answer: list[int]) -> str:
+    """The text an answer adds after its prompt, as the tokenizer decodes them together.
+
+    Decoding the answer alone can lose what depends on its context (a SentencePiece tokenizer
+    drops the leading space of a first word), so this decodes prompt and prompt + answer and keeps
+    the difference; if the prompt's decoding is not a prefix of the whole, the answer alone.
+    """
+    whole = tokenizer.decode(prompt + answer, skip_special_tokens=True)
+    head = tokenizer.decode(prompt, skip_special_tokens=True)
+    return whole[len(head):] if whole.startswith(head) else tokenizer.decode(answer, skip_special_tokens=True)
+
+
 def _seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
@@ -118,26 +137,52 @@ class OnPolicyStep(TrainingStep):
                               "set pad_token_id (and eos_token_id) on the step")
         return pad, eos
 
-    def student_batch(self, module: L.LightningModule, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, Any]:
-        """``batch`` with its responses replaced by the student's samples (drawn under no_grad, in eval mode)."""
-        if "student_inputs" in batch or "teacher_inputs" in batch:
-            raise ConfigError("OnPolicyStep: batches with per-side inputs (two tokenizers) are not supported yet; "
-                              "use one tokenizer, or train off-policy on generated answers (generate + fit)")
-        inputs = batch["inputs"]
-        prompts = split_prompts(inputs["input_ids"], batch["labels"], inputs["attention_mask"])
-        pad, eos = self._token_ids(module)
+    def _draw(self, module: L.LightningModule, prompts: list[list[int]], pad: int, eos: int | None,
+              batch_idx: int, device: torch.device) -> list[tuple[list[int], bool]]:
+        """One sampled answer per prompt from the student (no_grad, eval mode, seeded per step)."""
         model = hf_generator(module.student, "OnPolicyStep (model.init_args.student)")
         was_training = model.training
         model.eval()
-        rank, device = getattr(module.trainer, "global_rank", 0), inputs["input_ids"].device
+        rank = getattr(module.trainer, "global_rank", 0)
         # Seeded per (step, micro-batch, rank) inside a forked generator: the draw is the same after
         # a resume and the training's own randomness (dropout) is untouched.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(_seed(self.seed, module.global_step, batch_idx, rank, "sample"))
             drawn = sample_responses(model, prompts, self.options, pad_token_id=pad, eos_token_id=eos)
         model.train(was_training)
-        return response_batch(prompts, [responses[0] for responses in drawn], pad_token_id=pad,
-                              eos_token_id=eos, device=inputs["input_ids"].device)
+        return [responses[0] for responses in drawn]
+
+    def student_batch(self, module: L.LightningModule, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, Any]:
+        """``batch`` with its responses replaced by the student's samples (drawn under no_grad, in eval mode)."""
+        if "student_inputs" in batch or "teacher_inputs" in batch:
+            return self._cross_tokenizer_batch(module, batch, batch_idx)
+        inputs = batch["inputs"]
+        prompts = split_prompts(inputs["input_ids"], batch["labels"], inputs["attention_mask"])
+        pad, eos = self._token_ids(module)
+        device = inputs["input_ids"].device
+        drawn = self._draw(module, prompts, pad, eos, batch_idx, device)
+        return response_batch(prompts, drawn, pad_token_id=pad, eos_token_id=eos, device=device)
+
+    def _cross_tokenizer_batch(self, module: L.LightningModule, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Sample in the student's tokens, decode, and let the datamodule encode the answers for both sides."""
+        data = getattr(module.trainer, "datamodule", None)
+        texts = batch.get("prompts")
+        if not callable(getattr(data, "retokenize", None)) or texts is None:
+            raise ConfigError("OnPolicyStep: a batch with per-side inputs needs a datamodule that can retokenize "
+                              "answers for both sides (datamodules.CrossTokenizerDataModule)")
+        if any(text is None for text in texts):
+            raise ConfigError("OnPolicyStep: the batch holds plain-text documents; on-policy distillation needs "
+                              "prompt/response pairs (JSONL with prompt and response fields)")
+        inputs = batch["student_inputs"]
+        prompts = split_prompts(inputs["input_ids"], batch["labels"], inputs["attention_mask"])
+        tokenizer = data.student_tokenizer
+        pad = self.pad_token_id if self.pad_token_id is not None else data.pad_token_id
+        eos = self.eos_token_id if self.eos_token_id is not None else data.student_eos_token_id
+        device = inputs["input_ids"].device
+        drawn = self._draw(module, prompts, pad, eos, batch_idx, device)
+        answers = [answer_text(tokenizer, prompt, tokens) for prompt, (tokens, _) in zip(prompts, drawn, strict=True)]
+        new = data.retokenize(list(texts), answers, [ended for _, ended in drawn])
+        return move_data_to_device(new, device)
 
     def training_step(self, module: L.LightningModule, batch: dict[str, Any], batch_idx: int) -> Tensor:
         on_policy = self.on_policy(module.global_step)

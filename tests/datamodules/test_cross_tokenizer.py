@@ -27,7 +27,7 @@ LONG_DOC = "naïve café — 東京 " * 12 + "東京" * 30 + " end"
 KEYS = {
     "student_inputs", "teacher_inputs", "labels", "loss_mask", "teacher_labels",
     "teacher_loss_mask", "student_byte_offsets", "teacher_byte_offsets", "alm_student_chunks",
-    "alm_teacher_chunks", "alm_chunk_mask", "student_chunk_start_mask", "teacher_chunk_start_mask",
+    "alm_teacher_chunks", "alm_chunk_mask", "student_chunk_start_mask", "teacher_chunk_start_mask", "prompts",
 }
 PAIRS = [
     {"prompt": "Question: what does the student learn?", "response": " The student learns the data."},
@@ -211,6 +211,62 @@ def test_pairs_have_loss_on_the_response_only_on_both_sides(tok_dirs, toks, pair
                 got = tok.decode(targets[:-1])
                 want = tok.decode(tok(rec["response"], add_special_tokens=False)["input_ids"])
                 assert got == want and rec["response"].strip() in got.replace("<unk>", "東京")
+
+
+def test_batches_carry_the_prompt_text_of_each_pair(tok_dirs, pairs_path, text_path):
+    pairs = list(make_dm(tok_dirs, pairs_path, max_length=96, batch_size=4).val_dataloader())
+    assert [p for batch in pairs for p in batch["prompts"]] == [r["prompt"] for r in PAIRS * 3]
+    docs = next(iter(make_dm(tok_dirs, text_path, max_length=96, batch_size=4).val_dataloader()))
+    assert docs["prompts"] == [None] * 4
+
+
+def test_retokenize_encodes_generated_answers_like_data_pairs(tok_dirs, toks, pairs_path, tmp_path):
+    """Multi-byte answers: both sides' targets are exactly the answer's bytes (and EOS only if it ended)."""
+    dm = make_dm(tok_dirs, pairs_path, max_length=96, batch_size=4)
+    prompts = ["Où est le café?", "Q: ", "Say it"]
+    answers = [" À 東京, naïve — résumé.", "naïve café", " the teacher"]
+    ended = [True, False, True]
+    batch = dm.retokenize(prompts, answers, ended)
+    check_contract(batch, 96)
+    assert batch["prompts"] == prompts
+    # the same pairs read from a file as data give the same batch (ended rows only: data pairs end)
+    path = write_jsonl(tmp_path / "answers.jsonl", [{"prompt": p, "response": r} for p, r in zip(prompts, answers)])
+    data = next(iter(make_dm(tok_dirs, path, max_length=96, batch_size=3).val_dataloader()))
+    for b in (0, 2):
+        for name in ("student", "teacher"):
+            got, want = side(batch, name), side(data, name)
+            n = int(want[1][b].sum())
+            for x, y in zip(got[:5], want[:5]):
+                assert torch.equal(x[b, :n], y[b, :n])
+    for b, (prompt, answer) in enumerate(zip(prompts, answers)):
+        text = (prompt + answer).encode()
+        for name in ("student", "teacher"):
+            ids, _, labels, mask, offs, _ = side(batch, name)
+            tok = toks[name]
+            targets = labels[b][mask[b]].tolist()
+            assert (targets[-1] == tok.eos_token_id) == ended[b]
+            # the counted targets' byte spans cover exactly the answer's bytes
+            pos = torch.nonzero(mask[b]).flatten() + 1
+            spans = [tuple(o) for o in offs[b, pos].tolist() if o[1] > o[0]]
+            assert b"".join(text[s:e] for s, e in spans) == answer.encode()
+            assert spans[0][0] == len(prompt.encode())
+        # ALM chunks of the answer are counted; none of the prompt
+        assert batch["alm_chunk_mask"][b].any()
+
+
+def test_retokenize_cuts_an_answer_that_does_not_fit_and_drops_its_eos(tok_dirs, toks, text_path):
+    dm = make_dm(tok_dirs, text_path, max_length=24, batch_size=4)
+    answer = " naïve café 東京 résumé" * 8
+    batch = dm.retokenize(["Say it"], [answer], [True])
+    check_contract(batch, 24)
+    for name in ("student", "teacher"):
+        labels, mask, offs = side(batch, name)[2:5]
+        assert mask[0].any() and labels[0][mask[0]][-1] != toks[name].eos_token_id
+        kept = [o for o in offs[0].tolist() if o[1] > o[0]]
+        assert kept[-1][1] < len(("Say it" + answer).encode())  # cut from the end
+    for name in ("student", "teacher"):  # an empty answer that ended: its only target is EOS
+        labels, mask = side(dm.retokenize(["Say it"], [""], [True]), name)[2:4]
+        assert labels[0][mask[0]].tolist() == [toks[name].eos_token_id]
 
 
 def test_chunk_tensors_reassemble_the_same_bytes_on_both_sides(tok_dirs, text_path, pairs_path):

@@ -10,7 +10,7 @@ import torch
 from lit_distill.cli import run_cli
 from lit_distill.errors import ConfigError
 from lit_distill.on_policy import OnPolicyStep, response_batch, split_prompts
-from tests.lit_distill.test_cli import newest, quickstart_args, student_state
+from tests.lit_distill.test_cli import REPO, newest, quickstart_args, student_state
 
 STEP = "--model.init_args.step={class_path: lit_distill.on_policy.OnPolicyStep, init_args: {student_fraction: %s, max_new_tokens: 5}}"
 
@@ -80,3 +80,82 @@ def test_resume_draws_the_same_answers(tmp_path, pairs_file, tokenizer_dir, teac
     a, b = student_state(newest(straight)), student_state(newest(resumed))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+ULD_CONFIG = REPO / "configs/text/uld/quickstart-student-unigram_from_quickstart-teacher.yaml"
+ULD_AND_ALM = ('--model.init_args.losses={ce: {class_path: lit_distill.losses.CrossEntropy}, '
+               'uld: {class_path: lit_distill.losses.ULD}, alm: {class_path: lit_distill.losses.ALM}}')
+
+
+@pytest.fixture(scope="module")
+def student_unigram_dir(tmp_path_factory, text_dir):
+    from datamodules.tokenizer_training import train_tokenizer
+
+    return train_tokenizer([text_dir / "train.txt"], tmp_path_factory.mktemp("unigram"), 350, "unigram")
+
+
+def _cross_args(root, pairs_file, student_tokenizer, teacher_tokenizer, teacher_dir, fraction, *extra):
+    return ["fit", "--config", str(ULD_CONFIG), f"--data.init_args.student_tokenizer={student_tokenizer}",
+            f"--data.init_args.teacher_tokenizer={teacher_tokenizer}", f"--data.init_args.train_path={pairs_file}",
+            f"--data.init_args.val_path={pairs_file}", "--data.init_args.max_length=48",
+            "--data.init_args.batch_size=4", f"--model.init_args.teacher.init_args.model.init_args.path={teacher_dir}",
+            ULD_AND_ALM, STEP % fraction, "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
+            "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={root}", *extra]
+
+
+def test_on_policy_across_tokenizers_scores_the_students_answers_with_uld_and_alm(
+        tmp_path, pairs_file, student_unigram_dir, tokenizer_dir, teacher_dir, monkeypatch):
+    seen = []
+    original = OnPolicyStep.student_batch
+
+    def spy(self, module, batch, batch_idx=0):
+        new = original(self, module, batch, batch_idx)
+        seen.append((module.trainer.datamodule, batch, new))
+        return new
+
+    monkeypatch.setattr(OnPolicyStep, "student_batch", spy)
+    cli = run_cli(_cross_args(tmp_path, pairs_file, student_unigram_dir, tokenizer_dir, teacher_dir, 1.0))
+    metrics = cli.trainer.callback_metrics
+    assert metrics["train/on_policy"] == 1.0
+    for name in ("ce", "uld", "alm"):
+        assert torch.isfinite(metrics[f"train/{name}"]), name
+    data, old, new = seen[0]
+    assert new["prompts"] == old["prompts"]
+    # the new batch is what the datamodule makes of the decoded answers: the same prompts, targets
+    # on both sides that cover the same answer bytes
+    for row, prompt in enumerate(new["prompts"]):
+        text_bytes = {}
+        for side, prefix in (("student", ""), ("teacher", "teacher_")):
+            mask, offsets = new[f"{prefix}loss_mask"][row], new[f"{side}_byte_offsets"][row]
+            spans = [o for o in offsets[torch.nonzero(mask).flatten() + 1].tolist() if o[1] > o[0]]
+            text_bytes[side] = (spans[0][0], spans[-1][1]) if spans else None
+        assert text_bytes["student"] == text_bytes["teacher"]
+        assert text_bytes["student"] is None or text_bytes["student"][0] == len(prompt.encode())
+
+
+def test_on_policy_across_tokenizers_resumes_with_the_same_answers(
+        tmp_path, pairs_file, student_unigram_dir, tokenizer_dir, teacher_dir):
+    common = ("--trainer.max_steps=-1", "--trainer.limit_train_batches=2", "--trainer.val_check_interval=null",
+              "--trainer.check_val_every_n_epoch=1")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    args = (pairs_file, student_unigram_dir, tokenizer_dir, teacher_dir, 0.5)
+    run_cli(_cross_args(straight, *args, *common, "--trainer.max_epochs=2"))
+    run_cli(_cross_args(resumed, *args, *common, "--trainer.max_epochs=1"))
+    run_cli(_cross_args(resumed, *args, *common, "--trainer.max_epochs=2", f"--ckpt_path={newest(resumed)}"))
+    a, b = student_state(newest(straight)), student_state(newest(resumed))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_answer_text_keeps_what_the_answer_adds_after_its_prompt(student_unigram_dir):
+    from transformers import AutoTokenizer
+
+    from lit_distill.on_policy import answer_text
+
+    tokenizer = AutoTokenizer.from_pretrained(student_unigram_dir)
+    prompt = tokenizer("Question: what does", add_special_tokens=False)["input_ids"]
+    answer = tokenizer(" the teacher give", add_special_tokens=False)["input_ids"]
+    # SentencePiece decodes an answer alone without its first word's space; in context it keeps it
+    assert tokenizer.decode(answer).startswith("the")
+    assert answer_text(tokenizer, prompt, answer) == " the teacher give"
