@@ -501,7 +501,7 @@ class CrossTokenizerDataModule(RecordsDataModule):
         samples = []
         for prompt, response, done in zip(prompts, responses, ended, strict=True):
             while True:
-                sample, _ = self._sample(prompt + response, lambda side, r=response, e=done: side.pair(prompt, r, e),
+                sample, _ = self._sample(prompt + response, lambda side, p=prompt, r=response, e=done: side.pair(p, r, e),
                                          prompt, empty_response=True)
                 if sample is not None or not response:
                     break

@@ -230,15 +230,15 @@ def test_retokenize_encodes_generated_answers_like_data_pairs(tok_dirs, toks, pa
     check_contract(batch, 96)
     assert batch["prompts"] == prompts
     # the same pairs read from a file as data give the same batch (ended rows only: data pairs end)
-    path = write_jsonl(tmp_path / "answers.jsonl", [{"prompt": p, "response": r} for p, r in zip(prompts, answers)])
+    path = write_jsonl(tmp_path / "answers.jsonl", [{"prompt": p, "response": r} for p, r in zip(prompts, answers, strict=True)])
     data = next(iter(make_dm(tok_dirs, path, max_length=96, batch_size=3).val_dataloader()))
     for b in (0, 2):
         for name in ("student", "teacher"):
             got, want = side(batch, name), side(data, name)
             n = int(want[1][b].sum())
-            for x, y in zip(got[:5], want[:5]):
+            for x, y in zip(got[:5], want[:5], strict=True):
                 assert torch.equal(x[b, :n], y[b, :n])
-    for b, (prompt, answer) in enumerate(zip(prompts, answers)):
+    for b, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
         text = (prompt + answer).encode()
         for name in ("student", "teacher"):
             ids, _, labels, mask, offs, _ = side(batch, name)
