@@ -21,6 +21,7 @@ uninterrupted run drew.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -77,6 +78,38 @@ def response_batch(prompts: list[list[int]], responses: list[tuple[list[int], bo
         labels[row, prompt_length - 1: len(ids) - 1] = torch.tensor(ids[prompt_length:], dtype=torch.long)
     return {"inputs": {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)},
             "labels": labels.to(device), "loss_mask": (labels != IGNORE_INDEX).to(device)}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One sampled answer, with what rebuilds its training row (also from a replay buffer).
+
+    Attributes:
+        prompt: the prompt's student token ids (special prefix included).
+        tokens: the answer's token ids (without EOS).
+        ended: whether the answer ended with EOS (then EOS is a target).
+        prompt_text: the prompt's text (two tokenizers only; None otherwise).
+        text: the answer's text as decoded after its prompt (two tokenizers only).
+    """
+
+    prompt: list[int]
+    tokens: list[int]
+    ended: bool
+    prompt_text: str | None = None
+    text: str | None = None
+
+
+def _retokenizing_datamodule(module: L.LightningModule, batch: dict[str, Any]) -> Any:
+    """The datamodule that encodes answers for both tokenizers; a one-line error if there is none."""
+    data = getattr(module.trainer, "datamodule", None)
+    texts = batch.get("prompts")
+    if not callable(getattr(data, "retokenize", None)) or texts is None:
+        raise ConfigError("OnPolicyStep: a batch with per-side inputs needs a datamodule that can retokenize "
+                          "answers for both sides (datamodules.CrossTokenizerDataModule)")
+    if any(text is None for text in texts):
+        raise ConfigError("OnPolicyStep: the batch holds plain-text documents; on-policy distillation needs "
+                          "prompt/response pairs (JSONL with prompt and response fields)")
+    return data
 
 
 def answer_text(tokenizer: Any, prompt: list[int], answer: list[int]) -> str:
@@ -152,37 +185,41 @@ class OnPolicyStep(TrainingStep):
         model.train(was_training)
         return [responses[0] for responses in drawn]
 
-    def student_batch(self, module: L.LightningModule, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, Any]:
-        """``batch`` with its responses replaced by the student's samples (drawn under no_grad, in eval mode)."""
-        if "student_inputs" in batch or "teacher_inputs" in batch:
-            return self._cross_tokenizer_batch(module, batch, batch_idx)
-        inputs = batch["inputs"]
+    def student_answers(self, module: L.LightningModule, batch: dict[str, Any], batch_idx: int = 0) -> list[Answer]:
+        """The student's sampled answer to each prompt of ``batch`` (drawn under no_grad, in eval mode)."""
+        cross = "student_inputs" in batch or "teacher_inputs" in batch
+        inputs = batch["student_inputs"] if cross else batch["inputs"]
         prompts = split_prompts(inputs["input_ids"], batch["labels"], inputs["attention_mask"])
-        pad, eos = self._token_ids(module)
         device = inputs["input_ids"].device
-        drawn = self._draw(module, prompts, pad, eos, batch_idx, device)
-        return response_batch(prompts, drawn, pad_token_id=pad, eos_token_id=eos, device=device)
-
-    def _cross_tokenizer_batch(self, module: L.LightningModule, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Sample in the student's tokens, decode, and let the datamodule encode the answers for both sides."""
-        data = getattr(module.trainer, "datamodule", None)
-        texts = batch.get("prompts")
-        if not callable(getattr(data, "retokenize", None)) or texts is None:
-            raise ConfigError("OnPolicyStep: a batch with per-side inputs needs a datamodule that can retokenize "
-                              "answers for both sides (datamodules.CrossTokenizerDataModule)")
-        if any(text is None for text in texts):
-            raise ConfigError("OnPolicyStep: the batch holds plain-text documents; on-policy distillation needs "
-                              "prompt/response pairs (JSONL with prompt and response fields)")
-        inputs = batch["student_inputs"]
-        prompts = split_prompts(inputs["input_ids"], batch["labels"], inputs["attention_mask"])
-        tokenizer = data.student_tokenizer
+        if not cross:
+            pad, eos = self._token_ids(module)
+            drawn = self._draw(module, prompts, pad, eos, batch_idx, device)
+            return [Answer(prompt, tokens, ended) for prompt, (tokens, ended) in zip(prompts, drawn, strict=True)]
+        data = _retokenizing_datamodule(module, batch)
         pad = self.pad_token_id if self.pad_token_id is not None else data.pad_token_id
         eos = self.eos_token_id if self.eos_token_id is not None else data.student_eos_token_id
-        device = inputs["input_ids"].device
         drawn = self._draw(module, prompts, pad, eos, batch_idx, device)
-        answers = [answer_text(tokenizer, prompt, tokens) for prompt, (tokens, _) in zip(prompts, drawn, strict=True)]
-        new = data.retokenize(list(texts), answers, [ended for _, ended in drawn])
+        return [Answer(prompt, tokens, ended, text, answer_text(data.student_tokenizer, prompt, tokens))
+                for prompt, (tokens, ended), text in zip(prompts, drawn, batch["prompts"], strict=True)]
+
+    def answers_batch(self, module: L.LightningModule, answers: list[Answer], device: torch.device) -> dict[str, Any]:
+        """A training batch whose targets are ``answers``.
+
+        One tokenizer: prompt + answer token ids (:func:`response_batch`). Two tokenizers: the
+        answers' texts encoded for both sides by the datamodule's ``retokenize``.
+        """
+        if answers[0].prompt_text is None:
+            pad, eos = self._token_ids(module)
+            return response_batch([a.prompt for a in answers], [(a.tokens, a.ended) for a in answers],
+                                  pad_token_id=pad, eos_token_id=eos, device=device)
+        new = module.trainer.datamodule.retokenize([a.prompt_text for a in answers], [a.text for a in answers],
+                                                   [a.ended for a in answers])
         return move_data_to_device(new, device)
+
+    def student_batch(self, module: L.LightningModule, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, Any]:
+        """``batch`` with its responses replaced by the student's samples."""
+        device = (batch["student_inputs"] if "student_inputs" in batch else batch["inputs"])["input_ids"].device
+        return self.answers_batch(module, self.student_answers(module, batch, batch_idx), device)
 
     def training_step(self, module: L.LightningModule, batch: dict[str, Any], batch_idx: int) -> Tensor:
         on_policy = self.on_policy(module.global_step)
