@@ -19,6 +19,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "lit_distill.gradmag": ["GradMagStep"],
     "lit_distill.module": ["DistillationModule"],
     "lit_distill.on_policy": ["OnPolicyStep"],
+    "lit_distill.replay": ["AdaptiveOffPolicyStep"],
     "lit_distill.sources": ["OutputSpec", "Source"],
     "lit_distill.steps": ["StepResult", "TrainingStep"],
     "lit_distill.teacher": ["Teacher"],

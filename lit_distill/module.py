@@ -317,6 +317,15 @@ class DistillationModule(L.LightningModule):
             "optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}})
 
     # ------------------------------------------------------------ checkpoints
+    def on_validation_epoch_end(self) -> None:
+        # Here, not in on_validation_end: checkpoint callbacks save in on_validation_end, before
+        # the module's hook, and a step's state changed by this validation must be in them.
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        values = {f"val/{name}": metric.compute() for name, metric in self.val_metrics.items() if metric.update_called}
+        self.step.after_validation(self, values)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A sharded run (FSDP2) resumes by loading into the whole module, teacher included,
         # so its checkpoints keep the teacher's shards; `python -m lit_distill.consolidate`

@@ -68,6 +68,8 @@ class TrainingStep(nn.Module):
     - :meth:`training_step`: one batch;
     - :meth:`before_optimizer_step`: after the module normalised the gradients of its optimizer,
       before any optimizer steps (e.g. to clip gradients under manual optimisation);
+    - :meth:`after_validation`: after each validation of ``fit`` (not the sanity check), with
+      its reduced metrics, before checkpoints are written;
     - :meth:`checkpoint_state` / :meth:`load_checkpoint_state`: state other than tensors.
 
     A step with ``automatic_optimization = False`` steps its optimisers itself
@@ -108,6 +110,15 @@ class TrainingStep(nn.Module):
 
     def before_optimizer_step(self, module: L.LightningModule, optimizer: Any) -> None:
         """Called for every optimizer, after the module normalised its own optimizer's gradients."""
+
+    def after_validation(self, module: L.LightningModule, metrics: dict[str, Tensor]) -> None:
+        """Called after each validation run during ``fit`` (the sanity check excluded).
+
+        Args:
+            module: the ``DistillationModule``.
+            metrics: the run's reduced values, 0-dim, by name (``val/loss``, ``val/<term>``,
+                ``val/student_ce``...), all ranks included.
+        """
 
     def checkpoint_state(self) -> dict[str, Any]:
         """State saved in checkpoints besides the step's parameters and buffers (default: none)."""
