@@ -78,6 +78,33 @@ def token_byte_lengths(
     return out
 
 
+_SPACE_BYTES = frozenset(b" \t\n\r")
+
+
+def space_token_mask(tok) -> list[bool]:
+    """Per token id of ``tok`` (``len(tok)`` ids): whether it starts a new word.
+
+    True for a token whose text starts with a space, tab or newline (byte-level ``Ġ``/``Ċ``,
+    SentencePiece ``▁``, a ``<0x20>``-style byte-fallback piece) and for added/special tokens
+    (EOS ends a word as well): tokenkit's ``space+tab+newline+special`` mask, which ALM's
+    debiasing sums the next-token probability over.
+    """
+    added = set(tok.get_added_vocab().values()) | set(tok.all_special_ids)
+    byte_level = is_byte_level(tok)
+    to_byte = unicode_to_byte()
+    mask = []
+    for i, piece in enumerate(tok.convert_ids_to_tokens(list(range(len(tok))))):
+        if i in added or piece is None:
+            mask.append(i in added)
+        elif len(piece) == 6 and _BYTE_FALLBACK.fullmatch(piece):
+            mask.append(int(piece[3:5], 16) in _SPACE_BYTES)
+        elif byte_level:
+            mask.append(bool(piece) and to_byte.get(piece[0]) in _SPACE_BYTES)
+        else:
+            mask.append(piece[:1] in ("▁", " ", "\t", "\n", "\r"))
+    return mask
+
+
 @lru_cache(maxsize=1)
 def _byte_chars() -> frozenset[str]:
     return frozenset(unicode_to_byte())

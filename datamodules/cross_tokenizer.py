@@ -26,6 +26,8 @@ ALM chunks of a sample in the batch, at least 1)::
         "student_chunk_start_mask": BoolTensor[B, Ls],  # predicts the first token of a counted chunk
         "teacher_chunk_start_mask": BoolTensor[B, Lt],  # (ULD's byte alignment)
         "prompts": list[str | None],  # each pair's prompt text (None: a document piece)
+        "student_space_mask": BoolTensor[len(student tokenizer)],  # token starts a word (ALM
+        "teacher_space_mask": BoolTensor[len(teacher tokenizer)],  #   debiasing), per vocab id
     }
 
 **Targets.** As in :mod:`datamodules.text`, labels are -100 on padding, the last position, the
@@ -98,6 +100,7 @@ from datamodules.alignment import (
     chunk_matrices,
     chunk_start_mask,
     is_byte_level,
+    space_token_mask,
     starts_with_space,
     token_byte_lengths,
 )
@@ -246,8 +249,10 @@ def _to_sample(side, data: bytes) -> dict[str, torch.Tensor]:
 class CrossTokenizerCollator:
     """Right-pad each side to its longest sample and build the batch documented in this module."""
 
-    def __init__(self, student_pad_token_id: int, teacher_pad_token_id: int):
+    def __init__(self, student_pad_token_id: int, teacher_pad_token_id: int,
+                 space_masks: dict[str, torch.Tensor] | None = None):
         self.pad_ids = {"student": student_pad_token_id, "teacher": teacher_pad_token_id}
+        self.space_masks = space_masks or {}
 
     def __call__(self, samples: list[dict]) -> dict:
         batch: dict = {}
@@ -269,6 +274,8 @@ class CrossTokenizerCollator:
             batch[f"{prefix}loss_mask"] = labels != IGNORE_INDEX
             batch[f"{side}_byte_offsets"] = offs
         batch["prompts"] = [s.get("prompt") for s in samples]
+        for side, mask in self.space_masks.items():
+            batch[f"{side}_space_mask"] = mask
         a_s, a_t, mask = chunk_matrices(
             [(s["chunks"], s["counted"]) for s in samples], lengths["student"], lengths["teacher"]
         )
@@ -348,6 +355,7 @@ class CrossTokenizerDataModule(RecordsDataModule):
         self.check_paths()
         self.student = _Side("student", student_tokenizer, student_pad_token, student_chat_template)
         self.teacher = _Side("teacher", teacher_tokenizer, teacher_pad_token, teacher_chat_template)
+        self._space_masks: dict[str, torch.Tensor] | None = None
         self._budget = {}
         for side in (self.student, self.teacher):
             # every piece of a document keeps room for the prefix, EOS and one 4-byte character
@@ -526,4 +534,7 @@ class CrossTokenizerDataModule(RecordsDataModule):
 
     def collate_fn(self) -> CrossTokenizerCollator:
         """Pads each side to its longest sample and builds the alignment tensors."""
-        return CrossTokenizerCollator(self.pad_token_id, self.teacher_pad_token_id)
+        if self._space_masks is None:  # one pass over each vocabulary, then shared by every batch
+            self._space_masks = {side.name: torch.tensor(space_token_mask(side.tok), dtype=torch.bool)
+                                 for side in (self.student, self.teacher)}
+        return CrossTokenizerCollator(self.pad_token_id, self.teacher_pad_token_id, self._space_masks)

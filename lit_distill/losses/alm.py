@@ -82,7 +82,7 @@ from torch import Tensor
 from lit_distill.contracts import LossTerm
 from lit_distill.errors import ConfigError
 
-__all__ = ["alm", "ALM"]
+__all__ = ["alm", "ALM", "debiased_chunks"]
 
 _IGNORE = -100
 # A label logit of -inf gets this finite log-probability (exp is exactly 0; chunk sums of
@@ -189,9 +189,67 @@ def _chunk_logp(token_logp: Tensor, member: Tensor) -> Tensor:
     return summed.clamp_max(0.0)
 
 
+def _space_logp(logits: Tensor, space: Tensor, dtype: torch.dtype) -> Tensor:
+    """``log Σ_{v: space[v]} softmax(logits)[v]``: the log-probability that the next token starts a
+    word; ``[B, L, V]``, ``[V']`` (``V' ≤ V``; ids past ``V'`` never start one) -> ``[B, L]``."""
+    x = logits.to(dtype)
+    keep = torch.zeros(x.shape[-1], dtype=torch.bool, device=x.device)
+    keep[: min(space.numel(), x.shape[-1])] = space[: x.shape[-1]].to(x.device)
+    return (torch.logsumexp(x.masked_fill(~keep, float("-inf")), -1) - torch.logsumexp(x, -1)).clamp_max(0.0)
+
+
+def _at_chunk_ends(values: Tensor, member: Tensor) -> Tensor:
+    """``values [B, L]`` at the position after each chunk's last target ``[B, L, C]`` -> ``[B, C]``.
+
+    With shifted membership, the last position ``t`` of chunk ``c`` predicts its last token;
+    position ``t + 1`` reads that token and predicts what follows the chunk.
+    """
+    positions = torch.arange(member.shape[1], device=member.device).view(1, -1, 1)
+    last = torch.where(member, positions, -1).amax(1)  # [B, C], -1 for empty chunks
+    after = (last + 1).clamp(0, values.shape[1] - 1)
+    return values.gather(1, after)
+
+
+def debiased_chunks(t_logp: Tensor, s_logp: Tensor, t_space: Tensor, s_space: Tensor, counted: Tensor,
+                    threshold: float) -> tuple[Tensor, Tensor, Tensor]:
+    """tokenkit's ``merge_by_space_prob+append_space``: chunks merged until the teacher expects a
+    new word, and each merged chunk's likelihood times the probability that a word starts after it.
+
+    A counted chunk after which the teacher's probability of a word-initial token exceeds
+    ``threshold`` closes a group; a group's log-likelihood is the sum of its chunks' and, on each
+    side, that side's log-probability of a word start after the group's last chunk is added
+    (``P(chunk, then a word boundary)``, the same event in both tokenizations).
+
+    Args:
+        t_logp, s_logp: ``[B, C]`` chunk log-likelihoods (teacher, student).
+        t_space, s_space: ``[B, C]`` log-probability of a word start after each chunk.
+        counted: ``[B, C]`` bool.
+        threshold: the teacher's word-start probability that closes a group (tokenkit: 0.1).
+
+    Returns:
+        ``(t_logp, s_logp, counted)`` of the merged groups, ``[B, C]`` each (group ``g`` in
+        column ``g``; columns past the last group are not counted).
+    """
+    closes = counted & (t_space.exp() > threshold)
+    group = torch.cumsum(closes.long(), -1) - closes.long()  # closing chunks belonging to earlier groups
+    merge = counted.unsqueeze(-1) & (group.unsqueeze(-1) == torch.arange(counted.shape[1], device=counted.device))
+    merged = merge.any(1)  # [B, G]
+    chunk_index = torch.arange(counted.shape[1], device=counted.device).view(1, -1, 1)
+    last = torch.where(merge, chunk_index, 0).amax(1)  # [B, G] last chunk of each group
+    weights = merge.to(t_logp.dtype)
+
+    def combine(logp: Tensor, space: Tensor) -> Tensor:
+        summed = torch.bmm(logp.unsqueeze(1), weights).squeeze(1)
+        return torch.where(merged, (summed + space.gather(1, last)).clamp_max(0.0), 0.0)
+
+    return combine(t_logp, t_space), combine(s_logp, s_space), merged
+
+
 def alm(student_logits: Tensor, teacher_logits: Tensor, student_labels: Tensor,
         teacher_labels: Tensor, student_chunks: Tensor, teacher_chunks: Tensor,
-        chunk_mask: Tensor | None = None, tau: float = 100.0, eps: float = 1e-6) -> Tensor:
+        chunk_mask: Tensor | None = None, tau: float = 100.0, eps: float = 1e-6,
+        student_space_mask: Tensor | None = None, teacher_space_mask: Tensor | None = None,
+        debias: bool = False, space_threshold: float = 0.1) -> Tensor:
     """ALM loss: binary cross-entropy between teacher and student chunk likelihoods.
 
     See the module docstring for the definition and numerics.
@@ -211,10 +269,19 @@ def alm(student_logits: Tensor, teacher_logits: Tensor, student_labels: Tensor,
             whose label is -100 contributes nothing even if its chunk flag is set.
         tau: temperature dividing the chunk log-likelihoods (the paper's default 100).
         eps: subtracted after the division, > 0; keeps ``log(1 − e^b)`` finite.
+        student_space_mask: ``[Vs']`` bool, True for the student's word-initial (and special)
+            token ids (``batch.student_space_mask``); needed with ``debias``.
+        teacher_space_mask: ``[Vt']`` bool, the same for the teacher.
+        debias: tokenkit's ``merge_by_space_prob+append_space`` (:func:`debiased_chunks`):
+            chunks merged until the teacher expects a new word, and each chunk's likelihood
+            includes the probability that a word starts after it, so the two tokenizations'
+            boundary biases cancel.
+        space_threshold: the teacher's word-start probability that closes a merged chunk.
 
     Returns:
         0-dim tensor, float32 (float64 for float64 logits): the mean of the per-chunk
-        binary CE over the counted chunks of the batch; 0 (zero gradient) when none counts.
+        binary CE over the counted chunks (with ``debias``, the merged chunks) of the batch;
+        0 (zero gradient) when none counts.
 
     Raises:
         ValueError: logits not floating ``[B, L, V]``, batch sizes differ, labels not
@@ -241,6 +308,15 @@ def alm(student_logits: Tensor, teacher_logits: Tensor, student_labels: Tensor,
                                          t_member.any(-1), dtype), t_member)
     s_logp = _chunk_logp(_token_logp(student_logits, student_labels, s_member.any(-1), dtype),
                          s_member)
+    if debias:
+        if student_space_mask is None or teacher_space_mask is None:
+            raise ValueError("debias needs student_space_mask and teacher_space_mask (bool [V], True for "
+                             "word-initial and special token ids; datamodules.CrossTokenizerDataModule puts "
+                             "them in every batch)")
+        with torch.no_grad():
+            t_space = _at_chunk_ends(_space_logp(teacher_logits.detach(), teacher_space_mask, dtype), t_member)
+        s_space = _at_chunk_ends(_space_logp(student_logits, student_space_mask, dtype), s_member)
+        t_logp, s_logp, counted = debiased_chunks(t_logp, s_logp, t_space, s_space, counted, space_threshold)
 
     per_chunk = binary_ce(t_logp, s_logp, tau, eps)  # [B, C]
     total = torch.where(counted, per_chunk, 0.0).sum()
@@ -264,6 +340,11 @@ class ALM(LossTerm):
         eps: small positive offset subtracted after the division (keeps the log of one
             minus the student's scaled chunk probability finite).
         weight: multiplier of this term in the total loss.
+        debias: tokenkit's recommended ``merge_by_space_prob+append_space`` mode (see
+            :func:`debiased_chunks`); reads ``batch.student_space_mask`` /
+            ``batch.teacher_space_mask``. Off: the paper's unconstrained chunks.
+        space_threshold: with ``debias``, the teacher's word-start probability that closes a
+            merged chunk (tokenkit's ``tokenizer_pair_bias_threshold``, 0.1).
         sources: overrides of where the logits, labels, chunks and chunk mask come from.
     """
 
@@ -275,21 +356,28 @@ class ALM(LossTerm):
         "student_chunks": "batch.alm_student_chunks",
         "teacher_chunks": "batch.alm_teacher_chunks",
         "chunk_mask": "batch.alm_chunk_mask",
+        "student_space_mask": "batch.student_space_mask",
+        "teacher_space_mask": "batch.teacher_space_mask",
     }
 
-    def __init__(self, tau: float = 100.0, eps: float = 1e-6, weight: float = 1.0,
-                 sources: dict[str, str] | None = None) -> None:
+    def __init__(self, tau: float = 100.0, eps: float = 1e-6, weight: float = 1.0, debias: bool = False,
+                 space_threshold: float = 0.1, sources: dict[str, str] | None = None) -> None:
         super().__init__(weight, sources)
         if not (tau > 0 and math.isfinite(tau)):
             raise ConfigError(f"ALM.tau must be a finite number > 0, got {tau!r}")
         if not (eps > 0 and math.isfinite(eps)):
             raise ConfigError(f"ALM.eps must be a finite number > 0, got {eps!r}")
+        if not 0 < space_threshold < 1:
+            raise ConfigError(f"ALM.space_threshold must be in (0, 1), got {space_threshold!r}")
         self.tau = float(tau)
         self.eps = float(eps)
+        self.debias, self.space_threshold = bool(debias), float(space_threshold)
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, student_labels: Tensor,
                 teacher_labels: Tensor, student_chunks: Tensor, teacher_chunks: Tensor,
-                chunk_mask: Tensor | None = None) -> Tensor:
+                chunk_mask: Tensor | None = None, student_space_mask: Tensor | None = None,
+                teacher_space_mask: Tensor | None = None) -> Tensor:
         """Shapes as :func:`alm`. Returns a 0-dim float32 tensor."""
         return alm(student_logits, teacher_logits, student_labels, teacher_labels, student_chunks,
-                   teacher_chunks, chunk_mask, tau=self.tau, eps=self.eps)
+                   teacher_chunks, chunk_mask, tau=self.tau, eps=self.eps, student_space_mask=student_space_mask,
+                   teacher_space_mask=teacher_space_mask, debias=self.debias, space_threshold=self.space_threshold)

@@ -207,3 +207,33 @@ def test_chunk_start_mask_marks_the_first_position_of_each_counted_chunk():
     counted = torch.tensor([[False, True, True]])
     assert chunk_start_mask(chunks, counted).tolist() == [[False, False, True, True, False, False]]
     assert not chunk_start_mask(chunks, torch.zeros(1, 3, dtype=torch.bool)).any()
+
+
+WORD_BREAKS = (" ", "\t", "\n", "\r")  # tokenkit's space+tab+newline (a vertical tab is not one)
+
+
+def test_space_token_mask_marks_word_initial_and_special_tokens(tmp_path):
+    from datamodules.alignment import space_token_mask
+    from datamodules.tokenizer_training import train_tokenizer
+    from transformers import AutoTokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the teacher learns\n\tnaïve café — 東京 the student\n" * 50, encoding="utf-8")
+    for algorithm in ("bpe", "unigram"):
+        tok = AutoTokenizer.from_pretrained(train_tokenizer([corpus], tmp_path / algorithm, 300, algorithm))
+        mask = space_token_mask(tok)
+        assert len(mask) == len(tok)
+        for token_id in tok.all_special_ids:
+            assert mask[token_id]
+        for token_id in range(len(tok)):
+            if token_id in tok.all_special_ids:
+                continue
+            text = tok.convert_tokens_to_string([tok.convert_ids_to_tokens(token_id)])
+            # in context (after "x"), a word-initial token decodes with its leading whitespace
+            in_context = tok.decode(tok("x", add_special_tokens=False)["input_ids"] + [token_id])
+            piece = tok.convert_ids_to_tokens(token_id)
+            if algorithm == "unigram":  # SentencePiece pieces spell the word break as "▁" (alone: a space)
+                starts = piece[:1] in ("▁", *WORD_BREAKS)
+            else:  # byte-level: decoded after another token, the text starts with the break
+                starts = (in_context[1:2] or text[:1]) in WORD_BREAKS
+            assert mask[token_id] == starts, (algorithm, token_id, text)

@@ -28,6 +28,7 @@ KEYS = {
     "student_inputs", "teacher_inputs", "labels", "loss_mask", "teacher_labels",
     "teacher_loss_mask", "student_byte_offsets", "teacher_byte_offsets", "alm_student_chunks",
     "alm_teacher_chunks", "alm_chunk_mask", "student_chunk_start_mask", "teacher_chunk_start_mask", "prompts",
+    "student_space_mask", "teacher_space_mask",
 }
 PAIRS = [
     {"prompt": "Question: what does the student learn?", "response": " The student learns the data."},

@@ -84,7 +84,7 @@ def test_resume_draws_the_same_answers(tmp_path, pairs_file, tokenizer_dir, teac
 
 ULD_CONFIG = REPO / "configs/text/uld/quickstart-student-unigram_from_quickstart-teacher.yaml"
 ULD_AND_ALM = ('--model.init_args.losses={ce: {class_path: lit_distill.losses.CrossEntropy}, '
-               'uld: {class_path: lit_distill.losses.ULD}, alm: {class_path: lit_distill.losses.ALM}}')
+               'uld: {class_path: lit_distill.losses.ULD}, alm: {class_path: lit_distill.losses.ALM, init_args: {debias: true}}}')
 
 
 @pytest.fixture(scope="module")

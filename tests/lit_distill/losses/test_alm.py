@@ -446,3 +446,77 @@ def test_term_config_errors():
         ALM(sources={"mask": "batch.loss_mask"})
     assert ALM(sources={"student_labels": "batch.student_labels"}).sources["student_labels"] == (
         "batch.student_labels")
+
+
+# ---------------------------------------------------------------------------------------------
+# Debiasing (tokenkit's merge_by_space_prob + append_space)
+# ---------------------------------------------------------------------------------------------
+
+
+def _ref_space_logp(row: torch.Tensor, space: torch.Tensor) -> float:
+    values = [float(v) for v in row.double()]
+    top = max(values)
+    total = sum(math.exp(v - top) for v in values)
+    return math.log(sum(math.exp(v - top) for v, s in zip(values, space.tolist(), strict=False) if s) / total)
+
+
+def _ref_debiased(sl, tl, slab, tlab, sch, tch, s_space, t_space, tau=100.0, eps=1e-6, threshold=0.1):
+    """Loop reference: counted chunks in order, merged until the teacher's word-start probability after
+    a chunk exceeds ``threshold``; each group's log-likelihood + log P(word start after it), per side."""
+    losses = []
+    for b in range(sl.shape[0]):
+        groups, current = [], None
+        for c in range(sch.shape[2]):
+            s_tok = [t for t in range(sl.shape[1]) if sch[b, t, c] and int(slab[b, t]) != -100]
+            t_tok = [t for t in range(tl.shape[1]) if tch[b, t, c] and int(tlab[b, t]) != -100]
+            if not s_tok or not t_tok:
+                continue
+            log_ps = min(0.0, sum(_ref_token_logp(sl[b, t], int(slab[b, t])) for t in s_tok))
+            log_pt = min(0.0, sum(_ref_token_logp(tl[b, t], int(tlab[b, t])) for t in t_tok))
+            s_end = _ref_space_logp(sl[b, min(max(s_tok) + 1, sl.shape[1] - 1)], s_space)
+            t_end = _ref_space_logp(tl[b, min(max(t_tok) + 1, tl.shape[1] - 1)], t_space)
+            current = [0.0, 0.0] if current is None else current
+            current = [current[0] + log_ps, current[1] + log_pt, s_end, t_end]
+            if math.exp(t_end) > threshold:
+                groups.append(current)
+                current = None
+        if current is not None:
+            groups.append(current)
+        for log_ps, log_pt, s_end, t_end in groups:
+            a, bb = min(0.0, log_pt + t_end) / tau - eps, min(0.0, log_ps + s_end) / tau - eps
+            p = math.exp(a)
+            losses.append(-(p * bb + (1.0 - p) * math.log(-math.expm1(bb))))
+    return sum(losses) / len(losses) if losses else 0.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("threshold", [0.1, 0.5, 0.9])
+def test_debiased_alm_matches_a_direct_loop(seed, threshold):
+    sl, tl, slab, tlab, sch, tch = _random_case(seed, scale=1.0)
+    g = torch.Generator().manual_seed(100 + seed)
+    s_space, t_space = torch.rand(11, generator=g) < 0.4, torch.rand(15, generator=g) < 0.4  # shorter than Vt
+    got = alm(sl.double(), tl.double(), slab, tlab, sch, tch, tau=10.0, student_space_mask=s_space,
+              teacher_space_mask=t_space, debias=True, space_threshold=threshold)
+    want = _ref_debiased(sl, tl, slab, tlab, sch, tch, s_space, torch.cat([t_space, torch.zeros(2, dtype=torch.bool)]),
+                         tau=10.0, threshold=threshold)
+    assert float(got) == pytest.approx(want, rel=1e-10, abs=1e-12)
+
+
+def test_debiased_alm_gradient_reaches_the_student_only_and_through_its_space_probability():
+    sl, tl, slab, tlab, sch, tch = _random_case(7, scale=1.0)
+    sl, tl = sl.double().requires_grad_(), tl.double().requires_grad_()
+    space_s, space_t = torch.arange(11) % 3 == 0, torch.arange(17) % 3 == 0
+    alm(sl, tl, slab, tlab, sch, tch, student_space_mask=space_s, teacher_space_mask=space_t, debias=True).backward()
+    assert tl.grad is None and torch.isfinite(sl.grad).all()
+    # positions that are in no counted chunk still get gradient when they follow one (the word-start term)
+    plain = sl.detach().clone().requires_grad_()
+    alm(plain, tl.detach(), slab, tlab, sch, tch).backward()
+    assert not torch.equal(sl.grad, plain.grad)
+
+
+def test_debias_without_space_masks_is_refused():
+    sl, tl, slab, tlab, sch, tch = _random_case(0)
+    with pytest.raises(ValueError, match="space_mask"):
+        alm(sl, tl, slab, tlab, sch, tch, debias=True)
+    with pytest.raises(ConfigError, match="space_threshold"):
+        ALM(debias=True, space_threshold=1.5)

@@ -82,7 +82,8 @@ def alm_inputs() -> dict[str, Any]:
     return {"student_logits": torch.randn(2, 4, 7, generator=g), "teacher_logits": torch.randn(2, 4, 9, generator=g),
             "student_labels": torch.randint(0, 7, (2, 4), generator=g),
             "teacher_labels": torch.randint(0, 9, (2, 4), generator=g),
-            "student_chunks": chunks, "teacher_chunks": chunks}
+            "student_chunks": chunks, "teacher_chunks": chunks,
+            "student_space_mask": torch.arange(7) % 2 == 0, "teacher_space_mask": torch.arange(9) % 2 == 0}
 
 
 def uld_inputs() -> dict[str, Any]:
@@ -167,7 +168,7 @@ EXAMPLES: dict[str, Example] = {
                                           "class_counts": CLASS_COUNTS[::-1]}),
     "DeiTHardDistillation": Example({}, lambda: {"dist_logits": torch.randn(4, 5, generator=generator()),
                                                  "teacher_logits": torch.randn(4, 5)}),
-    "ALM": Example({}, alm_inputs, {"tau": 5.0, "eps": 0.01}),
+    "ALM": Example({"debias": True}, alm_inputs, {"tau": 5.0, "eps": 0.01, "space_threshold": 0.95}),
     "ULD": Example({}, uld_inputs, {"temperature": 2.0, "top_k": 2}),
     "TRG": Example({"student_dim": 6, "teacher_dim": 8, "num_tokens": 5, "k": 3, "projection_dim": 4},
                    lambda: {"student_tokens": torch.randn(2, 10, 6, generator=generator()),
