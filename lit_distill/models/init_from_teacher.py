@@ -11,7 +11,10 @@
   its leading block of the student's shape (the first features, the first feed-forward units).
   With the head width unchanged this keeps the first heads (``num_attention_heads`` scales with
   the width). Tensors whose shape does not change (vocabulary and positions of the embeddings'
-  rows, classifier outputs) are copied as they are.
+  rows, classifier outputs) are copied as they are. ``--width-method projection`` instead
+  projects the residual stream onto the principal directions of the teacher's embeddings, with
+  the norms' gains folded in (exact at the teacher's width; RMSNorm decoders only, see
+  :mod:`lit_distill.models.width_projection`); heads and feed-forward width stay the teacher's.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def _truncate(value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 
 def student_from_teacher(teacher: Any, layers: str | Sequence[int], hidden_size: int | None = None,
-                         intermediate_size: int | None = None) -> Any:
+                         intermediate_size: int | None = None, width_method: str = "truncation") -> Any:
     """A ``transformers`` model of the teacher's class with the chosen layers (and width) of its weights.
 
     Args:
@@ -63,7 +66,18 @@ def student_from_teacher(teacher: Any, layers: str | Sequence[int], hidden_size:
         layers: ``every:k`` or teacher layer indices (see the module docstring).
         hidden_size: the student's width (None: the teacher's); truncation.
         intermediate_size: the student's feed-forward width (None: scaled like the hidden size).
+        width_method: ``truncation`` (the leading block of every tensor) or ``projection``
+            (:func:`~lit_distill.models.width_projection.project_width`, RMSNorm decoders).
     """
+    if width_method not in ("truncation", "projection"):
+        raise ConfigError(f"init-student --width-method: truncation or projection, got {width_method!r}")
+    if width_method == "projection" and hidden_size is not None:
+        if intermediate_size is not None:
+            raise ConfigError("init-student --intermediate-size: a projection keeps the teacher's feed-forward "
+                              "width; give it with --width-method truncation")
+        from lit_distill.models.width_projection import project_width
+
+        return project_width(student_from_teacher(teacher, layers), hidden_size)
     config = teacher.config.to_dict()
     kept = choose_layers(layers, int(config["num_hidden_layers"]))
     new = {"num_hidden_layers": len(kept)}
@@ -82,7 +96,7 @@ def student_from_teacher(teacher: Any, layers: str | Sequence[int], hidden_size:
         if "num_key_value_heads" in config:
             new["num_key_value_heads"] = int(heads)
     student_config = type(teacher.config).from_dict({**config, **new})
-    student = type(teacher)(student_config)
+    student = type(teacher)(student_config).to(next(teacher.parameters()).dtype)
     position = {old: i for i, old in enumerate(kept)}
     shapes = {name: value.shape for name, value in student.state_dict().items()}
     state = {}
@@ -111,12 +125,16 @@ def main(args: Sequence[str] = ()) -> None:
     parser.add_argument("--layers", default="every:2", help="every:k or teacher layer indices, e.g. 0,2,4,7,9,11")
     parser.add_argument("--hidden-size", type=int, default=None, help="narrower student (truncation)")
     parser.add_argument("--intermediate-size", type=int, default=None, help="its feed-forward width")
+    parser.add_argument("--width-method", choices=("truncation", "projection"), default="truncation",
+                        help="how --hidden-size narrows: keep the leading features (truncation) or project the "
+                             "residual stream onto the embeddings' principal directions (RMSNorm decoders)")
     parser.add_argument("--out", required=True, help="directory to write the student to")
     ns = parser.parse_args(list(args))
     from lit_distill.models.hf_model import HFModel
 
     teacher = HFModel(task=ns.task, path=ns.teacher)
-    student = student_from_teacher(teacher.module, ns.layers, ns.hidden_size, ns.intermediate_size)
+    student = student_from_teacher(teacher.module, ns.layers, ns.hidden_size, ns.intermediate_size,
+                                   ns.width_method)
     Path(ns.out).mkdir(parents=True, exist_ok=True)
     student.save_pretrained(ns.out)
     from lit_distill.models.hf import copy_tokenizer
