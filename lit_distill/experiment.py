@@ -42,6 +42,7 @@ from pathlib import Path
 from lit_distill.errors import ConfigError
 
 DONE = "done.json"
+SEED = "{seed}"  # in an override: the run's seed
 LOG_TAIL_LINES = 8
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -53,7 +54,10 @@ class Run:
     Args:
         name: the arm; runs of one arm differ only by ``seed``.
         configs: config files, stacked in order (``--config`` each).
-        overrides: further CLI arguments, e.g. ``--trainer.max_steps=100``.
+        overrides: further CLI arguments, e.g. ``--trainer.max_steps=100``. ``{seed}`` in one is
+            replaced by the run's seed: a pretrained student is deterministic apart from the data
+            order and sampling, whose seeds (``--data.init_args.seed={seed}``, a step's ``seed``)
+            ``--seed_everything`` does not set.
         seed: ``--seed_everything``.
         group: the stage (``teacher``, ``students``, ...): a level of the directory tree.
         export: also export the student to ``<run dir>/export`` after the fit.
@@ -129,7 +133,7 @@ def fit_arguments(run: Run, directory: Path) -> list[str]:
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger",
               "init_args": {"save_dir": str(directory), "flush_logs_every_n_steps": 1}}
     return ["fit", *(x for config in run.configs for x in ("--config", config)),
-            f"--trainer.logger={json.dumps(logger)}", *run.overrides,
+            f"--trainer.logger={json.dumps(logger)}", *(o.replace(SEED, str(run.seed)) for o in run.overrides),
             f"--trainer.default_root_dir={directory}", f"--seed_everything={run.seed}"]
 
 

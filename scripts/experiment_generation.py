@@ -69,11 +69,14 @@ CE = "{ce: {class_path: lit_distill.losses.CrossEntropy}}"
 FKL = "{kd: {class_path: lit_distill.losses.ForwardKL}}"
 TVD = "{tvd: {class_path: lit_distill.losses.TotalVariation}}"
 SKL = "{skl: {class_path: lit_distill.losses.SkewKL, init_args: {alpha: 0.1}}}"
-ADAPTIVE = "{class_path: lit_distill.AdaptiveOffPolicyStep, init_args: {max_new_tokens: 40}}"
+ADAPTIVE = "{class_path: lit_distill.AdaptiveOffPolicyStep, init_args: {max_new_tokens: 40, seed: {seed}}}"
 ALM = ("{ce: {class_path: lit_distill.losses.CrossEntropy}, alm: {class_path: lit_distill.losses.ALM, "
        "init_args: {debias: true, weight: %s}}}")  # tokenkit's recommended (debiased) mode
 GRADMAG = "--model.init_args.step={class_path: lit_distill.GradMagStep}"  # the authors' weighting
-ON_POLICY = "{class_path: lit_distill.OnPolicyStep, init_args: {student_fraction: %s, max_new_tokens: 40}}"
+ON_POLICY = ("{class_path: lit_distill.OnPolicyStep, init_args: {student_fraction: %s, max_new_tokens: 40, "
+             "seed: {seed}}}")
+# A pretrained student is deterministic but for the data order and the samples: the seed varies both.
+SEEDED = ["--data.init_args.seed={seed}"]
 MAX_NEW_TOKENS = 40
 
 
@@ -89,7 +92,7 @@ ARMS_A = [  # tokenizer A (the teacher's): name -> (config, overrides)
     Run("A: CE (gold)", [SEQKD], [*GOLD, *NO_TEACHER, losses(CE)]),
     Run("A: Seq-KD", [SEQKD], [*NO_TEACHER, losses(CE)]),
     Run("A: word KD (FKL, gold)", [SEQKD], [*GOLD, losses(FKL)]),
-    Run("A: GKD (JSD, on-policy 0.5)", [GKD], []),
+    Run("A: GKD (JSD, on-policy 0.5)", [GKD], [step(0.5)]),
     Run("A: DistillSpec (TVD, on-policy 1)", [GKD], [losses(TVD), step(1.0)]),
     Run("A: DistiLLM (SKL, adaptive replay)", [GKD], [losses(SKL), f"--model.init_args.step={ADAPTIVE}"]),
 ]
@@ -262,7 +265,7 @@ def main() -> None:
         return
     pretrain(ns.pretrain_steps)
     teacher_nll = teacher_and_answers()
-    budget = [f"--trainer.max_steps={ns.steps}", f"--model.init_args.scheduler.init_args.total_steps={ns.steps}",
+    budget = [*SEEDED, f"--trainer.max_steps={ns.steps}", f"--model.init_args.scheduler.init_args.total_steps={ns.steps}",
               f"--trainer.val_check_interval={max(ns.steps // 4, 1)}"]
     arms_a = [Run(a.name, a.configs, [*a.overrides, *budget], group="students", export=True) for a in ARMS_A]
     results_a = launch(expand(arms_a[:1], ns.seeds), ROOT, workers=1, cwd=REPO)

@@ -63,6 +63,13 @@ def test_fit_arguments_put_the_run_directory_and_seed_after_the_overrides(tmp_pa
     assert args[6:] == ["--trainer.max_steps=5", f"--trainer.default_root_dir={tmp_path}", "--seed_everything=3"]
 
 
+def test_seed_placeholders_in_overrides_take_the_runs_seed(tmp_path):
+    run = Run("a", ["c.yaml"], ["--data.init_args.seed={seed}", "--model.init_args.step={class_path: S, "
+                                "init_args: {seed: {seed}}}"], seed=4)
+    args = fit_arguments(run, tmp_path)
+    assert "--data.init_args.seed=4" in args and "--model.init_args.step={class_path: S, init_args: {seed: 4}}" in args
+
+
 def test_a_directory_started_with_other_arguments_is_refused(tmp_path):
     run = Run("a", ["c.yaml"])
     directory = run.directory(tmp_path)
