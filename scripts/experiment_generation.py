@@ -185,7 +185,8 @@ def token_f1(prediction: str, gold: str) -> float:
 
 
 def answer_quality(model: Path, out: Path, tokenizer: Path | None = None) -> dict[str, float]:
-    """Greedy answers of ``model`` to the held-out prompts: mean token F1 and exact match vs gold."""
+    """Greedy answers of ``model`` to the held-out prompts: mean token F1 and exact match vs gold, and
+    token F1 vs the teacher's greedy answer (how closely the student imitates it)."""
     if not (out / "val/manifest.json").exists() or not any((out / "val").glob("*.jsonl")):
         extra = [f"--data.init_args.tokenizer={tokenizer}"] if tokenizer else []
         lit_distill("generate", "--config", SEQKD, "--model", "student", "--splits", "val", "--out", out,
@@ -193,11 +194,14 @@ def answer_quality(model: Path, out: Path, tokenizer: Path | None = None) -> dic
                     f"--model.init_args.student.init_args.path={model}")
     gold = {json.loads(line)["prompt"]: json.loads(line)["response"]
             for line in (ROOT / "qa/val.jsonl").read_text("utf-8").splitlines()}
+    teacher = {json.loads(line)["prompt"]: json.loads(line)["response"]
+               for line in (ROOT / "teacher_answers_val.jsonl").read_text("utf-8").splitlines()}
     records = [json.loads(line) for shard in sorted((out / "val").glob("shard-*.jsonl"))
                for line in shard.read_text("utf-8").splitlines()]
     f1 = [token_f1(r["response"], gold[r["prompt"]]) for r in records]
     exact = [float(normalise(r["response"]) == normalise(gold[r["prompt"]])) for r in records]
-    return {"f1": sum(f1) / len(f1), "exact": sum(exact) / len(exact)}
+    imitation = [token_f1(r["response"], teacher[r["prompt"]]) for r in records]
+    return {"f1": sum(f1) / len(f1), "exact": sum(exact) / len(exact), "f1_teacher": sum(imitation) / len(imitation)}
 
 
 def acceptance(draft: Path, out: Path) -> dict[str, float]:
@@ -230,7 +234,7 @@ def evaluate(results, tokenizer: Path | None, drafts: bool) -> dict[str, list[di
 
 def report(rows: dict[str, list[dict[str, float]]], teacher: dict[str, float], results, out: Path, steps: int,
            alm_weight: float) -> None:
-    keys = ["f1", "exact", "nll", "acceptance", "greedy_acceptance", "tokens_per_call"]
+    keys = ["f1", "exact", "f1_teacher", "nll", "acceptance", "greedy_acceptance", "tokens_per_call"]
     table_rows = [["teacher (4 layers, 128 wide)", *(f"{teacher.get(k, float('nan')):.4f}" for k in keys)]]
     for arm, values in rows.items():
         table_rows.append([arm, *(mean_std([v.get(k, float("nan")) for v in values]).cell() for k in keys)])
@@ -241,7 +245,7 @@ def report(rows: dict[str, list[dict[str, float]]], teacher: dict[str, float], r
         "# Distillation on generated text: measured", "",
         f"Rerun: `python scripts/experiment_generation.py --steps {steps}` (the script's docstring says what "
         "each stage does). Held-out: 267 functions whose docstrings the pretraining corpus never contained.", "",
-        markdown_table(["arm", "token F1", "exact match", "gold NLL/token", "acceptance (T=1)",
+        markdown_table(["arm", "token F1", "exact match", "F1 vs teacher", "gold NLL/token", "acceptance (T=1)",
                         "greedy acceptance", "tokens/call (γ=4)"], table_rows), "",
         "Mean ± std over seeds; NLL is per tokenizer-A token (tokenizer B arms: per tokenizer-B token, not "
         "comparable); acceptance: the student as a draft for the teacher on the teacher's held-out answers. "
