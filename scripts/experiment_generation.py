@@ -282,15 +282,15 @@ def main() -> None:
     if teacher["f1"] <= f1 or teacher["nll"] >= nll:
         raise SystemExit("the teacher does not beat the CE-trained student on held-out F1 and NLL: distilling "
                          "from it would measure nothing; train it longer (configs/text/seqkd/docstring-qa-teacher.yaml)")
-    results = results_a + launch(expand(arms_a[1:], ns.seeds), ROOT, workers=1, cwd=REPO)
-    rows = evaluate(results, None, drafts=True)
     arms_b = [Run(a.name, a.configs, [*a.overrides, *budget], group="students", export=True) for a in ARMS_B]
-    results_b = launch(expand(arms_b, ns.seeds), ROOT, workers=1, cwd=REPO)
+    results_b = launch(expand(arms_b, ns.seeds), ROOT, workers=2, cwd=REPO)
     weight = gradmag_weight(by_arm(results_b)["B: CE + ALM (gradmag)"])
     print(f"ALM weight measured by GradMagStep (relative to CE): {weight:.1f}")
     on_policy = Run(ALM_ON_POLICY, [ULD], [losses(ALM % f"{weight:.1f}"), step(0.5), *budget], group="students",
                     export=True)
-    results_b += launch(expand([on_policy], ns.seeds), ROOT, workers=1, cwd=REPO)
+    results_b += launch(expand([on_policy], ns.seeds), ROOT, workers=2, cwd=REPO)
+    results = results_a + launch(expand(arms_a[1:], ns.seeds), ROOT, workers=2, cwd=REPO)
+    rows = evaluate(results, None, drafts=True)
     rows.update(evaluate(results_b, ROOT / "tokenizer_unigram", drafts=False))
     report(rows, teacher, results + results_b, ns.out, ns.steps, weight)
 
