@@ -40,8 +40,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
+
 from datamodules.docstring_qa import held_out_free_corpus, write_docstring_qa  # noqa: E402
-from datamodules.tokenizer_training import train_tokenizer  # noqa: E402
+from datamodules.text import special_prefix  # noqa: E402
+from datamodules.tokenizer_training import load_tokenizer, train_tokenizer  # noqa: E402
 from lit_distill.experiment import (  # noqa: E402
     Run,
     by_arm,
@@ -101,6 +105,8 @@ ARMS_B = [  # tokenizer B (Unigram), all on the teacher's answers
     Run("B: CE + ULD", [ULD], []),
     Run("B: CE + ALM (gradmag)", [ULD], [losses(ALM % 1.0), GRADMAG]),
     Run("B: CE + ULD, on-policy 0.5", [ULD], [step(0.5)]),
+    # control: ULD pairing the positions where both models have read the same bytes, not the i-th ones
+    Run("B: CE + ULD (byte alignment)", [ULD], ["--model.init_args.losses.uld.init_args.alignment=bytes"]),
 ]
 ALM_ON_POLICY = "B: CE + ALM (weight from gradmag), on-policy 0.5"  # one step per run: the weight is measured
 
@@ -201,7 +207,31 @@ def answer_quality(model: Path, out: Path, tokenizer: Path | None = None) -> dic
     f1 = [token_f1(r["response"], gold[r["prompt"]]) for r in records]
     exact = [float(normalise(r["response"]) == normalise(gold[r["prompt"]])) for r in records]
     imitation = [token_f1(r["response"], teacher[r["prompt"]]) for r in records]
-    return {"f1": sum(f1) / len(f1), "exact": sum(exact) / len(exact), "f1_teacher": sum(imitation) / len(imitation)}
+    loops = [float(loops_back(r["response"])) for r in records]
+    return {"f1": sum(f1) / len(f1), "exact": sum(exact) / len(exact), "f1_teacher": sum(imitation) / len(imitation),
+            "loops": sum(loops) / len(loops)}
+
+
+@torch.no_grad()
+def answer_entropy(model: Path, tokenizer: Path) -> float:
+    """Mean entropy (nats) of the model's next-token distributions over the gold held-out answers."""
+    tok = load_tokenizer(str(tokenizer), None)
+    net = AutoModelForCausalLM.from_pretrained(model).eval()
+    entropies = []
+    for line in (ROOT / "qa/val.jsonl").read_text("utf-8").splitlines():
+        pair = json.loads(line)
+        prompt = special_prefix(tok) + tok(pair["prompt"], add_special_tokens=False)["input_ids"]
+        answer = tok(pair["response"], add_special_tokens=False)["input_ids"]
+        logp = net(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1: len(prompt) + len(answer)].log_softmax(-1)
+        entropies.append(float(-(logp.exp() * logp).sum(-1).mean()))
+    return sum(entropies) / len(entropies)
+
+
+def loops_back(answer: str) -> bool:
+    """Whether a greedy answer repeats itself: a word 3-gram occurs three times or more."""
+    words = answer.split()
+    counts = collections.Counter(tuple(words[i:i + 3]) for i in range(len(words) - 2))
+    return bool(counts) and max(counts.values()) >= 3
 
 
 def acceptance(draft: Path, out: Path) -> dict[str, float]:
@@ -224,8 +254,10 @@ def evaluate(results, tokenizer: Path | None, drafts: bool) -> dict[str, list[di
     for arm, runs in by_arm(results).items():
         for result in runs:
             row = answer_quality(result.export_dir, result.directory / "answers", tokenizer)
+            row["entropy"] = answer_entropy(result.export_dir, tokenizer or QUICKSTART / "tokenizer")
             final = result.metrics().final
-            row["nll"] = final.get("val/student_ce", float("nan"))
+            # two tokenizers: the module logs no val/student_ce; the CE term on the gold answers is the same NLL
+            row["nll"] = final.get("val/student_ce", final.get("val/ce", float("nan")))
             if drafts:
                 row.update(acceptance(result.export_dir, result.directory / "acceptance.json"))
             rows.setdefault(arm, []).append(row)
@@ -234,7 +266,8 @@ def evaluate(results, tokenizer: Path | None, drafts: bool) -> dict[str, list[di
 
 def report(rows: dict[str, list[dict[str, float]]], teacher: dict[str, float], results, out: Path, steps: int,
            alm_weight: float) -> None:
-    keys = ["f1", "exact", "f1_teacher", "nll", "acceptance", "greedy_acceptance", "tokens_per_call"]
+    keys = ["f1", "exact", "f1_teacher", "loops", "nll", "entropy", "acceptance", "greedy_acceptance",
+            "tokens_per_call"]
     table_rows = [["teacher (4 layers, 128 wide)", *(f"{teacher.get(k, float('nan')):.4f}" for k in keys)]]
     for arm, values in rows.items():
         table_rows.append([arm, *(mean_std([v.get(k, float("nan")) for v in values]).cell() for k in keys)])
@@ -245,7 +278,8 @@ def report(rows: dict[str, list[dict[str, float]]], teacher: dict[str, float], r
         "# Distillation on generated text: measured", "",
         f"Rerun: `python scripts/experiment_generation.py --steps {steps}` (the script's docstring says what "
         "each stage does). Held-out: 267 functions whose docstrings the pretraining corpus never contained.", "",
-        markdown_table(["arm", "token F1", "exact match", "F1 vs teacher", "gold NLL/token", "acceptance (T=1)",
+        markdown_table(["arm", "token F1", "exact match", "F1 vs teacher", "looping answers", "gold NLL/token",
+                        "entropy", "acceptance (T=1)",
                         "greedy acceptance", "tokens/call (γ=4)"], table_rows), "",
         "Mean ± std over seeds; NLL is per tokenizer-A token (tokenizer B arms: per tokenizer-B token, not "
         "comparable); acceptance: the student as a draft for the teacher on the teacher's held-out answers. "
@@ -275,6 +309,7 @@ def main() -> None:
     results_a = launch(expand(arms_a[:1], ns.seeds), ROOT, workers=1, cwd=REPO)
     teacher = answer_quality(MODELS / "teacher", ROOT / "teacher/answers")
     teacher["nll"] = teacher_nll
+    teacher["entropy"] = answer_entropy(MODELS / "teacher", QUICKSTART / "tokenizer")
     baseline = evaluate(results_a, None, drafts=True)[ARMS_A[0].name]
     f1 = sum(r["f1"] for r in baseline) / len(baseline)
     nll = sum(r["nll"] for r in baseline) / len(baseline)
