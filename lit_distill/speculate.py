@@ -32,26 +32,32 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=256, help="tokens per sequence (default 256)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, default=None, help="score at most this many batches")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="load both models in this dtype, e.g. bfloat16 (default: as saved)")
     return p
 
 
-def load_causal_lm(path: str, field: str):
+def load_causal_lm(path: str, field: str, device: str = "cpu", dtype: str | None = None):
     from transformers import AutoModelForCausalLM
 
+    from lit_distill.models.base import parse_dtype
     from lit_distill.models.hf import load_pretrained_checked
 
-    return load_pretrained_checked(AutoModelForCausalLM, path, field, "Qwen/Qwen2.5-0.5B").eval()
+    torch_dtype = parse_dtype(dtype, "speculate --dtype")
+    return load_pretrained_checked(AutoModelForCausalLM, path, field, "Qwen/Qwen2.5-0.5B",
+                                   dtype=torch_dtype).eval().to(device)
 
 
 @torch.no_grad()
 def measure(target, draft, batches, gamma: int, temperature: float) -> dict:
     """Acceptance of ``draft`` against ``target`` over ``batches`` of ``TextDataModule`` batches."""
     tally = AcceptanceTally(gamma, temperature)
+    device = next(target.parameters()).device
     for batch in batches:
-        inputs = batch["inputs"]
+        inputs = {key: value.to(device) for key, value in batch["inputs"].items()}
         target_logits = target(**inputs, use_cache=False).logits
         draft_logits = draft(**inputs, use_cache=False).logits
-        tally.update(draft_logits, target_logits, batch["loss_mask"])
+        tally.update(draft_logits, target_logits, batch["loss_mask"].to(device))
     return tally.result()
 
 
@@ -61,8 +67,9 @@ def main(args: Sequence[str]) -> None:
     ns = parser().parse_args(list(args))
     if ns.gamma < 1:
         raise ConfigError(f"speculate --gamma: must be >= 1, got {ns.gamma}")
-    target = load_causal_lm(ns.target, "speculate --target")
-    draft = load_causal_lm(ns.draft, "speculate --draft")
+    device = ns.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    target = load_causal_lm(ns.target, "speculate --target", device, ns.dtype)
+    draft = load_causal_lm(ns.draft, "speculate --draft", device, ns.dtype)
     if draft.get_output_embeddings().weight.shape[0] > target.get_output_embeddings().weight.shape[0]:
         raise ConfigError("speculate --draft: the draft has more output logits than the target; a draft must "
                           "share its target's vocabulary")

@@ -63,6 +63,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "lit_distill.losses.fused": ["fused_cross_entropy", "fused_forward_kl", "fused_reverse_kl"],
     "lit_distill.losses.fused_terms": ["FusedCrossEntropy", "FusedForwardKL", "FusedReverseKL"],
     "lit_distill.losses.multi_teacher": ["EnsembleKD", "ensemble_kd"],
+    "lit_distill.losses.adaspec": ["AdaSPEC"],
     "lit_distill.losses.preference": ["DPO", "MoEAuxLoss", "dpo_loss", "sequence_logprobs"],
     "lit_distill.losses.relation": ["TRG", "contextual_relation", "global_contrastive", "local_graph_kl"],
     "lit_distill.losses.segmentation": [

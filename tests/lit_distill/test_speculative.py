@@ -116,3 +116,17 @@ def test_speculate_rejects_a_bad_gamma(capsys, text_dir, teacher_dir):
         main(["speculate", "--target", str(teacher_dir), "--draft", str(teacher_dir), "--data",
               str(text_dir / "val.txt"), "--gamma", "0"])
     assert "--gamma: must be >= 1" in capsys.readouterr().err
+
+
+def test_speculate_loads_both_models_on_the_device_and_in_the_dtype_asked(tmp_path, text_dir, tokenizer_dir,
+                                                                           teacher_dir, capsys):
+    from lit_distill.cli import main
+
+    common = ["speculate", "--target", str(teacher_dir), "--draft", str(teacher_dir), "--data",
+              str(text_dir / "val.txt"), "--tokenizer", str(tokenizer_dir), "--max-length", "32", "--limit", "1"]
+    main([*common, "--device", "cpu", "--dtype", "bfloat16"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["sampled"]["acceptance"] == pytest.approx(1.0, abs=1e-3)  # the same bf16 model on both sides
+    with pytest.raises(SystemExit):
+        main([*common, "--dtype", "float13"])
+    assert "speculate --dtype" in capsys.readouterr().err

@@ -204,6 +204,8 @@ EXAMPLES: dict[str, Example] = {
                                                         "teacher_states": "teacher.features.q"}},
                               lambda: {"student_states": torch.randn(2, 3, 4, generator=generator()),
                                        "teacher_states": torch.randn(2, 3, 8)}, {"heads": 4}),
+    "AdaSPEC": Example({}, lambda: {**logits_pair(), "reference_logits": torch.randn(2, 3, 7, generator=torch.Generator().manual_seed(7))},
+                       {"keep": 0.2}),
     "EnsembleKD": Example({"teachers": ["a", "b"], "weighting": "entropy"},
                           lambda: {"student_logits": torch.randn(4, 5, generator=generator()),
                                    "teacher_features": {"a.logits": torch.randn(4, 5), "b.logits": 3 * torch.randn(4, 5)}},
