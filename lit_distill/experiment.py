@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import shlex
@@ -244,13 +245,17 @@ class Stat:
     n: int
 
     def cell(self, digits: int = 4) -> str:
-        """``mean ± std``, e.g. ``4.9724 ± 0.0653``."""
+        """``mean ± std``, e.g. ``4.9724 ± 0.0653``; ``–`` when not measured (NaN)."""
+        if math.isnan(self.mean):
+            return "–"
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
 
 
 def mean_std(values: Iterable[float]) -> Stat:
-    """:class:`Stat` of ``values`` (at least one)."""
+    """:class:`Stat` of ``values`` (at least one); NaN mean and spread if any value is NaN (not measured)."""
     values = list(values)
+    if any(math.isnan(v) for v in values):  # statistics.stdev raises on NaN in Python 3.11
+        return Stat(math.nan, math.nan, len(values))
     return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
 
 

@@ -106,6 +106,7 @@ def test_mean_std_and_tables_match_a_direct_computation():
     assert summary["kd"]["val/kd"].n == 2 and summary["ce only"]["val/ce"].std == 0.0
     assert "val/kd" not in summary["ce only"]
     assert mean_std([1.0, 3.0]).cell(2) == f"2.00 ± {statistics.stdev([1.0, 3.0]):.2f}"
+    assert mean_std([1.0, float("nan")]).cell() == "–"  # a metric some seeds did not measure
     table = summary_table(summary, ["val/ce", "val/kd"], digits=3).splitlines()
     assert table[0] == "| arm | n | val/ce | val/kd |" and table[1] == "|---|---|---|---|"
     assert table[2] == f"| kd | 3 | {statistics.fmean(ce):.3f} ± {statistics.stdev(ce):.3f} | 1.100 ± 0.141 |"
