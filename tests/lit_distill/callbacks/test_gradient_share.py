@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -81,3 +83,31 @@ def test_parameter_patterns_and_terms_are_checked():
         trainer.fit(module, DataLoader(batches(1), batch_size=None))
     with pytest.raises(ConfigError, match="every_n_steps"):
         GradientShare(every_n_steps=0)
+
+
+def test_gradient_share_on_a_tiny_codec_recipe(tmp_path):
+    """A codec recipe (mel, wave, commit terms) logs every term's gradient share on its encoder."""
+    from datamodules.speech import synthesize_speech_corpus
+    from lit_distill.cli import run_cli
+
+    repo = Path(__file__).resolve().parents[3]
+    sentences = ["The quick brown fox jumps over the lazy dog.", "She opened the window and listened to the rain.",
+                 "Two birds were building a nest under the roof.", "We walked along the beach at sunset."]
+    manifest = synthesize_speech_corpus(tmp_path / "synth", sentences, voices=["en-us"], speeds=[175])
+    extra = tmp_path / "share.yaml"
+    extra.write_text("trainer:\n  callbacks:\n    - class_path: lit_distill.callbacks.GradientShare\n"
+                     "      init_args: {parameters: ['student.*encoder*'], every_n_steps: 1}\n")
+    run = run_cli([
+        "fit", "--config", str(repo / "configs" / "speech" / "codec" / "codec_synth.yaml"), "--config", str(extra),
+        f"--data.init_args.manifest={manifest}", "--data.init_args.synthesize=false",
+        "--data.init_args.batch_size=2", "--data.init_args.val_fraction=0.25", "--data.init_args.crop_seconds=0.5",
+        "--model.init_args.student.init_args.channels=4", "--model.init_args.student.init_args.dim=16",
+        "--model.init_args.student.init_args.dilations=[1]", "--model.init_args.student.init_args.codebook_size=16",
+        "--trainer.max_steps=2", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
+        "--trainer.num_sanity_val_steps=0", "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={tmp_path / 'run'}",
+    ])
+    metrics = run.trainer.callback_metrics
+    shares = {k: float(v) for k, v in metrics.items() if k.startswith("grad_share/")}
+    assert set(shares) == {"grad_share/mel", "grad_share/wave", "grad_share/commit"}, sorted(metrics)
+    assert all(0 < s < 1 for s in shares.values()) and abs(sum(shares.values()) - 1) < 1e-5
+    assert all(float(metrics[k.replace("share", "norm")]) > 0 for k in shares)
