@@ -16,8 +16,11 @@
    CE + ULD, CE + ALM on the teacher's answers, and ULD / ALM on-policy. Drafts for the teacher as
    target: acceptance (``python -m lit_distill speculate`` on the teacher's held-out answers) of
    the CE draft, the KD drafts and DistillSpec (TVD, fully on-policy).
-5. Metrics: held-out token F1 and exact match of greedy answers against the gold answers, the
-   gold answers' NLL per token (tokenizer A arms; ``val/student_ce``), and its trajectory.
+5. Metrics: held-out token F1 and exact match of greedy answers against the gold answers, F1
+   against the teacher's answers (imitation), the share of looping answers (a word 3-gram three
+   times), the gold answers' NLL per token (``val/student_ce``; ``val/ce`` across tokenizers) and its
+   trajectory, the next-token entropy and p(EOS) after each gold answer under teacher forcing, and
+   each divergence's gradient norm on the CE student (why an on-policy objective moves it or not).
 
 Writes ``docs/experiments/generation.{md,json}`` (``--out``); a rerun skips finished runs.
 
@@ -82,6 +85,12 @@ ON_POLICY = ("{class_path: lit_distill.OnPolicyStep, init_args: {student_fractio
 # A pretrained student is deterministic but for the data order and the samples: the seed varies both.
 SEEDED = ["--data.init_args.seed={seed}"]
 MAX_NEW_TOKENS = 40
+ADASPEC = "{adaspec: {class_path: lit_distill.losses.AdaSPEC, init_args: {keep: 0.4}}}"
+REFERENCE = json.dumps({"class_path": "lit_distill.Teacher", "init_args": {"model": {
+    "class_path": "lit_distill.models.MultiModel", "init_args": {"members": {
+        "target": {"class_path": "lit_distill.models.HFCausalLM", "init_args": {"path": str(MODELS / "teacher")}},
+        "reference": {"class_path": "lit_distill.models.HFCausalLM", "init_args": {
+            "path": str(ROOT / "students/A_word_KD_FKL_gold") + "/seed{seed}/export"}}}}}}})
 
 
 def losses(spec: str) -> str:
@@ -98,8 +107,14 @@ ARMS_A = [  # tokenizer A (the teacher's): name -> (config, overrides)
     Run("A: word KD (FKL, gold)", [SEQKD], [*GOLD, losses(FKL)]),
     Run("A: GKD (JSD, on-policy 0.5)", [GKD], [step(0.5)]),
     Run("A: DistillSpec (TVD, on-policy 1)", [GKD], [losses(TVD), step(1.0)]),
+    # control: the same divergence with half the steps on gold answers (GKD's mixture)
+    Run("A: TVD, on-policy 0.5", [GKD], [losses(TVD), step(0.5)]),
     Run("A: DistiLLM (SKL, adaptive replay)", [GKD], [losses(SKL), f"--model.init_args.step={ADAPTIVE}"]),
 ]
+# AdaSPEC: forward KL on the 40 % of gold-answer tokens where the draft trails its reference (the word-KD
+# student of the same seed, so it runs after that arm) the most
+ADASPEC_ARM = Run("A: AdaSPEC (FKL on 40 % of tokens)", [SEQKD],
+                  [*GOLD, losses(ADASPEC), f"--model.init_args.teacher={REFERENCE}"])
 ARMS_B = [  # tokenizer B (Unigram), all on the teacher's answers
     Run("B: CE (teacher answers)", [ULD], [*NO_TEACHER, losses(CE)]),
     Run("B: CE + ULD", [ULD], []),
@@ -213,18 +228,43 @@ def answer_quality(model: Path, out: Path, tokenizer: Path | None = None) -> dic
 
 
 @torch.no_grad()
-def answer_entropy(model: Path, tokenizer: Path) -> float:
-    """Mean entropy (nats) of the model's next-token distributions over the gold held-out answers."""
+def teacher_forced(model: Path, tokenizer: Path) -> dict[str, float]:
+    """On the gold held-out answers (teacher forcing): the mean entropy (nats) of the model's next-token
+    distributions, and its probability of EOS right after each answer."""
     tok = load_tokenizer(str(tokenizer), None)
     net = AutoModelForCausalLM.from_pretrained(model).eval()
-    entropies = []
+    entropies, eos = [], []
     for line in (ROOT / "qa/val.jsonl").read_text("utf-8").splitlines():
         pair = json.loads(line)
         prompt = special_prefix(tok) + tok(pair["prompt"], add_special_tokens=False)["input_ids"]
         answer = tok(pair["response"], add_special_tokens=False)["input_ids"]
         logp = net(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1: len(prompt) + len(answer)].log_softmax(-1)
         entropies.append(float(-(logp.exp() * logp).sum(-1).mean()))
-    return sum(entropies) / len(entropies)
+        eos.append(float(logp[-1, tok.eos_token_id].exp()))
+    return {"entropy": sum(entropies) / len(entropies), "eos_end": sum(eos) / len(eos)}
+
+
+def divergence_gradients(student: Path) -> dict[str, float]:
+    """Norm of each divergence's gradient w.r.t. the student's logits on the teacher's held-out answers,
+    for the CE student: how hard each on-policy objective pulls the same model."""
+    from lit_distill.losses.divergences import forward_kl, generalized_jsd, skew_kl, total_variation
+
+    tok = load_tokenizer(str(QUICKSTART / "tokenizer"), None)
+    nets = [AutoModelForCausalLM.from_pretrained(m).eval() for m in (student, MODELS / "teacher")]
+    rows = [json.loads(line) for line in (ROOT / "teacher_answers_val.jsonl").read_text("utf-8").splitlines()][:64]
+    norms: dict[str, list[float]] = {}
+    for pair in rows:
+        prompt = special_prefix(tok) + tok(pair["prompt"], add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt + tok(pair["response"], add_special_tokens=False)["input_ids"]])
+        mask = torch.zeros(ids.shape, dtype=torch.bool)
+        mask[0, len(prompt) - 1: -1] = True
+        with torch.no_grad():
+            student_logits, teacher_logits = (net(ids).logits for net in nets)
+        for name, fn in (("fkl", forward_kl), ("jsd", generalized_jsd), ("skl", skew_kl), ("tvd", total_variation)):
+            logits = student_logits.clone().requires_grad_()
+            fn(logits, teacher_logits, mask).backward()
+            norms.setdefault(name, []).append(float(logits.grad.norm()))
+    return {name: sum(values) / len(values) for name, values in norms.items()}
 
 
 def loops_back(answer: str) -> bool:
@@ -254,7 +294,7 @@ def evaluate(results, tokenizer: Path | None, drafts: bool) -> dict[str, list[di
     for arm, runs in by_arm(results).items():
         for result in runs:
             row = answer_quality(result.export_dir, result.directory / "answers", tokenizer)
-            row["entropy"] = answer_entropy(result.export_dir, tokenizer or QUICKSTART / "tokenizer")
+            row.update(teacher_forced(result.export_dir, tokenizer or QUICKSTART / "tokenizer"))
             final = result.metrics().final
             # two tokenizers: the module logs no val/student_ce; the CE term on the gold answers is the same NLL
             row["nll"] = final.get("val/student_ce", final.get("val/ce", float("nan")))
@@ -266,9 +306,9 @@ def evaluate(results, tokenizer: Path | None, drafts: bool) -> dict[str, list[di
 
 def report(rows: dict[str, list[dict[str, float]]], teacher: dict[str, float], results, out: Path, steps: int,
            alm_weight: float) -> None:
-    keys = ["f1", "exact", "f1_teacher", "loops", "nll", "entropy", "acceptance", "greedy_acceptance",
+    keys = ["f1", "exact", "f1_teacher", "loops", "nll", "entropy", "eos_end", "acceptance", "greedy_acceptance",
             "tokens_per_call"]
-    table_rows = [["teacher (4 layers, 128 wide)", *(f"{teacher.get(k, float('nan')):.4f}" for k in keys)]]
+    table_rows = [["teacher (4 layers, 128 wide)", *(mean_std([teacher.get(k, float("nan"))]).cell() for k in keys)]]
     for arm, values in rows.items():
         table_rows.append([arm, *(mean_std([v.get(k, float("nan")) for v in values]).cell() for k in keys)])
     curves = {arm: [r.metrics().trajectories.get("val/student_ce", []) for r in runs]
@@ -279,12 +319,14 @@ def report(rows: dict[str, list[dict[str, float]]], teacher: dict[str, float], r
         f"Rerun: `python scripts/experiment_generation.py --steps {steps}` (the script's docstring says what "
         "each stage does). Held-out: 267 functions whose docstrings the pretraining corpus never contained.", "",
         markdown_table(["arm", "token F1", "exact match", "F1 vs teacher", "looping answers", "gold NLL/token",
-                        "entropy", "acceptance (T=1)",
+                        "entropy", "p(EOS) after answer", "acceptance (T=1)",
                         "greedy acceptance", "tokens/call (γ=4)"], table_rows), "",
         "Mean ± std over seeds; NLL is per tokenizer-A token (tokenizer B arms: per tokenizer-B token, not "
         "comparable); acceptance: the student as a draft for the teacher on the teacher's held-out answers. "
         f"ALM's on-policy weight {alm_weight:.1f} is the mean ALM/CE weight ratio GradMagStep chose in the "
         "off-policy gradmag arm.", "",
+        "Gradient norm w.r.t. the CE student's logits on the teacher's held-out answers (mean per answer): "
+        + ", ".join(f"{name} {value:.4f}" for name, value in teacher["gradients"].items()) + ".", "",
         "![held-out gold NLL per token](generation.png)", "", "Raw numbers: `generation.json`.", ""])
     (out / "generation.json").write_text(json.dumps({"teacher": teacher, "alm_weight": alm_weight, "arms": rows}, indent=1), encoding="utf-8")
     write_keeping_reading(out / "generation.md", text)
@@ -309,7 +351,7 @@ def main() -> None:
     results_a = launch(expand(arms_a[:1], ns.seeds), ROOT, workers=1, cwd=REPO)
     teacher = answer_quality(MODELS / "teacher", ROOT / "teacher/answers")
     teacher["nll"] = teacher_nll
-    teacher["entropy"] = answer_entropy(MODELS / "teacher", QUICKSTART / "tokenizer")
+    teacher.update(teacher_forced(MODELS / "teacher", QUICKSTART / "tokenizer"))
     baseline = evaluate(results_a, None, drafts=True)[ARMS_A[0].name]
     f1 = sum(r["f1"] for r in baseline) / len(baseline)
     nll = sum(r["nll"] for r in baseline) / len(baseline)
@@ -325,8 +367,11 @@ def main() -> None:
                     export=True)
     results_b += launch(expand([on_policy], ns.seeds), ROOT, workers=2, cwd=REPO)
     results = results_a + launch(expand(arms_a[1:], ns.seeds), ROOT, workers=2, cwd=REPO)
+    adaspec = Run(ADASPEC_ARM.name, ADASPEC_ARM.configs, [*ADASPEC_ARM.overrides, *budget], group="students", export=True)
+    results += launch(expand([adaspec], ns.seeds), ROOT, workers=2, cwd=REPO)
     rows = evaluate(results, None, drafts=True)
     rows.update(evaluate(results_b, ROOT / "tokenizer_unigram", drafts=False))
+    teacher["gradients"] = divergence_gradients(results_a[0].export_dir)
     report(rows, teacher, results + results_b, ns.out, ns.steps, weight)
 
 
