@@ -2,7 +2,8 @@
 
 For a Hugging Face student this is a directory that
 ``AutoModelForCausalLM.from_pretrained(DIR)`` loads, with the tokenizer of the
-training data (or of the student's source checkpoint) saved beside it.
+training data (or of the student's source checkpoint) saved beside it. A LoRA student is
+written merged there and its adapter under ``DIR/adapter``, with the tokenizer in both.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter
 from lit_distill.models.hf import copy_tokenizer
+from lit_distill.models.lora import export_dirs
 from lit_distill.models.torch_module import as_adapter
 
 
@@ -75,8 +77,9 @@ def export_checkpoint(ckpt_path: str, out_dir: str, tokenizer: str | None = None
     student = build_student(checkpoint)
     student.export(out_dir)
     tokenizer = tokenizer or _data_tokenizer(checkpoint)
-    if tokenizer is not None and not copy_tokenizer(tokenizer, out_dir):
-        raise ConfigError(f"export --tokenizer: could not load a tokenizer from '{tokenizer}'")
+    for target in export_dirs(out_dir) if tokenizer is not None else ():
+        if not copy_tokenizer(tokenizer, target):
+            raise ConfigError(f"export --tokenizer: could not load a tokenizer from '{tokenizer}'")
     return out_dir
 
 

@@ -134,7 +134,8 @@ class HFCausalLM(ModelAdapter):
     def export(self, out_dir: str) -> None:
         """``save_pretrained`` the model, plus the tokenizer saved beside a loaded checkpoint.
 
-        A LoRA student writes its merged weights there and its adapter in ``out_dir/adapter``.
+        A LoRA student writes its merged weights there and its adapter in ``out_dir/adapter``
+        (the tokenizer in both).
         """
         if self.lora:
             from lit_distill.models.lora import export_lora
@@ -143,7 +144,10 @@ class HFCausalLM(ModelAdapter):
         else:
             self.module.save_pretrained(out_dir)
         if self.path is not None and os.path.isdir(self.path):
-            copy_tokenizer(self.path, out_dir)
+            from lit_distill.models.lora import export_dirs
+
+            for target in export_dirs(out_dir):
+                copy_tokenizer(self.path, target)
 
 
 # Config fields of architectures whose logits are not a plain linear map of the last hidden state.

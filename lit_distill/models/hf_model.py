@@ -64,13 +64,18 @@ class HFModel(ModelAdapter):
         output_hidden_states: also return every layer's hidden states.
         output_attentions: also return every layer's attention maps as features.
         hooks: module paths whose outputs are recorded as features.
+        lora: train LoRA adapters only, through ``peft`` (keys as ``HFCausalLM.lora``,
+            :mod:`lit_distill.models.lora`), on the model loaded from ``path``; the base stays
+            frozen and, for classification tasks, the new head trains in full. Export writes the
+            merged model and the adapter in ``adapter/``.
     """
 
     def __init__(self, task: Task = "causal-lm", path: str | None = None, config: dict[str, Any] | None = None,
                  vocab_size: int | None = None, pad_token_id: int | None = None, num_classes: int | None = None,
                  dtype: str | None = None, trust_remote_code: bool = False, revision: str | None = None,
                  attn_implementation: str | None = None, output_hidden_states: bool = False,
-                 output_attentions: bool = False, hooks: list[str] | None = None) -> None:
+                 output_attentions: bool = False, hooks: list[str] | None = None,
+                 lora: dict[str, Any] | None = None) -> None:
         super().__init__(hooks)
         if task not in AUTO_CLASSES:
             raise ConfigError(f"HFModel.task: '{task}' is not one of {sorted(AUTO_CLASSES)}")
@@ -78,6 +83,7 @@ class HFModel(ModelAdapter):
             raise ConfigError("HFModel: give exactly one of 'path' (hub id or local directory) or 'config' "
                               "(a dict with model_type, to build a fresh model)")
         self.task, self.path = task, path
+        self.lora = None  # set after loading: the checks read the plain model
         self.output_hidden_states, self.output_attentions = output_hidden_states, output_attentions
         if output_attentions and attn_implementation is None:
             attn_implementation = "eager"  # sdpa and flash kernels do not return attention maps
@@ -96,10 +102,22 @@ class HFModel(ModelAdapter):
             labels = {"num_labels": num_classes} if task in _CLASSIFIERS and num_classes is not None else {}
             self.module = build_from_config(auto_class, dict(config), "HFModel.config", vocab_size, pad_token_id,
                                             torch_dtype, attn_implementation, **labels)
+        if lora:
+            if path is None:
+                raise ConfigError("HFModel.lora: adapts a pretrained model; give 'path', not 'config'")
+            from lit_distill.models.lora import apply_lora
+
+            self.module = apply_lora(self.module, dict(lora), "HFModel.lora", task)
+            self.lora = dict(lora)
         self._install_hooks()
 
+    @property
+    def model(self):
+        """The ``transformers`` model (under a LoRA student's ``peft`` wrapper, with its adapters)."""
+        return self.module.get_base_model() if self.lora else self.module
+
     def _check_loaded(self, vocab_size: int | None) -> None:
-        embeddings = self.module.get_input_embeddings()
+        embeddings = self.model.get_input_embeddings()
         size = embeddings.weight.shape[0] if embeddings is not None else None
         if vocab_size is not None and size is not None and size < vocab_size:
             raise ConfigError(f"HFModel.path: the model at '{self.path}' embeds {size} tokens but the data's "
@@ -108,21 +126,21 @@ class HFModel(ModelAdapter):
     @property
     def output_size(self) -> int | None:
         if self.task in _CLASSIFIERS:
-            return int(self.module.config.num_labels)
+            return int(self.model.config.num_labels)
         if self.task == "feature-extraction":
             return None
-        head = self.module.get_output_embeddings()
-        return head.weight.shape[0] if head is not None else int(self.module.config.vocab_size)
+        head = self.model.get_output_embeddings()
+        return head.weight.shape[0] if head is not None else int(self.model.config.vocab_size)
 
     @property
     def hidden_size(self) -> int:
         """Width of the hidden states."""
-        return int(self.module.config.hidden_size)
+        return int(self.model.config.hidden_size)
 
     def declared_outputs(self) -> OutputSpec:
         """Logits (not for ``feature-extraction``), the pooled features and, when asked, hidden
         states and attention maps (see the module docstring)."""
-        layers = int(getattr(self.module.config, "num_hidden_layers", 0)) or None
+        layers = int(getattr(self.model.config, "num_hidden_layers", 0)) or None
         features = {"last_hidden_state", "cls_pooled", "mean_pooled"}
         if self.output_attentions and layers:
             features |= {f"attentions.{i}" for i in range(-layers, layers)}
@@ -148,10 +166,20 @@ class HFModel(ModelAdapter):
                            hidden_states=tuple(out.hidden_states) if self.output_hidden_states else None)
 
     def export(self, out_dir: str) -> None:
-        """``save_pretrained`` the model, plus the tokenizer saved beside a loaded checkpoint."""
-        self.module.save_pretrained(out_dir)
+        """``save_pretrained`` the model, plus the tokenizer saved beside a loaded checkpoint.
+
+        A LoRA student writes its merged weights there and its adapter in ``out_dir/adapter``
+        (the tokenizer in both).
+        """
+        from lit_distill.models.lora import export_dirs, export_lora
+
+        if self.lora:
+            export_lora(self.module, out_dir, self.path)
+        else:
+            self.module.save_pretrained(out_dir)
         if self.path is not None and os.path.isdir(self.path):
-            copy_tokenizer(self.path, out_dir)
+            for target in export_dirs(out_dir):
+                copy_tokenizer(self.path, target)
 
 
 def mean_pool(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:

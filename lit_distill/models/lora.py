@@ -18,10 +18,13 @@ from lit_distill.errors import ConfigError
 LORA_FIELDS = {"r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "target_modules",
                "bias": "bias", "modules_to_save": "modules_to_save"}
 ADAPTER_DIR = "adapter"
+#: ``HFModel`` tasks -> ``peft.TaskType`` names; a classification type makes peft train the head in full.
+PEFT_TASKS = {"causal-lm": "CAUSAL_LM", "sequence-classification": "SEQ_CLS",
+              "token-classification": "TOKEN_CLS", "feature-extraction": "FEATURE_EXTRACTION", "masked-lm": None}
 
 
-def apply_lora(model: Any, options: dict[str, Any], field: str) -> Any:
-    """Wrap a causal LM in a ``peft`` LoRA model (base frozen, adapters trainable).
+def apply_lora(model: Any, options: dict[str, Any], field: str, task: str = "causal-lm") -> Any:
+    """Wrap a ``transformers`` model in a ``peft`` LoRA model (base frozen, adapters trainable).
 
     Args:
         model: a ``transformers`` ``PreTrainedModel``.
@@ -29,11 +32,13 @@ def apply_lora(model: Any, options: dict[str, Any], field: str) -> Any:
             ``target_modules`` (e.g. ``[q_proj, v_proj]`` or ``all-linear``) matter most;
             the others default to peft's.
         field: the config field, for messages (e.g. ``HFCausalLM.lora``).
+        task: the ``HFModel`` task (:data:`PEFT_TASKS`); for classification tasks peft also
+            trains the classifier head in full (it is new, so adapters alone cannot fit it).
 
     Returns:
-        A ``peft.PeftModelForCausalLM`` in the model's train/eval mode.
+        A ``peft.PeftModel`` (e.g. ``PeftModelForCausalLM``) in the model's train/eval mode.
     """
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
     unknown = sorted(set(options) - set(LORA_FIELDS))
     if unknown:
@@ -44,7 +49,7 @@ def apply_lora(model: Any, options: dict[str, Any], field: str) -> Any:
     if isinstance(kwargs.get("target_modules"), (list, tuple)):
         kwargs["target_modules"] = list(kwargs["target_modules"])
     try:
-        wrapped = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, **kwargs))
+        wrapped = get_peft_model(model, LoraConfig(task_type=PEFT_TASKS.get(task), **kwargs))
     except ValueError as err:  # e.g. target modules that match nothing
         raise ConfigError(f"{field}: {str(err).splitlines()[0]}") from err
     return wrapped.train(model.training)
@@ -68,3 +73,9 @@ def export_lora(model: Any, out_dir: str, base_path: str | None) -> None:
             config.base_model_name_or_path = base_path
     model.save_pretrained(adapter_dir)
     copy.deepcopy(model).merge_and_unload().save_pretrained(out_dir)
+
+
+def export_dirs(out_dir: str) -> list[str]:
+    """The directories of an export that get a tokenizer: ``out_dir`` and, for a LoRA student, its adapter."""
+    adapter_dir = os.path.join(out_dir, ADAPTER_DIR)
+    return [out_dir, adapter_dir] if os.path.isdir(adapter_dir) else [out_dir]

@@ -100,6 +100,10 @@ def test_lora_fit_changes_only_adapters_exports_and_resumes(tmp_path, text_dir, 
                                    rtol=1e-4, atol=1e-5)
         adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(teacher_dir), out / "adapter").eval()
         torch.testing.assert_close(adapted(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-6)
+    from transformers import AutoTokenizer
+
+    vocab = AutoTokenizer.from_pretrained(tokenizer_dir).get_vocab()  # the data's tokenizer, in both directories
+    assert all(AutoTokenizer.from_pretrained(d).get_vocab() == vocab for d in (out, out / "adapter"))
 
     resumed = tmp_path / "resumed"
     run_cli(lora_args(resumed, text_dir, tokenizer_dir, teacher_dir, *common, "--trainer.max_epochs=1"))
@@ -108,3 +112,70 @@ def test_lora_fit_changes_only_adapters_exports_and_resumes(tmp_path, text_dir, 
     again = torch.load(newest(resumed), map_location="cpu", weights_only=True)["state_dict"]
     for key in (k for k in state if "lora_" in k):
         torch.testing.assert_close(again[key], state[key], rtol=0, atol=1e-6)
+
+
+def test_export_saves_the_tokenizer_beside_the_adapter_too(tmp_path, tokenizer_dir, vocab_size):
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    dense = HFCausalLM(config={"model_type": "llama", "vocab_size": vocab_size, "hidden_size": 16,
+                               "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                               "num_key_value_heads": 1})
+    dense.module.save_pretrained(tmp_path / "base")
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp_path / "base")
+    HFCausalLM(path=str(tmp_path / "base"), lora={"r": 2}).export(str(tmp_path / "out"))
+    expected = AutoTokenizer.from_pretrained(tokenizer_dir).get_vocab()
+    for directory in (tmp_path / "out", tmp_path / "out" / "adapter"):
+        assert AutoTokenizer.from_pretrained(directory).get_vocab() == expected
+
+
+def test_classifier_lora_trains_adapters_and_the_head(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from lit_distill.models import HFModel
+
+    torch.manual_seed(0)
+    fields = {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "intermediate_size": 32, "num_labels": 3}
+    AutoModelForSequenceClassification.from_config(AutoConfig.for_model("bert", **fields)).save_pretrained(tmp_path / "base")
+    model = HFModel(task="sequence-classification", path=str(tmp_path / "base"),
+                    lora={"r": 2, "target_modules": ["query", "value"]})
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert any(".lora_" in name for name in trainable) and any("classifier" in name for name in trainable)
+    assert all(".lora_" in name or "classifier" in name for name in trainable)
+    assert model.output_size == 3 and model.hidden_size == 16
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or "classifier" in name:
+                p.normal_(0, 0.5)  # trained adapters and head
+    model.eval()
+    ids = torch.randint(0, 50, (2, 7))
+    expected = model(input_ids=ids).logits
+    assert expected.shape == (2, 3)
+    model.export(str(tmp_path / "out"))
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
+    adapted = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(tmp_path / "base"),
+                                        tmp_path / "out" / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(adapted(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="HFModel.lora: adapts a pretrained model"):
+        HFModel(task="sequence-classification", config={"model_type": "bert", **fields}, lora={"r": 2})
+
+
+def test_on_policy_sampling_generates_with_the_adapters_active(base):
+    from lit_distill.sampling import hf_generator
+
+    student = HFCausalLM(path=base, lora={"r": 2, "target_modules": ["q_proj", "v_proj"]}).eval()
+    generator = hf_generator(student, "student")
+    assert any(".lora_" in name for name, _ in generator.named_parameters())
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # adapters that change the logits
+        ids = torch.randint(0, 50, (2, 5))
+        torch.testing.assert_close(generator(input_ids=ids).logits, student(input_ids=ids).logits)
+        assert not torch.allclose(generator(input_ids=ids).logits, HFCausalLM(path=base).eval()(input_ids=ids).logits)
+        generated = generator.generate(input_ids=ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert generated.shape == (2, 8)
