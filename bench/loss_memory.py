@@ -13,6 +13,10 @@ each producing the loss and the gradients of the student's hidden states and hea
 - ``naive``: materialise both ``[tokens, vocab]`` logits, ``forward_kl`` in one shot.
 - ``chunked``: materialise both logits, ``forward_kl(chunk_size=...)``.
 - ``fused``: ``fused_forward_kl`` (logits only ever exist one chunk at a time).
+- ``torchtune`` (only if torchtune imports; bench extra): materialise both logits,
+  torchtune's ``ForwardKLWithChunkedOutputLoss`` over ``--torchtune-chunks`` chunks (its default 8).
+  Its value is the teacher cross-entropy −Σ p log q = KL + H(p): same gradients, and the
+  value matches naive's once H(p) (measured once, outside the timed steps) is subtracted.
 
 Peak memory is measured above the baseline taken after the inputs are allocated
 (and includes the gradients ``.grad`` of the student's hidden states and head, which
@@ -107,6 +111,14 @@ def _step(inputs: dict[str, torch.Tensor], path: str, chunk_size: int) -> torch.
     hs, ws, ht, wt = inputs["hs"], inputs["ws"], inputs["ht"], inputs["wt"]
     if path == "fused":
         loss = fused_forward_kl(hs, ws, ht, wt, chunk_size=chunk_size)
+    elif path == "torchtune":
+        from torchtune.modules.loss import ForwardKLWithChunkedOutputLoss
+
+        with torch.no_grad():
+            teacher_logits = (ht @ wt.T)[None]
+        labels = torch.zeros(1, hs.shape[0], dtype=torch.long, device=hs.device)  # every position counts
+        loss = ForwardKLWithChunkedOutputLoss(num_output_chunks=chunk_size)(
+            list((hs @ ws.T)[None].chunk(chunk_size, dim=1)), list(teacher_logits.chunk(chunk_size, dim=1)), labels)
     else:
         with torch.no_grad():
             teacher_logits = ht @ wt.T
@@ -180,6 +192,7 @@ def main() -> None:
     parser.add_argument("--teacher-dim", type=int, default=512)
     parser.add_argument("--chunk-size", type=int, default=1024, help="chunk of the chunked path")
     parser.add_argument("--fused-chunk-size", type=int, default=256, help="chunk of the fused path")
+    parser.add_argument("--torchtune-chunks", type=int, default=8, help="num_output_chunks of torchtune's loss")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -193,7 +206,12 @@ def main() -> None:
     warm = {"hs": torch.randn(8, 4, device=device, requires_grad=True),  # one-time setup costs
             "ws": torch.randn(64, 4, device=device, requires_grad=True),
             "ht": torch.randn(8, 4, device=device), "wt": torch.randn(64, 4, device=device)}
-    for path in ("naive", "chunked", "fused"):
+    try:
+        import torchtune.modules.loss  # noqa: F401
+        tune = True
+    except Exception:  # missing, or its torchao dependency fails to import
+        tune = False
+    for path in ("naive", "chunked", "fused") + (("torchtune",) if tune else ()):
         _step(warm, path, 4)
 
     gen = torch.Generator(device=device).manual_seed(0)
@@ -204,10 +222,25 @@ def main() -> None:
               "ht": torch.randn(n, dt, generator=gen, device=device),
               "wt": torch.randn(v, dt, generator=gen, device=device).mul_(2 / dt**0.5)}
 
-    results = _run_all(inputs, {"naive": None, "chunked": args.chunk_size, "fused": args.fused_chunk_size},
-                       device, args.repeats)
+    chunk_sizes = {"naive": None, "chunked": args.chunk_size, "fused": args.fused_chunk_size}
+    if tune:
+        chunk_sizes["torchtune"] = args.torchtune_chunks
+    results = _run_all(inputs, chunk_sizes, device, args.repeats)
     (naive, loss_naive, grads_naive), (chunked, loss_chunked, grads_chunked), (fused, loss_fused, grads_fused) = (
         results["naive"], results["chunked"], results["fused"])
+    extra = {}
+    if tune:
+        tt, loss_tt, grads_tt = results["torchtune"]
+        with torch.no_grad():  # H(p) of the teacher, to turn torchtune's value into the KL
+            log_p = torch.log_softmax(inputs["ht"] @ inputs["wt"].T, dim=-1)
+            entropy = -(log_p.exp() * log_p).sum(-1).mean()
+            del log_p
+        extra = {"torchtune": tt, "torchtune_peak_ratio": round(tt["peak_mb"] / naive["peak_mb"], 4),
+                 "torchtune_time_ratios": {f"torchtune_{kind}": round(tt[key] / naive[key], 4)
+                                           for kind, key in (("wall", "seconds"), ("cpu", "cpu_seconds"))
+                                           if key in tt},
+                 "torchtune_loss": loss_tt.item(), "teacher_entropy": entropy.item(),
+                 "torchtune_values_match": _matches(loss_tt - entropy, grads_tt, loss_naive, grads_naive)}
     print(json.dumps({
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
@@ -223,6 +256,7 @@ def main() -> None:
         "values_match": {"chunked": _matches(loss_chunked, grads_chunked, loss_naive, grads_naive),
                          "fused": _matches(loss_fused, grads_fused, loss_naive, grads_naive)},
         "loss": {"naive": loss_naive.item(), "chunked": loss_chunked.item(), "fused": loss_fused.item()},
+        **extra,
     }))
 
 

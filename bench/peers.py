@@ -1,0 +1,225 @@
+"""Side by side with the peers: one distillation step through lit_distill, TRL, torchtune and a hand loop.
+
+All contenders run in this process, interleaved and repeated, from identical copies of the same
+tiny Llama-style teacher and student (bench/overhead.py's builders), on the same batches with
+the same AdamW. Two objectives:
+
+- ``fkl_ce``: 0.5 · CE + 0.5 · forward KL(teacher ‖ student);
+- ``jsd``: 0.5 · CE + 0.5 · generalized JSD with β = 0.5 (GKD's divergence).
+
+Contenders:
+
+- ``lit_distill``: ``DistillationModule`` + ``lightning.Trainer`` (as bench/overhead.py).
+- ``trl``: TRL's GKD divergence ``GKDTrainer.generalized_jsd_loss`` (β = 0 is its forward KL,
+  β = 0.5 the JSD) plus plain CE, in the plain loop. NOT the ``GKDTrainer`` itself: with
+  ``lmbda = 0`` its step is this loss on teacher/student logits, but the trainer needs a
+  tokenizer and chat-format dataset that these random-token batches do not have.
+- ``torchtune``: ``ForwardKLWithChunkedOutputLoss`` (8 chunks) plus plain CE, in the plain loop
+  (``fkl_ce`` only; torchtune has no JSD). Its "forward KL" is −Σ p log q, i.e. the KL
+  without the teacher entropy, so its loss value is higher by 0.5 · H(p) with the same
+  gradient; the bench measures H(p) on the last batch and reports both.
+- ``hand``: plain PyTorch (``F.kl_div`` / ``F.cross_entropy``, JSD with ``logaddexp``).
+
+Per contender: ``s_per_step`` (median over repeats of the steady-state seconds per step),
+``peak_mb`` (RSS above the start of the run, sampled as in bench/loss_memory.py; the median
+over repeats), ratios to the hand loop, and the loss on the last batch (same for every repeat:
+the runs are deterministic). Prints one JSON object; exits 1 if a loss disagrees with the hand
+loop's by more than ``--rtol``.
+
+    python bench/peers.py [--steps 20 --warmup 5 --repeats 3 --batch 4 --seq 64 --vocab 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loss_memory import MB, _PeakRSS, _release_freed_memory  # noqa: E402
+from overhead import StepTimer, llama, make_batches, plain_kd_loss  # noqa: E402
+
+from lit_distill import DistillationModule  # noqa: E402
+from lit_distill.losses import CrossEntropy, ForwardKL, GeneralizedJSD  # noqa: E402
+
+
+def plain_jsd_loss(student_logits, teacher_logits, labels, mask, beta: float = 0.5) -> torch.Tensor:
+    """0.5 · generalized JSD + 0.5 · CE in plain PyTorch; logits ``[B, T, V]``, labels/mask ``[B, T]``."""
+    log_q = F.log_softmax(student_logits.float(), dim=-1)
+    log_p = F.log_softmax(teacher_logits.float(), dim=-1)
+    log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log(1 - beta))
+    jsd = beta * (log_p.exp() * (log_p - log_m)).sum(-1) + (1 - beta) * (log_q.exp() * (log_q - log_m)).sum(-1)
+    jsd = (jsd * mask).sum() / mask.sum().clamp_min(1)
+    ce = F.cross_entropy(student_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+    return 0.5 * jsd + 0.5 * ce
+
+
+def trl_loss(objective: str):
+    from trl.experimental.gkd.gkd_trainer import GKDTrainer
+
+    beta = 0.0 if objective == "fkl_ce" else 0.5
+
+    def loss(student_logits, teacher_logits, labels, mask):
+        div = GKDTrainer.generalized_jsd_loss(student_logits.float(), teacher_logits.float(), labels=labels,
+                                              beta=beta, reduction="batchmean")
+        ce = F.cross_entropy(student_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        return 0.5 * div + 0.5 * ce
+    return loss
+
+
+def torchtune_loss():
+    from torchtune.modules.loss import ForwardKLWithChunkedOutputLoss
+
+    kd = ForwardKLWithChunkedOutputLoss(num_output_chunks=8)
+
+    def loss(student_logits, teacher_logits, labels, mask):
+        div = kd(list(student_logits.float().chunk(8, dim=1)), list(teacher_logits.float().chunk(8, dim=1)), labels)
+        ce = F.cross_entropy(student_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        return 0.5 * div + 0.5 * ce
+    return loss
+
+
+def run_loop(student, teacher, batches, warmup: int, loss_fn) -> tuple[float, float, dict]:
+    """A plain loop with ``loss_fn``; returns (seconds after warm-up, last loss, last-batch logits)."""
+    student, teacher = copy.deepcopy(student), copy.deepcopy(teacher).eval().requires_grad_(False)
+    student.train()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    start, loss = 0.0, torch.zeros(())
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            start = time.perf_counter()
+        with torch.no_grad():
+            teacher_logits = teacher(**batch["inputs"]).logits
+        student_logits = student(**batch["inputs"]).logits
+        loss = loss_fn(student_logits, teacher_logits, batch["labels"], batch["loss_mask"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    last = {"student": student_logits.detach(), "teacher": teacher_logits}
+    return time.perf_counter() - start, loss.item(), last
+
+
+class LastLoss(L.Callback):
+    """The token-mean training loss of the last batch.
+
+    ``training_step`` returns the loss weighted by the batch's valid-token count (so that
+    gradient accumulation averages tokens, not batches), hence the division. (The logged
+    ``train/loss`` is only refreshed every ``log_every_n_steps``.)
+    """
+
+    def __init__(self) -> None:
+        self.value = float("nan")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.value = float(loss) / int(batch["loss_mask"].sum())
+
+
+def run_lit(student, teacher, batches, warmup: int, root: str, objective: str) -> tuple[float, float, dict]:
+    kd = ForwardKL(weight=0.5) if objective == "fkl_ce" else GeneralizedJSD(beta=0.5, weight=0.5)
+    module = DistillationModule(student=copy.deepcopy(student), teacher=copy.deepcopy(teacher),
+                                losses={"kd": kd, "ce": CrossEntropy(weight=0.5)},
+                                optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+    timer, last = StepTimer(warmup, len(batches) - 1), LastLoss()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), enable_checkpointing=False,
+                        enable_model_summary=False, enable_progress_bar=False, logger=False,
+                        default_root_dir=root, callbacks=[timer, last])
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.fit(module, DataLoader(batches, batch_size=None))
+    return timer.seconds, last.value, {}
+
+
+def available_peers() -> dict[str, str | None]:
+    """Peer name -> None if importable, else the reason it is left out."""
+    out = {}
+    for name, probe in (("trl", "trl.experimental.gkd.gkd_trainer"), ("torchtune", "torchtune.modules.loss")):
+        try:
+            __import__(probe)
+            out[name] = None
+        except Exception as err:  # ImportError, or a broken dependency (torchao) failing at import
+            out[name] = f"{type(err).__name__}: {str(err).strip()[:200]}"
+    return out
+
+
+def bench_objective(objective, student, teacher, batches, ns, root, peers) -> dict:
+    plain = plain_kd_loss if objective == "fkl_ce" else plain_jsd_loss
+    contenders = {"hand": lambda: run_loop(student, teacher, batches, ns.warmup, plain),
+                  "lit_distill": lambda: run_lit(student, teacher, batches, ns.warmup, root, objective)}
+    if peers["trl"] is None:
+        contenders["trl"] = lambda: run_loop(student, teacher, batches, ns.warmup, trl_loss(objective))
+    if peers["torchtune"] is None and objective == "fkl_ce":
+        contenders["torchtune"] = lambda: run_loop(student, teacher, batches, ns.warmup, torchtune_loss())
+    seconds = {name: [] for name in contenders}
+    peaks = {name: [] for name in contenders}
+    losses, lasts = {}, {}
+    names = list(contenders)
+    for repeat in range(ns.repeats):  # rotate the order so drift hits every contender alike
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            _release_freed_memory()
+            with _PeakRSS() as rss:
+                sec, loss, last = contenders[name]()
+            seconds[name].append(sec / ns.steps)
+            peaks[name].append((rss.peak - rss.baseline) / MB)
+            losses[name], lasts[name] = loss, last
+    hand_s, hand_mb = statistics.median(seconds["hand"]), statistics.median(peaks["hand"])
+    result = {}
+    for name in contenders:
+        s, mb = statistics.median(seconds[name]), statistics.median(peaks[name])
+        result[name] = {"s_per_step": s, "peak_mb": round(mb, 2), "time_ratio_to_hand": s / hand_s,
+                        "peak_ratio_to_hand": mb / hand_mb if hand_mb > 0 else None,
+                        "final_loss": losses[name], "s_per_step_repeats": seconds[name]}
+    if "torchtune" in result:
+        # torchtune's KD term is −Σ p log q: add back 0.5·H(p) of the last batch's teacher to compare.
+        log_p = F.log_softmax(lasts["torchtune"]["teacher"].float(), dim=-1)
+        mask = batches[-1]["loss_mask"]
+        entropy = (-(log_p.exp() * log_p).sum(-1) * mask).sum() / mask.sum()
+        result["torchtune"]["teacher_entropy_last_batch"] = entropy.item()
+        result["torchtune"]["final_loss_as_kl"] = losses["torchtune"] - 0.5 * entropy.item()
+    for name in contenders:
+        loss = result[name].get("final_loss_as_kl", result[name]["final_loss"])
+        result[name]["loss_rel_diff_to_hand"] = abs(loss - losses["hand"]) / abs(losses["hand"])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps after warm-up")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--vocab", type=int, default=2048)
+    parser.add_argument("--hidden", type=int, default=64, help="student width (teacher: twice)")
+    parser.add_argument("--rtol", type=float, default=1e-4, help="allowed relative loss difference to hand")
+    parser.add_argument("--no-peers", action="store_true", help="only lit_distill and hand (no TRL/torchtune)")
+    ns = parser.parse_args()
+    torch.manual_seed(0)
+    student, teacher = llama(ns.hidden, 2, ns.vocab), llama(2 * ns.hidden, 2, ns.vocab)
+    batches = make_batches(ns.warmup + ns.steps, ns.batch, ns.seq, ns.vocab)
+    peers = {"trl": "--no-peers", "torchtune": "--no-peers"} if ns.no_peers else available_peers()
+    out = {"bench": "peers", "device": "cpu", "threads": torch.get_num_threads(), "steps_timed": ns.steps,
+           "warmup": ns.warmup, "repeats": ns.repeats, "batch": ns.batch, "seq": ns.seq, "vocab": ns.vocab,
+           "left_out": {k: v for k, v in peers.items() if v is not None}, "rtol": ns.rtol}
+    with tempfile.TemporaryDirectory() as root:
+        for objective in ("fkl_ce", "jsd"):
+            out[objective] = bench_objective(objective, student, teacher, batches, ns, root, peers)
+    worst = max(r["loss_rel_diff_to_hand"] for obj in ("fkl_ce", "jsd") for r in out[obj].values())
+    out["max_loss_rel_diff_to_hand"], out["losses_agree"] = worst, worst <= ns.rtol
+    print(json.dumps(out, indent=2))
+    sys.exit(0 if out["losses_agree"] else 1)
+
+
+if __name__ == "__main__":
+    main()
