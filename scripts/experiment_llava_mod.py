@@ -118,6 +118,15 @@ def evaluate(model: LlavaComposition, data: VLMDataModule, records: list[dict]) 
     return result
 
 
+def teacher_check(teacher: dict[str, float], student: dict[str, float]) -> str | None:
+    """One-line failure message when the teacher's held-out answer accuracy does not beat the
+    dense student baseline's (distilling it could not help), else None."""
+    if teacher["acc_all"] > student["acc_all"]:
+        return None
+    return (f"teacher check failed: teacher answer acc {teacher['acc_all']:.3f} does not beat the dense "
+            f"student baseline {student['acc_all']:.3f}; train the teacher longer (--teacher-steps)")
+
+
 def mimic_losses() -> dict:
     return {"kd": ForwardKL(), "ce": CrossEntropy(), "aux": MoEAuxLoss(weight=0.01)}
 
@@ -182,8 +191,11 @@ def run(args: argparse.Namespace) -> dict:
         start = time.time()
         dense = build_model(STUDENT, sft_data, vision_state)
         fit(dense, {"ce": CrossEntropy()}, sft_data, args.dense_steps, args.lr)
-        runs.setdefault("dense student (common start, before MoE)", []).append(
-            evaluate(dense, sft_data, val_records))
+        baseline = evaluate(dense, sft_data, val_records)
+        runs.setdefault("dense student (common start, before MoE)", []).append(baseline)
+        failure = teacher_check(teacher_metrics, baseline)
+        if failure:
+            raise SystemExit(failure)
         timings[f"dense seed {seed}"] = time.time() - start
         common_args = (dense.state_dict(), vision_state, seed, sft_data, val_records, runs, timings)
 

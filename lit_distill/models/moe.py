@@ -21,6 +21,10 @@ decoder's residual connection carries it through unchanged).
 
 Router noise (training only, DeepSpeed's "Jitter" policy): ``router_jitter: ε``
 multiplies the router's input by noise drawn uniformly from ``[1 − ε, 1 + ε]``.
+``router_rsample: true`` (DeepSpeed's "RSample" policy) picks every choice after
+the first by the router logits plus Gumbel noise ``−log(−log U)``, ``U ~ U(0, 1)``
+(with ``k = 1`` the single choice is noisy); the gates stay the clean probabilities
+of the chosen experts.
 
 Equivalence at initialisation: the experts are identical and the kept gates sum
 to one, so whenever no slot is dropped the layer computes exactly the dense FFN
@@ -65,11 +69,14 @@ class MoEFeedForward(nn.Module):
         router_jitter: ``ε`` of the multiplicative input noise in training (0: off, DeepSpeed's
             default; its "Jitter" policy uses 0.01).
         min_capacity: lower bound of the slots per expert (DeepSpeed: 4).
+        router_rsample: in training, choose the non-first experts by Gumbel-noised logits
+            (DeepSpeed's "RSample" policy; off by default as in DeepSpeed).
     """
 
     def __init__(self, experts: list[nn.Module], hidden_size: int, top_k: int = 2,
                  capacity_factor: float | None = 1.5, router_std: float = 0.02, aux_loss: str = "top1",
-                 renormalize_after_drop: bool = True, router_jitter: float = 0.0, min_capacity: int = 4) -> None:
+                 renormalize_after_drop: bool = True, router_jitter: float = 0.0, min_capacity: int = 4,
+                 router_rsample: bool = False) -> None:
         super().__init__()
         if not 1 <= top_k <= len(experts):
             raise ConfigError(f"moe.top_k: must be in [1, num_experts={len(experts)}], got {top_k}")
@@ -83,6 +90,7 @@ class MoEFeedForward(nn.Module):
             raise ConfigError(f"moe.min_capacity: must be >= 0, got {min_capacity}")
         self.aux_loss_kind, self.renormalize_after_drop = aux_loss, renormalize_after_drop
         self.router_jitter, self.min_capacity = router_jitter, min_capacity
+        self.router_rsample = router_rsample
         self.experts = nn.ModuleList(experts)
         self.router = nn.Linear(hidden_size, len(experts), bias=False)
         nn.init.normal_(self.router.weight, std=router_std)
@@ -115,8 +123,13 @@ class MoEFeedForward(nn.Module):
             noise = torch.empty_like(tokens).uniform_(1.0 - self.router_jitter, 1.0 + self.router_jitter)
             tokens = tokens * noise
         # float32 at least (float64 stays float64, so float64 models match their dense FFN exactly)
-        probs = self.router(tokens).to(torch.promote_types(tokens.dtype, torch.float32)).softmax(dim=-1)
-        top_p, experts = probs.topk(k, dim=-1)
+        logits = self.router(tokens).to(torch.promote_types(tokens.dtype, torch.float32))
+        probs = logits.softmax(dim=-1)
+        if self.training and self.router_rsample:
+            experts = self._rsample_choices(logits)
+            top_p = probs.gather(1, experts)
+        else:
+            top_p, experts = probs.topk(k, dim=-1)
         # Slot-major order: every token's first choice before any second choice.
         onehot = F.one_hot(experts.t().reshape(-1), num_experts)  # [k*T, E]
         position = (onehot.cumsum(dim=0) - 1) * onehot  # position of each slot in its expert's queue
@@ -127,6 +140,16 @@ class MoEFeedForward(nn.Module):
         else:
             gates = top_p / top_p.sum(dim=-1, keepdim=True)
         return probs, experts, gates, kept
+
+    def _rsample_choices(self, logits: Tensor) -> Tensor:
+        """Expert ids ``[T, k]``: the clean argmax first (k ≥ 2), the rest by Gumbel-noised logits ``[T, E]``."""
+        uniform = torch.rand_like(logits).clamp(torch.finfo(logits.dtype).tiny, 1.0 - torch.finfo(logits.dtype).eps)
+        noisy = logits - torch.log(-torch.log(uniform))
+        if self.top_k == 1:
+            return noisy.argmax(dim=-1, keepdim=True)
+        first = logits.argmax(dim=-1, keepdim=True)
+        rest = noisy.scatter(1, first, float("-inf")).topk(self.top_k - 1, dim=-1).indices
+        return torch.cat([first, rest], dim=-1)
 
     def forward(self, hidden: Tensor) -> Tensor:
         """Args: hidden ``[..., D]``. Returns ``[..., D]``; sets ``aux_loss`` (0-dim, float32 or float64)."""
@@ -164,7 +187,8 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 def upcycle(model: nn.Module, every: int = 2, offset: int = 0, num_experts: int = 4, top_k: int = 2,
             capacity_factor: float | None = 1.5, router_std: float = 0.02, aux_loss: str = "top1",
-            renormalize_after_drop: bool = True, router_jitter: float = 0.0, min_capacity: int = 4) -> nn.Module:
+            renormalize_after_drop: bool = True, router_jitter: float = 0.0, min_capacity: int = 4,
+            router_rsample: bool = False) -> nn.Module:
     """Replace the FFN of decoder layers ``offset, offset + every, ...`` with MoE layers, in place.
 
     Args:
@@ -179,6 +203,7 @@ def upcycle(model: nn.Module, every: int = 2, offset: int = 0, num_experts: int 
         renormalize_after_drop: renormalise the kept gates after capacity drops.
         router_jitter: multiplicative router-input noise in training (0: off).
         min_capacity: lower bound of the slots per expert.
+        router_rsample: Gumbel-noised choice of the non-first experts in training.
 
     Returns:
         ``model`` (modified in place).
@@ -198,7 +223,7 @@ def upcycle(model: nn.Module, every: int = 2, offset: int = 0, num_experts: int 
             raise ConfigError(f"moe: layer {i} is already a MoE layer (upcycled twice?)")
         experts = [copy.deepcopy(dense) for _ in range(num_experts)]
         moe = MoEFeedForward(experts, hidden, top_k, capacity_factor, router_std, aux_loss,
-                             renormalize_after_drop, router_jitter, min_capacity)
+                             renormalize_after_drop, router_jitter, min_capacity, router_rsample)
         param = next(dense.parameters())
         layers[i].mlp = moe.to(device=param.device, dtype=param.dtype)
     return model

@@ -206,3 +206,38 @@ def test_router_jitter_only_in_training():
         distinct_moe(router_jitter=1.5)
     with pytest.raises(ConfigError, match="moe.aux_loss"):
         distinct_moe(aux_loss="all")
+
+
+def test_router_jitter_matches_direct_computation():
+    layer = distinct_moe(top_k=2, capacity_factor=None, router_jitter=0.3).train()
+    tokens = torch.randn(10, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    torch.manual_seed(1)
+    probs = layer.route(tokens)[0]
+    torch.manual_seed(1)
+    noise = torch.empty_like(tokens).uniform_(0.7, 1.3)
+    expected = torch.softmax((tokens * noise) @ layer.router.weight.t(), dim=-1)
+    torch.testing.assert_close(probs, expected)
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_router_rsample_matches_direct_computation(top_k):
+    layer = distinct_moe(top_k=top_k, capacity_factor=None, router_rsample=True).train()
+    tokens = torch.randn(12, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    torch.manual_seed(2)
+    probs, experts, gates, kept = layer.route(tokens)
+    torch.manual_seed(2)
+    logits = tokens @ layer.router.weight.t()
+    noisy = logits - torch.log(-torch.log(torch.rand_like(logits)))
+    for t in range(12):
+        if top_k == 1:
+            want = [int(noisy[t].argmax())]
+        else:
+            first = int(logits[t].argmax())
+            rest = [e for e in torch.argsort(noisy[t], descending=True).tolist() if e != first][: top_k - 1]
+            want = [first] + rest
+        assert experts[t].tolist() == want
+        chosen = probs[t, want]
+        torch.testing.assert_close(gates[t], chosen / chosen.sum())
+    assert kept.all()
+    layer.eval()  # no noise at evaluation: plain top-k
+    torch.testing.assert_close(layer.route(tokens)[1], probs.topk(top_k, dim=-1).indices, rtol=0, atol=0)
