@@ -42,7 +42,8 @@ from torch import Tensor
 from lit_distill.errors import ConfigError
 
 FORMAT = "lit_distill.teacher_cache"
-VERSION = 1
+VERSION = 2  # written for the compact encoding; version-1 caches still read
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
 # Manifest fields that identify the content; a resumed run must agree on all of them.
@@ -50,6 +51,8 @@ _IDENTITY = ("format", "version", "split", "num_samples", "num_positions", "samp
              "num_shards", "top_k", "vocab_size", "data_vocab_size", "id_dtype", "logprob_dtype",
              "temperature", "tokenizer_fingerprint", "samples_fingerprint", "teacher")
 LOGPROB_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+COMPACT = "compact"  # lit_distill.cache_codec: bit-packed ids + uint8 log-probs (version 2)
+ENCODINGS = (*LOGPROB_DTYPES, COMPACT)
 
 
 def id_dtype(vocab_size: int) -> torch.dtype:
@@ -109,8 +112,9 @@ def read_manifest(split_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(f"teacher cache: no {MANIFEST} in '{split_dir}'; write the cache with "
                           "`python -m lit_distill cache-teacher --config FIT.yaml --out DIR`")
     manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise ConfigError(f"teacher cache: '{path}' is not a version-{VERSION} lit_distill teacher cache")
+    if manifest.get("format") != FORMAT or manifest.get("version") not in READABLE_VERSIONS:
+        raise ConfigError(f"teacher cache: '{path}' is version {manifest.get('version')!r} of "
+                          f"{manifest.get('format')!r}; this reader reads {FORMAT} versions {READABLE_VERSIONS}")
     return manifest
 
 
@@ -180,9 +184,8 @@ def write_split(run_teacher: Callable[[dict[str, Any]], Tensor], dataset: Sequen
         progress: show a progress bar.
     """
     split_dir = Path(split_dir)
-    if logprob_dtype not in LOGPROB_DTYPES:
-        raise ConfigError(f"cache-teacher --logprob-dtype: '{logprob_dtype}' is not one of "
-                          f"{sorted(LOGPROB_DTYPES)}")
+    if logprob_dtype not in ENCODINGS:
+        raise ConfigError(f"cache-teacher --logprob-dtype: '{logprob_dtype}' is not one of {sorted(ENCODINGS)}")
     kept_vocab = min(vocab_size, data_vocab_size or vocab_size)
     if not 0 < top_k <= kept_vocab:
         raise ConfigError(f"cache-teacher --top-k: must be in [1, {kept_vocab}] (the vocabulary), got {top_k}")
@@ -192,7 +195,7 @@ def write_split(run_teacher: Callable[[dict[str, Any]], Tensor], dataset: Sequen
         raise ConfigError(f"cache-teacher: the {split_dir.name} split has no samples")
     lengths = [len(sample_ids(s)) for s in dataset]
     manifest = {
-        "format": FORMAT, "version": VERSION, "split": split_dir.name, "num_samples": len(dataset),
+        "format": FORMAT, "version": VERSION if logprob_dtype == COMPACT else 1, "split": split_dir.name, "num_samples": len(dataset),
         "num_positions": sum(lengths), "samples_per_shard": samples_per_shard,
         "num_shards": math.ceil(len(dataset) / samples_per_shard), "top_k": top_k,
         "vocab_size": kept_vocab, "data_vocab_size": data_vocab_size,
@@ -234,13 +237,12 @@ def write_split(run_teacher: Callable[[dict[str, Any]], Tensor], dataset: Sequen
                     lp_parts.append(log_p[row, :n])
                     tail_parts.append(tail[row, :n])
                 bar.update(len(indices))
-            tensors = {
-                "topk_ids": torch.cat(ids_parts).to(id_dtype(kept_vocab)).contiguous(),
-                "topk_logprobs": torch.cat(lp_parts).to(LOGPROB_DTYPES[logprob_dtype]).contiguous(),
+            tensors = _encode(torch.cat(ids_parts), torch.cat(lp_parts), logprob_dtype, kept_vocab)
+            tensors.update({
                 "tail_mass": torch.cat(tail_parts).float().contiguous(),
                 "lengths": torch.tensor(lengths[first:stop], dtype=torch.int32),
                 "sample_index": torch.arange(first, stop, dtype=torch.int64),
-            }
+            })
             path = split_dir / shard_name(j)
             tmp = path.with_name(path.name + ".tmp")
             save_file(tensors, str(tmp))
@@ -251,6 +253,18 @@ def write_split(run_teacher: Callable[[dict[str, Any]], Tensor], dataset: Sequen
     if complete:
         _write_json(split_dir / MANIFEST, {**manifest, "complete": True})
     return complete
+
+
+def _encode(ids: Tensor, log_p: Tensor, encoding: str, vocab_size: int) -> dict[str, Tensor]:
+    """One shard's top-k tensors (ids ``[T, k]``, log-probs ``[T, k]``) in ``encoding``."""
+    if encoding != COMPACT:
+        return {"topk_ids": ids.to(id_dtype(vocab_size)).contiguous(),
+                "topk_logprobs": log_p.to(LOGPROB_DTYPES[encoding]).contiguous()}
+    from lit_distill import cache_codec
+
+    top1, step, codes = cache_codec.encode_logprobs(log_p)
+    return {"packed_ids": cache_codec.pack_ids(ids, vocab_size).contiguous(), "top1_logprob": top1.contiguous(),
+            "logprob_step": step.contiguous(), "logprob_codes": codes.contiguous()}
 
 
 class TeacherCache:
@@ -297,5 +311,14 @@ class TeacherCache:
         shard, local = divmod(index, self.samples_per_shard)
         handle, offsets = self._open(shard)
         rows = slice(offsets[local], offsets[local + 1])
-        return (handle.get_slice("topk_ids")[rows].long(), handle.get_slice("topk_logprobs")[rows],
-                handle.get_slice("tail_mass")[rows])
+        tail = handle.get_slice("tail_mass")[rows]
+        if self.manifest.get("logprob_dtype") == COMPACT:
+            from lit_distill import cache_codec
+
+            ids = cache_codec.unpack_ids(handle.get_slice("packed_ids")[rows], self.top_k,
+                                         self.manifest["vocab_size"])
+            log_p = cache_codec.decode_logprobs(handle.get_slice("top1_logprob")[rows],
+                                                handle.get_slice("logprob_step")[rows],
+                                                handle.get_slice("logprob_codes")[rows])
+            return ids, log_p, tail
+        return handle.get_slice("topk_ids")[rows].long(), handle.get_slice("topk_logprobs")[rows], tail

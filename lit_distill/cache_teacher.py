@@ -19,7 +19,7 @@ from torch import Tensor
 
 from datamodules.teacher_cache import CachedTeacherDataModule
 from lit_distill.build import build
-from lit_distill.cache import LOGPROB_DTYPES, SPLITS, tokenizer_fingerprint, write_split
+from lit_distill.cache import ENCODINGS, SPLITS, tokenizer_fingerprint, write_split
 from lit_distill.contracts import side_inputs
 from lit_distill.errors import ConfigError
 
@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="samples per teacher forward (default: the data's batch_size)")
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="cache log_softmax(logits / T); train with the same temperature")
-    parser.add_argument("--logprob-dtype", default="float16", choices=sorted(LOGPROB_DTYPES))
+    parser.add_argument("--logprob-dtype", default="float16", choices=sorted(ENCODINGS),
+                        help="float16/bfloat16 (version 1) or compact (version 2: ~297 B/position at k=128, V=1024)")
     parser.add_argument("--splits", default=",".join(SPLITS), help="comma-separated, of: train,val")
     parser.add_argument("--max-new-shards", type=int, default=None,
                         help="stop after this many new shards per split (resume later)")

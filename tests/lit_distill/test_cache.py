@@ -119,3 +119,35 @@ def test_other_settings_in_an_existing_cache_are_refused(tmp_path, text_dir, tok
     with pytest.raises(ConfigError, match="needs a teacher"):
         cache_teacher([*args, "--model.init_args.teacher=null",
                        '--model.init_args.losses={"ce": {"class_path": "lit_distill.losses.CrossEntropy"}}'])
+
+
+def test_compact_encoding_reads_back_the_float16_cache_within_half_a_step(one_shot, tmp_path, text_dir,
+                                                                         tokenizer_dir, teacher_dir):
+    out = tmp_path / "compact"
+    args = cache_args(out, text_dir, tokenizer_dir, teacher_dir, "--logprob-dtype", "compact")
+    assert cache_teacher(args) == {"train": True, "val": True}
+    manifest = json.loads((out / "train" / MANIFEST).read_text())
+    assert manifest["version"] == 2 and manifest["logprob_dtype"] == "compact"
+    assert json.loads((one_shot / "train" / MANIFEST).read_text())["version"] == 1
+    old, new = TeacherCache(one_shot / "train"), TeacherCache(out / "train")
+    step = torch.cat([s["logprob_step"] for s in _shards(out / "train").values()]).float()
+    offset = 0
+    for i in range(len(old)):
+        (ids_a, lp_a, tail_a), (ids_b, lp_b, tail_b) = old[i], new[i]
+        n = len(ids_a)
+        # Ties between equal float32 log-probs may order ids differently only if values tie exactly.
+        assert torch.equal(ids_a, ids_b)
+        assert torch.equal(tail_a, tail_b)
+        # old is float16 (rel. error 2**-11); the compact error is at most half its own step.
+        bound = step[offset:offset + n, None] / 2 + lp_a.float().abs() * 2.0**-11 + 1e-6
+        assert ((lp_b - lp_a.float()).abs() <= bound).all()
+        offset += n
+
+
+def test_an_unknown_cache_version_is_refused_with_its_version(one_shot, tmp_path):
+    split = tmp_path / "train"
+    split.mkdir()
+    manifest = json.loads((one_shot / "train" / MANIFEST).read_text())
+    (split / MANIFEST).write_text(json.dumps({**manifest, "version": 99}))
+    with pytest.raises(ConfigError, match="version 99"):
+        TeacherCache(split)
