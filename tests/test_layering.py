@@ -147,7 +147,8 @@ def test_only_leaf_commands_import_datamodules(graph):
 
 
 def test_cache_format_needs_neither_the_commands_nor_the_data(graph):
-    assert graph["lit_distill.cache"] <= {"lit_distill.errors"}
+    assert graph["lit_distill.cache"] <= {"lit_distill.errors", "lit_distill.cache_codec"}
+    assert graph["lit_distill.cache_codec"] <= {"lit_distill.errors"}  # the compact encoding: part of the format
     assert {t for t in graph["datamodules.teacher_cache"] if t.startswith("lit_distill")} == \
         {"lit_distill.cache", "lit_distill.errors"}
 
