@@ -368,7 +368,13 @@ def main() -> None:
     results_b += launch(expand([on_policy], ns.seeds), ROOT, workers=2, cwd=REPO)
     results = results_a + launch(expand(arms_a[1:], ns.seeds), ROOT, workers=2, cwd=REPO)
     adaspec = Run(ADASPEC_ARM.name, ADASPEC_ARM.configs, [*ADASPEC_ARM.overrides, *budget], group="students", export=True)
-    results += launch(expand([adaspec], ns.seeds), ROOT, workers=2, cwd=REPO)
+    # the authors' budget: 1/k = 2.5x the steps, so AdaSPEC trains on as many tokens as the other arms
+    long_steps = round(ns.steps / 0.4)
+    adaspec_long = Run("A: AdaSPEC, 2.5x steps (as many tokens)", ADASPEC_ARM.configs,
+                       [*ADASPEC_ARM.overrides, *budget, f"--trainer.max_steps={long_steps}",
+                        f"--model.init_args.scheduler.init_args.total_steps={long_steps}",
+                        f"--trainer.val_check_interval={long_steps // 4}"], group="students", export=True)
+    results += launch(expand([adaspec, adaspec_long], ns.seeds), ROOT, workers=2, cwd=REPO)
     rows = evaluate(results, None, drafts=True)
     rows.update(evaluate(results_b, ROOT / "tokenizer_unigram", drafts=False))
     teacher["gradients"] = divergence_gradients(results_a[0].export_dir)
