@@ -92,23 +92,25 @@ def plain_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, la
     return 0.5 * kl + 0.5 * ce
 
 
-def run_hand(student, teacher, batches, warmup: int) -> float:
-    """A hand-written loop that uses plain PyTorch losses, so it measures our kernels too."""
+def run_loop(student, teacher, batches, warmup: int, loss_fn=plain_kd_loss) -> tuple[float, float, dict]:
+    """A hand-written loop with ``loss_fn`` (default: plain PyTorch losses, so it measures our kernels
+    too); returns (seconds after warm-up, last loss, last-batch logits)."""
     student, teacher = copy.deepcopy(student), copy.deepcopy(teacher).eval().requires_grad_(False)
     student.train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
-    start = 0.0
+    start, loss = 0.0, torch.zeros(())
     for i, batch in enumerate(batches):
         if i == warmup:
             start = time.perf_counter()
         with torch.no_grad():
             teacher_logits = teacher(**batch["inputs"]).logits
         student_logits = student(**batch["inputs"]).logits
-        loss = plain_kd_loss(student_logits, teacher_logits, batch["labels"], batch["loss_mask"])
+        loss = loss_fn(student_logits, teacher_logits, batch["labels"], batch["loss_mask"])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return time.perf_counter() - start
+    last = {"student": student_logits.detach(), "teacher": teacher_logits}
+    return time.perf_counter() - start, loss.item(), last
 
 
 def main() -> None:
@@ -126,7 +128,7 @@ def main() -> None:
     lit, hand = [], []
     with tempfile.TemporaryDirectory() as root:
         for repeat in range(ns.repeats):  # alternate the order so drift hits both sides alike
-            runs = [("hand", lambda: run_hand(student, teacher, batches, ns.warmup)),
+            runs = [("hand", lambda: run_loop(student, teacher, batches, ns.warmup)[0]),
                     ("lit", lambda: run_lit(student, teacher, batches, ns.warmup, root))]
             for name, run in runs if repeat % 2 == 0 else runs[::-1]:
                 (hand if name == "hand" else lit).append(run())

@@ -39,7 +39,6 @@ import math
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import lightning as L
@@ -49,7 +48,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loss_memory import MB, _PeakRSS, _release_freed_memory  # noqa: E402
-from overhead import StepTimer, llama, make_batches, plain_kd_loss  # noqa: E402
+from overhead import StepTimer, llama, make_batches, plain_kd_loss, run_loop  # noqa: E402
 
 from lit_distill import DistillationModule  # noqa: E402
 from lit_distill.losses import CrossEntropy, ForwardKL, GeneralizedJSD  # noqa: E402
@@ -89,26 +88,6 @@ def torchtune_loss():
         ce = F.cross_entropy(student_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         return 0.5 * div + 0.5 * ce
     return loss
-
-
-def run_loop(student, teacher, batches, warmup: int, loss_fn) -> tuple[float, float, dict]:
-    """A plain loop with ``loss_fn``; returns (seconds after warm-up, last loss, last-batch logits)."""
-    student, teacher = copy.deepcopy(student), copy.deepcopy(teacher).eval().requires_grad_(False)
-    student.train()
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
-    start, loss = 0.0, torch.zeros(())
-    for i, batch in enumerate(batches):
-        if i == warmup:
-            start = time.perf_counter()
-        with torch.no_grad():
-            teacher_logits = teacher(**batch["inputs"]).logits
-        student_logits = student(**batch["inputs"]).logits
-        loss = loss_fn(student_logits, teacher_logits, batch["labels"], batch["loss_mask"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    last = {"student": student_logits.detach(), "teacher": teacher_logits}
-    return time.perf_counter() - start, loss.item(), last
 
 
 class LastLoss(L.Callback):

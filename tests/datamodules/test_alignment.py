@@ -213,9 +213,10 @@ WORD_BREAKS = (" ", "\t", "\n", "\r")  # tokenkit's space+tab+newline (a vertica
 
 
 def test_space_token_mask_marks_word_initial_and_special_tokens(tmp_path):
+    from transformers import AutoTokenizer
+
     from datamodules.alignment import space_token_mask
     from datamodules.tokenizer_training import train_tokenizer
-    from transformers import AutoTokenizer
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the teacher learns\n\tnaïve café — 東京 the student\n" * 50, encoding="utf-8")

@@ -4,8 +4,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lit_distill.cache_codec import (bytes_per_position, decode_logprobs, encode_logprobs, id_bits,
-                                     pack_ids, unpack_ids)
+from lit_distill.cache_codec import (
+    bytes_per_position,
+    decode_logprobs,
+    encode_logprobs,
+    id_bits,
+    pack_ids,
+    unpack_ids,
+)
 
 
 def test_bytes_per_position_at_k128():
