@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import inspect
 import json
 import re
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from datamodules.local_corpus import STDLIB_MODULES, public_objects
+from datamodules.local_corpus import public_objects, stdlib_modules
 
 MIN_ANSWER_CHARS, MAX_ANSWER_CHARS = 12, 100
 MAX_SIGNATURE_CHARS = 60
@@ -59,16 +57,10 @@ def short_signature(signature: inspect.Signature) -> str:
 
 def _functions() -> Iterator[tuple[str, object]]:
     """``(module name, function)`` of every public pure-Python function and method, in a fixed order."""
-    for module_name in STDLIB_MODULES:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError:
-                continue
+    for module in stdlib_modules():
         for obj in public_objects(module):
             if inspect.isfunction(obj):
-                yield module_name, obj
+                yield module.__name__, obj
 
 
 def question_answer_pairs() -> list[dict[str, str]]:

@@ -102,12 +102,8 @@ def public_objects(module) -> Iterator[object]:
                     yield attr
 
 
-def _stdlib_documents() -> Iterator[str]:
-    """Yield language-reference topics, then stdlib docstrings, in a fixed order."""
-    from pydoc_data.topics import topics
-
-    for key in sorted(topics):
-        yield topics[key]
+def stdlib_modules() -> Iterator[object]:
+    """The modules of ``STDLIB_MODULES`` that import on this interpreter, in order (warnings silenced)."""
     for module_name in STDLIB_MODULES:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -115,6 +111,16 @@ def _stdlib_documents() -> Iterator[str]:
                 module = importlib.import_module(module_name)
             except ImportError:
                 continue
+        yield module
+
+
+def _stdlib_documents() -> Iterator[str]:
+    """Yield language-reference topics, then stdlib docstrings, in a fixed order."""
+    from pydoc_data.topics import topics
+
+    for key in sorted(topics):
+        yield topics[key]
+    for module in stdlib_modules():
         for obj in public_objects(module):
             doc = inspect.getdoc(obj)
             if doc:

@@ -323,6 +323,8 @@ class DistillationModule(L.LightningModule):
         trainer = self._trainer
         if trainer is None or trainer.state.fn != "fit" or trainer.sanity_checking:
             return
+        if type(self.step).after_validation is TrainingStep.after_validation:
+            return  # a step without the hook: no metric computed (and all-reduced) for it
         values = {f"val/{name}": metric.compute() for name, metric in self.val_metrics.items() if metric.update_called}
         self.step.after_validation(self, values)
 
