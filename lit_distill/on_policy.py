@@ -124,7 +124,8 @@ def answer_text(tokenizer: Any, prompt: list[int], answer: list[int]) -> str:
     return whole[len(head):] if whole.startswith(head) else tokenizer.decode(answer, skip_special_tokens=True)
 
 
-def _seed(*parts: int) -> int:
+def derived_seed(*parts: int | str) -> int:
+    """A 63-bit seed that is a pure function of ``parts`` (e.g. base seed, step, micro-batch, rank)."""
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
@@ -158,7 +159,7 @@ class OnPolicyStep(TrainingStep):
 
     def on_policy(self, step: int) -> bool:
         """Whether optimizer step ``step`` trains on the student's samples (the same on every rank)."""
-        coin = torch.Generator().manual_seed(_seed(self.seed, step, "coin"))
+        coin = torch.Generator().manual_seed(derived_seed(self.seed, step, "coin"))
         return bool(torch.rand((), generator=coin) < self.student_fraction)
 
     def _token_ids(self, module: L.LightningModule) -> tuple[int, int | None]:
@@ -180,7 +181,7 @@ class OnPolicyStep(TrainingStep):
         # Seeded per (step, micro-batch, rank) inside a forked generator: the draw is the same after
         # a resume and the training's own randomness (dropout) is untouched.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(_seed(self.seed, module.global_step, batch_idx, rank, "sample"))
+            torch.manual_seed(derived_seed(self.seed, module.global_step, batch_idx, rank, "sample"))
             drawn = sample_responses(model, prompts, self.options, pad_token_id=pad, eos_token_id=eos)
         model.train(was_training)
         return [responses[0] for responses in drawn]

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from lit_distill.errors import ConfigError
-from lit_distill.on_policy import Answer, OnPolicyStep, _seed
+from lit_distill.on_policy import Answer, OnPolicyStep, derived_seed
 from lit_distill.steps import TrainingStep
 
 SOURCES = ("data", "fresh", "replay")
@@ -94,7 +94,7 @@ class AdaptiveOffPolicyStep(TrainingStep):
 
     def source(self, step: int, total: int, batch_idx: int, rank: int) -> str:
         """Where micro-batch ``batch_idx`` of optimizer step ``step`` takes its answers: one of ``SOURCES``."""
-        coin = torch.Generator().manual_seed(_seed(self.seed, step, batch_idx, rank, "replay-coin"))
+        coin = torch.Generator().manual_seed(derived_seed(self.seed, step, batch_idx, rank, "replay-coin"))
         r = float(torch.rand((), generator=coin))
         full = len(self.buffer) == self.buffer.maxlen
         if r < self.fresh_share(step, total) or (r < self.threshold and not full):
@@ -115,7 +115,7 @@ class AdaptiveOffPolicyStep(TrainingStep):
                 answers = self.sampler.student_answers(module, batch, batch_idx)
                 self.buffer.extend(answers)
             else:
-                picks = torch.Generator().manual_seed(_seed(self.seed, module.global_step, batch_idx, rank, "replay"))
+                picks = torch.Generator().manual_seed(derived_seed(self.seed, module.global_step, batch_idx, rank, "replay"))
                 rows = torch.randint(len(self.buffer), (size,), generator=picks).tolist()
                 answers = [self.buffer[row] for row in rows]
             batch = self.sampler.answers_batch(module, answers, device)
