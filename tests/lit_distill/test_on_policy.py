@@ -159,3 +159,23 @@ def test_answer_text_keeps_what_the_answer_adds_after_its_prompt(student_unigram
     # SentencePiece decodes an answer alone without its first word's space; in context it keeps it
     assert tokenizer.decode(answer).startswith("the")
     assert answer_text(tokenizer, prompt, answer) == " the teacher give"
+
+
+@pytest.mark.slow
+def test_on_policy_steps_run_under_ddp(tmp_path, pairs_file, tokenizer_dir, teacher_dir):
+    """2 CPU processes (gloo): every step samples the answers on each rank and the fit finishes with finite weights."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    args = _args(tmp_path, pairs_file, tokenizer_dir, teacher_dir, 1.0, "--trainer.devices=2",
+                 "--trainer.strategy=ddp", "--trainer.max_steps=2", "--trainer.val_check_interval=null",
+                 "--trainer.limit_val_batches=0",
+                 f'--trainer.logger={{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {{save_dir: {tmp_path}}}}}')
+    subprocess.run([sys.executable, "-m", "lit_distill", *args], check=True, cwd=REPO, timeout=600,
+                   capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    rows = list(csv.DictReader(open(max(tmp_path.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime_ns))))
+    assert [float(r["train/on_policy"]) for r in rows if r.get("train/on_policy")] == [1.0, 1.0]
+    state = student_state(newest(tmp_path))
+    assert all(torch.isfinite(v).all() for v in state.values())
