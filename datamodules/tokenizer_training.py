@@ -41,7 +41,7 @@ from typing import Literal
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from lit_distill.errors import ConfigError
-from lit_distill.models.hf import HUB_ID
+from lit_distill.models.hf_loading import HUB_ID
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]

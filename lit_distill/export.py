@@ -20,7 +20,7 @@ from torch import nn
 
 from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter
-from lit_distill.models.hf import copy_tokenizer
+from lit_distill.models.hf_loading import copy_tokenizer
 from lit_distill.models.lora import export_dirs
 from lit_distill.models.torch_module import as_adapter
 

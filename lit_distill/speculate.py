@@ -41,7 +41,7 @@ def load_causal_lm(path: str, field: str, device: str = "cpu", dtype: str | None
     from transformers import AutoModelForCausalLM
 
     from lit_distill.models.base import parse_dtype
-    from lit_distill.models.hf import load_pretrained_checked
+    from lit_distill.models.hf_loading import load_pretrained_checked
 
     torch_dtype = parse_dtype(dtype, "speculate --dtype")
     return load_pretrained_checked(AutoModelForCausalLM, path, field, "Qwen/Qwen2.5-0.5B",

@@ -10,7 +10,7 @@ from torch import Tensor
 from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter, parse_dtype
-from lit_distill.models.hf import load_pretrained_checked
+from lit_distill.models.hf_loading import load_pretrained_checked
 from lit_distill.sources import OutputSpec
 
 

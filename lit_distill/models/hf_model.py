@@ -17,7 +17,12 @@ Features: ``last_hidden_state`` ``[B, L, D]`` (the last layer's output),
 ``cls_pooled`` ``[B, D]`` (the first token's last hidden state), ``mean_pooled`` ``[B, D]`` (the
 mean over ``attention_mask``, sentence-embedding style) and, with ``output_attentions``,
 ``attentions.<i>`` ``[B, heads, L, L]`` per layer (post-softmax; negative indices too). Hidden states with
-``output_hidden_states`` (embeddings first).
+``output_hidden_states`` (embeddings first). A ``causal-lm`` returns the pooled features only with
+``output_hidden_states`` (a large teacher would otherwise keep every layer's output alive during its
+forward just to pool the last one), and with ``compute_logits: false`` it skips its LM head for fused
+losses (see :class:`HFModel`).
+
+``lit_distill.models.HFCausalLM`` is this adapter with ``task: causal-lm`` under its historic name.
 """
 
 from __future__ import annotations
@@ -30,7 +35,12 @@ from torch import Tensor
 from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter, parse_dtype
-from lit_distill.models.hf import build_from_config, copy_tokenizer, load_pretrained_checked
+from lit_distill.models.hf_loading import (
+    build_from_config,
+    check_plain_head,
+    copy_tokenizer,
+    load_pretrained_checked,
+)
 from lit_distill.sources import OutputSpec
 
 Task = Literal["causal-lm", "masked-lm", "sequence-classification", "token-classification", "feature-extraction"]
@@ -64,7 +74,14 @@ class HFModel(ModelAdapter):
         output_hidden_states: also return every layer's hidden states.
         output_attentions: also return every layer's attention maps as features.
         hooks: module paths whose outputs are recorded as features.
-        lora: train LoRA adapters only, through ``peft`` (keys as ``HFCausalLM.lora``,
+        compute_logits: ``causal-lm`` only. False skips the LM head: ``logits`` is None and the
+            features hold ``last_hidden_state`` ``[B, L, D]`` (after the final norm), the head's
+            ``lm_head.weight`` ``[V, D]`` and, if it has one, ``lm_head.bias`` ``[V]``, for fused
+            losses (``lit_distill.losses.FusedForwardKL``) that never build full ``[B, L, V]``
+            logits. Only for models whose logits are exactly ``hidden @ weight.T + bias`` (no
+            soft-capping or logit scale; checked).
+        lora: train LoRA adapters only, through ``peft``: ``{r: 8, alpha: 16, dropout: 0.0,
+            target_modules: [q_proj, v_proj]}`` (also ``bias``, ``modules_to_save``;
             :mod:`lit_distill.models.lora`), on the model loaded from ``path``; the base stays
             frozen and, for classification tasks, the new head trains in full. Export writes the
             merged model and the adapter in ``adapter/``.
@@ -74,15 +91,19 @@ class HFModel(ModelAdapter):
                  vocab_size: int | None = None, pad_token_id: int | None = None, num_classes: int | None = None,
                  dtype: str | None = None, trust_remote_code: bool = False, revision: str | None = None,
                  attn_implementation: str | None = None, output_hidden_states: bool = False,
-                 output_attentions: bool = False, hooks: list[str] | None = None,
+                 output_attentions: bool = False, hooks: list[str] | None = None, compute_logits: bool = True,
                  lora: dict[str, Any] | None = None) -> None:
         super().__init__(hooks)
+        name = type(self).__name__  # HFCausalLM's messages name its own fields
         if task not in AUTO_CLASSES:
-            raise ConfigError(f"HFModel.task: '{task}' is not one of {sorted(AUTO_CLASSES)}")
+            raise ConfigError(f"{name}.task: '{task}' is not one of {sorted(AUTO_CLASSES)}")
         if (path is None) == (config is None):
-            raise ConfigError("HFModel: give exactly one of 'path' (hub id or local directory) or 'config' "
+            raise ConfigError(f"{name}: give exactly one of 'path' (hub id or local directory) or 'config' "
                               "(a dict with model_type, to build a fresh model)")
-        self.task, self.path = task, path
+        if not compute_logits and task != "causal-lm":
+            raise ConfigError(f"{name}.compute_logits: false is for task causal-lm (fused LM losses), "
+                              f"not {task}")
+        self.task, self.path, self.compute_logits = task, path, compute_logits
         self.lora = None  # set after loading: the checks read the plain model
         self.output_hidden_states, self.output_attentions = output_hidden_states, output_attentions
         if output_attentions and attn_implementation is None:
@@ -90,24 +111,28 @@ class HFModel(ModelAdapter):
         import transformers
 
         auto_class = getattr(transformers, AUTO_CLASSES[task])
-        torch_dtype = parse_dtype(dtype, "HFModel.dtype")
+        torch_dtype = parse_dtype(dtype, f"{name}.dtype")
+        labels = {"num_labels": num_classes} if task in _CLASSIFIERS and num_classes is not None else {}
         if path is not None:
-            labels = {"num_labels": num_classes} if task in _CLASSIFIERS and num_classes is not None else {}
-            self.module = load_pretrained_checked(auto_class, path, "HFModel.path", "bert-base-uncased",
+            example = "Qwen/Qwen2.5-0.5B" if task == "causal-lm" else "bert-base-uncased"
+            # from_pretrained returns eval mode; a student must train with its dropout, as a model built
+            # from a config does (Lightning keeps submodules' modes). Teacher sets eval itself.
+            self.module = load_pretrained_checked(auto_class, path, f"{name}.path", example,
                                                   trust_remote_code=trust_remote_code, dtype=torch_dtype,
                                                   revision=revision, attn_implementation=attn_implementation,
-                                                  **labels).train()  # from_pretrained gives eval mode: see hf.py
-            self._check_loaded(vocab_size)
+                                                  **labels).train()
+            self._check_loaded(vocab_size, name)
         else:
-            labels = {"num_labels": num_classes} if task in _CLASSIFIERS and num_classes is not None else {}
-            self.module = build_from_config(auto_class, dict(config), "HFModel.config", vocab_size, pad_token_id,
+            self.module = build_from_config(auto_class, dict(config), f"{name}.config", vocab_size, pad_token_id,
                                             torch_dtype, attn_implementation, **labels)
+        if not compute_logits:
+            check_plain_head(self.module, f"{name}.compute_logits")
         if lora:
             if path is None:
-                raise ConfigError("HFModel.lora: adapts a pretrained model; give 'path', not 'config'")
+                raise ConfigError(f"{name}.lora: adapts a pretrained model; give 'path', not 'config'")
             from lit_distill.models.lora import apply_lora
 
-            self.module = apply_lora(self.module, dict(lora), "HFModel.lora", task)
+            self.module = apply_lora(self.module, dict(lora), f"{name}.lora", task)
             self.lora = dict(lora)
         self._install_hooks()
 
@@ -116,11 +141,17 @@ class HFModel(ModelAdapter):
         """The ``transformers`` model (under a LoRA student's ``peft`` wrapper, with its adapters)."""
         return self.module.get_base_model() if self.lora else self.module
 
-    def _check_loaded(self, vocab_size: int | None) -> None:
-        embeddings = self.model.get_input_embeddings()
-        size = embeddings.weight.shape[0] if embeddings is not None else None
-        if vocab_size is not None and size is not None and size < vocab_size:
-            raise ConfigError(f"HFModel.path: the model at '{self.path}' embeds {size} tokens but the data's "
+    def _check_loaded(self, vocab_size: int | None, name: str) -> None:
+        """A loaded model must cover the data's tokenizer: a causal LM's head, other models' embeddings."""
+        if vocab_size is None:
+            return
+        if self.task == "causal-lm":
+            size, what = self.output_size, "has {} output logits"
+        else:
+            embeddings = self.model.get_input_embeddings()
+            size, what = (None if embeddings is None else embeddings.weight.shape[0]), "embeds {} tokens"
+        if size is not None and size < vocab_size:
+            raise ConfigError(f"{name}.path: the model at '{self.path}' {what.format(size)} but the data's "
                               f"tokenizer has {vocab_size}; use the tokenizer that belongs to this model")
 
     @property
@@ -137,32 +168,53 @@ class HFModel(ModelAdapter):
         """Width of the hidden states."""
         return int(self.model.config.hidden_size)
 
+    @property
+    def _pools(self) -> bool:
+        """Whether :meth:`run` returns the pooled features (see the module docstring)."""
+        return self.task != "causal-lm" or self.output_hidden_states
+
     def declared_outputs(self) -> OutputSpec:
-        """Logits (not for ``feature-extraction``), the pooled features and, when asked, hidden
-        states and attention maps (see the module docstring)."""
+        """Logits (not for ``feature-extraction`` or ``compute_logits: false``), the pooled features
+        or the LM head, and, when asked, hidden states and attention maps (see the module docstring)."""
         layers = int(getattr(self.model.config, "num_hidden_layers", 0)) or None
-        features = {"last_hidden_state", "cls_pooled", "mean_pooled"}
+        features = {"last_hidden_state", "cls_pooled", "mean_pooled"} if self._pools else set()
+        if not self.compute_logits:
+            head = self.model.get_output_embeddings()
+            features |= {"last_hidden_state", "lm_head.weight"}
+            features |= {"lm_head.bias"} if getattr(head, "bias", None) is not None else set()
         if self.output_attentions and layers:
             features |= {f"attentions.{i}" for i in range(-layers, layers)}
         hidden = (None if layers is None else layers + 1) if self.output_hidden_states else 0
-        return OutputSpec(logits=self.task != "feature-extraction", hidden_states=hidden,
+        return OutputSpec(logits=self.compute_logits and self.task != "feature-extraction", hidden_states=hidden,
                           features=frozenset(features), closed=layers is not None or not self.output_attentions)
 
     def run(self, **inputs: Any) -> ModelOutput:
-        extra = {"use_cache": False} if self.task == "causal-lm" else {}
-        # the pooled features need the last hidden state, which models with a head only return
-        # among all of them (a tuple of references: no extra compute)
-        bare = self.task == "feature-extraction"
-        out = self.module(**inputs, output_hidden_states=self.output_hidden_states or not bare,
-                          output_attentions=self.output_attentions, **extra)
-        last = out.last_hidden_state if bare else out.hidden_states[-1]
-        features = {"last_hidden_state": last, "cls_pooled": last[:, 0],
-                    "mean_pooled": mean_pool(last, inputs.get("attention_mask"))}
+        features: dict[str, Tensor] = {}
+        if self.compute_logits:
+            extra = {"use_cache": False} if self.task == "causal-lm" else {}
+            # the pooled features need the last hidden state, which models with a head only return
+            # among all of them (a tuple of references: no extra compute)
+            bare = self.task == "feature-extraction"
+            out = self.module(**inputs, output_hidden_states=self.output_hidden_states or (self._pools and not bare),
+                              output_attentions=self.output_attentions, **extra)
+            logits = getattr(out, "logits", None)
+            last = out.last_hidden_state if bare else out.hidden_states[-1] if out.hidden_states else None
+        else:  # the base model only; the head's parameters go to the (fused) loss as features
+            out = self.model.base_model(**inputs, output_hidden_states=self.output_hidden_states,
+                                        output_attentions=self.output_attentions, use_cache=False)
+            logits, last = None, out.last_hidden_state
+            head = self.model.get_output_embeddings()
+            features = {"last_hidden_state": last, "lm_head.weight": head.weight}
+            if getattr(head, "bias", None) is not None:
+                features["lm_head.bias"] = head.bias
+        if self._pools:
+            features.update(last_hidden_state=last, cls_pooled=last[:, 0],
+                            mean_pooled=mean_pool(last, inputs.get("attention_mask")))
         if self.output_attentions:
             n = len(out.attentions)
             for i, attention in enumerate(out.attentions):
                 features[f"attentions.{i}"] = features[f"attentions.{i - n}"] = attention
-        return ModelOutput(logits=getattr(out, "logits", None), features=features,
+        return ModelOutput(logits=logits, features=features,
                            hidden_states=tuple(out.hidden_states) if self.output_hidden_states else None)
 
     def export(self, out_dir: str) -> None:

@@ -137,7 +137,7 @@ def main(args: Sequence[str] = ()) -> None:
                                    ns.width_method)
     Path(ns.out).mkdir(parents=True, exist_ok=True)
     student.save_pretrained(ns.out)
-    from lit_distill.models.hf import copy_tokenizer
+    from lit_distill.models.hf_loading import copy_tokenizer
 
     copy_tokenizer(ns.teacher, ns.out)
     kept = choose_layers(ns.layers, teacher.module.config.num_hidden_layers)

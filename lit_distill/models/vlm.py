@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter, parse_dtype
-from lit_distill.models.hf import HFCausalLM, load_pretrained_checked
+from lit_distill.models.hf import HFCausalLM
+from lit_distill.models.hf_loading import load_pretrained_checked
 from lit_distill.models.moe import moe_aux_loss, upcycle
 from lit_distill.sources import OutputSpec
 

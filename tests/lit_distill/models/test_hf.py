@@ -1,12 +1,14 @@
-"""HFCausalLM: local directories through from_pretrained, configs, dtype, errors."""
+"""HFCausalLM (HFModel for causal LMs): local directories through from_pretrained, configs, dtype, errors."""
 
 from __future__ import annotations
+
+import inspect
 
 import pytest
 import torch
 
 from lit_distill import ConfigError
-from lit_distill.models import HFCausalLM
+from lit_distill.models import HFCausalLM, HFModel
 
 CONFIG = {"model_type": "llama", "vocab_size": 50, "hidden_size": 16, "intermediate_size": 32,
           "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1}
@@ -98,3 +100,49 @@ def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match="could not load 'nobody/no-such-model' as a hub id"):
         HFCausalLM(path="nobody/no-such-model")
+
+
+def test_hfcausallm_is_hfmodel_for_causal_lms_with_the_same_fields():
+    own = inspect.signature(HFCausalLM).parameters
+    general = inspect.signature(HFModel).parameters
+    assert issubclass(HFCausalLM, HFModel)
+    # every HFCausalLM field is an HFModel field with the same default; what it leaves out is fixed
+    # (task) or does not apply to causal LMs (classes, attention maps)
+    assert {name: p.default for name, p in own.items()} == {
+        name: p.default for name, p in general.items()
+        if name not in {"task", "num_classes", "output_attentions"}}
+    torch.manual_seed(0)
+    named = HFCausalLM(config=dict(CONFIG))
+    torch.manual_seed(0)
+    general_model = HFModel(task="causal-lm", config=dict(CONFIG))
+    ids = torch.randint(0, 50, (2, 7))
+    assert named.task == "causal-lm"
+    torch.testing.assert_close(named(input_ids=ids).logits, general_model(input_ids=ids).logits)
+
+
+def test_a_causal_lm_pools_only_when_it_returns_hidden_states(saved):
+    _, path = saved
+    ids, mask = torch.randint(0, 50, (2, 7)), torch.ones(2, 7, dtype=torch.long)
+    plain = HFCausalLM(path=path).eval()
+    assert plain(input_ids=ids, attention_mask=mask).features == {}
+    assert plain.output_spec().features == frozenset()
+    hidden = HFCausalLM(path=path, output_hidden_states=True).eval()
+    out = hidden(input_ids=ids, attention_mask=mask)
+    assert set(out.features) == set(hidden.output_spec().features) == {"last_hidden_state", "cls_pooled",
+                                                                         "mean_pooled"}
+    torch.testing.assert_close(out.features["last_hidden_state"], out.hidden_states[-1])
+    torch.testing.assert_close(out.features["mean_pooled"], out.hidden_states[-1].mean(1))
+
+
+def test_compute_logits_false_is_for_causal_lms_and_matches_the_logits(saved):
+    _, path = saved
+    ids = torch.randint(0, 50, (2, 7))
+    full = HFModel(task="causal-lm", path=path).eval()
+    lean = HFModel(task="causal-lm", path=path, compute_logits=False, output_hidden_states=True).eval()
+    out = lean(input_ids=ids)
+    assert out.logits is None and set(out.features) == set(lean.output_spec().features)
+    logits = out.features["last_hidden_state"] @ out.features["lm_head.weight"].T
+    torch.testing.assert_close(logits, full(input_ids=ids).logits)
+    with pytest.raises(ConfigError, match="HFModel.compute_logits: false is for task causal-lm"):
+        HFModel(task="masked-lm", config={"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1,
+                                          "num_attention_heads": 2, "intermediate_size": 32}, compute_logits=False)
