@@ -1,4 +1,5 @@
-"""A compact codec for one shard of cached top-k teacher log-probs (not yet wired into cache.py).
+"""A compact codec for one shard of cached top-k teacher log-probs: cache version 2, written by
+``cache-teacher --logprob-dtype compact``.
 
 Per position (``k`` entries, vocabulary ``V``) it stores
 

@@ -2,9 +2,10 @@
 
 1. Builds the quickstart's data, tokenizer and teacher if they are missing
    (``artifacts/quickstart``, as ``python -m lit_distill quickstart`` does).
-2. Caches the teacher with ``cache-teacher`` at each k (default 16, 128 and 1024 = the
-   whole vocabulary, a control without truncation) and measures the bytes on disk per
-   cached position and the teacher's tail mass.
+2. Caches the teacher with ``cache-teacher`` for each cache spec ``k`` or ``k:encoding``
+   (default 16, 128, 1024 = the whole vocabulary, a control without truncation, and
+   128:compact, the version-2 encoding; a bare ``k`` stores float16 log-probs) and measures the
+   bytes on disk per cached position and the teacher's tail mass.
 3. Trains the quickstart student (``configs/text/kd/quickstart-student_from_quickstart-teacher.yaml``: 0.5·forward KL + 0.5·CE)
    with the online teacher, and the same student from each cache
    (``configs/text/kd/quickstart-student_from_quickstart-teacher_cache.yaml``: 0.5·sparse forward KL + 0.5·CE, no
@@ -21,8 +22,8 @@ report's hand-written ``## Reading`` section. About 10-15 min on 2 cores.
 
 Usage::
 
-    python scripts/experiment_teacher_cache.py [--steps 150 --seeds 0 1 2 --top-k 16 128 1024]
-    python scripts/experiment_teacher_cache.py --steps 4 --seeds 0 --top-k 16 --out /tmp/smoke   # the path only
+    python scripts/experiment_teacher_cache.py [--steps 150 --seeds 0 1 2 --caches 16 128 1024 128:compact]
+    python scripts/experiment_teacher_cache.py --steps 4 --seeds 0 --caches 16 --out /tmp/smoke   # the path only
 """
 
 from __future__ import annotations
@@ -73,27 +74,38 @@ def prepare() -> None:
     train_teacher(REPO / WORKDIR, retrain=False)
 
 
-def write_cache(k: int) -> dict:
-    out = WORK / f"cache_k{k}"
+def parse_cache(spec: str) -> tuple[int, str]:
+    """``"128"`` -> ``(128, "float16")``, ``"128:compact"`` -> ``(128, "compact")``."""
+    k, _, encoding = spec.partition(":")
+    return int(k), encoding or "float16"
+
+
+def cache_name(k: int, encoding: str) -> str:
+    """The arm / metric suffix of a cache: ``k128`` for float16, ``k128_compact`` otherwise."""
+    return f"k{k}" if encoding == "float16" else f"k{k}_{encoding}"
+
+
+def write_cache(k: int, encoding: str) -> dict:
+    out = WORK / f"cache_{cache_name(k, encoding)}"
     start = time.perf_counter()
     done = cache_teacher(["--config", ONLINE, "--out", str(out), "--top-k", str(k), "--no-progress",
-                          f"--trainer.default_root_dir={WORK / 'runs/cache'}"])
+                          "--logprob-dtype", encoding, f"--trainer.default_root_dir={WORK / 'runs/cache'}"])
     assert all(done.values()), done
     manifest = json.loads((out / "train/manifest.json").read_text())
     size = sum(p.stat().st_size for p in (out / "train").glob("shard-*.safetensors"))
     tails = torch.cat([load_file(p)["tail_mass"] for p in sorted((out / "val").glob("shard-*.safetensors"))])
     return {"val_tail_mass_mean": round(float(tails.mean()), 5),
             "val_tail_mass_median": round(float(tails.median()), 5),
-            "k": k, "dir": str(out.relative_to(REPO)), "seconds": round(time.perf_counter() - start, 1),
+            "k": k, "name": cache_name(k, encoding), "dir": str(out.relative_to(REPO)), "seconds": round(time.perf_counter() - start, 1),
             "bytes": size, "positions": manifest["num_positions"],
             "bytes_per_position": round(size / manifest["num_positions"], 1),
             "id_dtype": manifest["id_dtype"], "logprob_dtype": manifest["logprob_dtype"]}
 
 
 @torch.no_grad()
-def evaluate(student, teacher, data, caches: dict[int, TeacherCache]) -> dict[str, float]:
+def evaluate(student, teacher, data, caches: dict[str, TeacherCache]) -> dict[str, float]:
     """Token means over the held-out split of CE, dense forward KL and each cache's sparse KL."""
-    sums = {"ce": 0.0, "dense_kl": 0.0, **{f"sparse_kl_k{k}": 0.0 for k in caches}}
+    sums = {"ce": 0.0, "dense_kl": 0.0, **{f"sparse_kl_{name}": 0.0 for name in caches}}
     count = 0
     collate = data.collate_fn()
     dataset = data.val_dataset
@@ -106,7 +118,8 @@ def evaluate(student, teacher, data, caches: dict[int, TeacherCache]) -> dict[st
         t_logits = teacher(**batch["inputs"]).logits
         sums["ce"] += float(cross_entropy(logits, batch["labels"])) * n
         sums["dense_kl"] += float(forward_kl(logits, t_logits, mask)) * n
-        for k, cache in caches.items():
+        for name, cache in caches.items():
+            k = cache.top_k
             rows = [cache[i] for i in indices]
             length = mask.shape[1]
             ids = torch.arange(k).repeat(len(indices), length, 1)
@@ -115,7 +128,7 @@ def evaluate(student, teacher, data, caches: dict[int, TeacherCache]) -> dict[st
             for b, (c_ids, c_lp, c_tail) in enumerate(rows):
                 m = c_ids.shape[0]
                 ids[b, :m], logp[b, :m], tail[b, :m] = c_ids, c_lp.float(), c_tail
-            sums[f"sparse_kl_k{k}"] += float(sparse_forward_kl(logits, ids, logp, tail, mask)) * n
+            sums[f"sparse_kl_{name}"] += float(sparse_forward_kl(logits, ids, logp, tail, mask)) * n
         count += n
     return {key: value / count for key, value in sums.items()}
 
@@ -124,8 +137,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--top-k", type=int, nargs="+", default=[16, 128, 1024],
-                        help="k values to cache; 1024 = the whole vocabulary (a control: no truncation)")
+    parser.add_argument("--caches", nargs="+", default=["16", "128", "1024", "128:compact"],
+                        help="caches as k or k:encoding (float16, bfloat16, compact); 1024 = the whole "
+                             "vocabulary (a control: no truncation)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="student runs trained at once")
     parser.add_argument("--out", type=Path, default=REPO / "docs/experiments", help="where the report goes")
     ns = parser.parse_args()
@@ -133,11 +147,11 @@ def main() -> None:
     os.chdir(REPO)  # the configs use paths relative to the repository root
     total_start = time.perf_counter()
     prepare()
-    caches_info = [write_cache(k) for k in ns.top_k]
-    caches = {c["k"]: TeacherCache(REPO / c["dir"] / "val") for c in caches_info}
+    caches_info = [write_cache(*parse_cache(spec)) for spec in ns.caches]
+    caches = {c["name"]: TeacherCache(REPO / c["dir"] / "val") for c in caches_info}
 
     arms = [Run("online teacher", [ONLINE], schedule(ns.steps), group="students", export=True)]
-    arms += [Run(f"cache k={c['k']}", [CACHED], [f"--data.init_args.cache_dir={c['dir']}", *schedule(ns.steps)],
+    arms += [Run(f"cache {c['name']}", [CACHED], [f"--data.init_args.cache_dir={c['dir']}", *schedule(ns.steps)],
                  group="students", export=True) for c in caches_info]
     results = launch(expand(arms, ns.seeds), WORK, workers=ns.workers, cwd=REPO)
 
@@ -153,7 +167,7 @@ def main() -> None:
                      **{k: round(v, 5) for k, v in metrics.items()}})
     print(json.dumps(runs), flush=True)
 
-    keys = ["ce", "dense_kl", *[f"sparse_kl_k{k}" for k in ns.top_k], "train_seconds"]
+    keys = ["ce", "dense_kl", *[f"sparse_kl_{c['name']}" for c in caches_info], "train_seconds"]
     online_ce = {r["seed"]: r["ce"] for r in runs if r["arm"] == "online teacher"}
     stats = {}
     for arm in by_arm(results):
@@ -199,16 +213,16 @@ included) while {workers} runs shared the machine.
 
 
 def _table(result: dict, stats: dict[str, dict[str, Stat]]) -> str:
-    ks = [c["k"] for c in result["caches"]]
+    names = [c["name"] for c in result["caches"]]
     arms = markdown_table(
-        ["arm", "held-out CE", "CE gap vs online", "dense KL to teacher", *[f"sparse KL (k={k})" for k in ks],
+        ["arm", "held-out CE", "CE gap vs online", "dense KL to teacher", *[f"sparse KL ({n})" for n in names],
          "train s"],
         [[arm, s["ce"].cell(), s["ce_gap_vs_online"].cell(), s["dense_kl"].cell(),
-          *[s[f"sparse_kl_k{k}"].cell() for k in ks], f"{s['train_seconds'].mean:.0f}"] for arm, s in stats.items()])
+          *[s[f"sparse_kl_{n}"].cell() for n in names], f"{s['train_seconds'].mean:.0f}"] for arm, s in stats.items()])
     sizes = markdown_table(
-        ["k", "bytes on disk per cached position", "ids", "log-probs", "held-out tail mass mean (median)",
+        ["cache", "bytes on disk per cached position", "ids", "log-probs", "held-out tail mass mean (median)",
          "cache seconds (train+val)"],
-        [[c["k"], c["bytes_per_position"], c["id_dtype"], c["logprob_dtype"],
+        [[c["name"], c["bytes_per_position"], c["id_dtype"], c["logprob_dtype"],
           f"{c['val_tail_mass_mean']:.4f} ({c['val_tail_mass_median']:.4f})", c["seconds"]]
          for c in result["caches"]])
     return arms + "\n\n" + sizes

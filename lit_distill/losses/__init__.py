@@ -62,6 +62,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "lit_distill.losses.feature": ["FeatureMSE", "feature_mse"],
     "lit_distill.losses.fused": ["fused_cross_entropy", "fused_forward_kl", "fused_reverse_kl"],
     "lit_distill.losses.fused_terms": ["FusedCrossEntropy", "FusedForwardKL", "FusedReverseKL"],
+    "lit_distill.losses.fused_sparse": ["FusedSparseForwardKL", "fused_sparse_forward_kl"],
     "lit_distill.losses.multi_teacher": ["EnsembleKD", "ensemble_kd"],
     "lit_distill.losses.adaspec": ["AdaSPEC"],
     "lit_distill.losses.preference": ["DPO", "MoEAuxLoss", "dpo_loss", "sequence_logprobs"],

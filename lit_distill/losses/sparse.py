@@ -48,21 +48,17 @@ __all__ = ["sparse_forward_kl", "SparseForwardKL"]
 _LOG_FLOOR = -1.0e30
 
 
-def _check(student_logits: Tensor, topk_ids: Tensor, topk_logprobs: Tensor, tail_mass: Tensor,
-           mask: Tensor | None, temperature: float) -> None:
-    lead = tuple(student_logits.shape[:-1])
-    if student_logits.dim() < 1 or not student_logits.is_floating_point() or not student_logits.shape[-1]:
-        raise ValueError(f"student_logits must be floating point [..., V] with V > 0, got "
-                         f"{student_logits.dtype} {tuple(student_logits.shape)}")
+def check_sparse_teacher(lead: tuple[int, ...], vocab_size: int, topk_ids: Tensor, topk_logprobs: Tensor,
+                         tail_mass: Tensor, mask: Tensor | None, temperature: float) -> None:
+    """ValueError unless the sparse teacher fits student positions of shape ``lead`` over ``vocab_size`` ids."""
     if topk_ids.is_floating_point() or tuple(topk_ids.shape[:-1]) != lead:
         raise ValueError(f"topk_ids must be integer [..., k] with the logits' leading shape {lead}, got "
                          f"{topk_ids.dtype} {tuple(topk_ids.shape)}")
     if tuple(topk_logprobs.shape) != tuple(topk_ids.shape) or not topk_logprobs.is_floating_point():
         raise ValueError(f"topk_logprobs must be floating point with topk_ids' shape {tuple(topk_ids.shape)}, "
                          f"got {topk_logprobs.dtype} {tuple(topk_logprobs.shape)}")
-    if topk_ids.shape[-1] > student_logits.shape[-1]:
-        raise ValueError(f"k = {topk_ids.shape[-1]} exceeds the student's vocabulary "
-                         f"V = {student_logits.shape[-1]}")
+    if topk_ids.shape[-1] > vocab_size:
+        raise ValueError(f"k = {topk_ids.shape[-1]} exceeds the student's vocabulary V = {vocab_size}")
     if tuple(tail_mass.shape) != lead:
         raise ValueError(f"tail_mass must have the logits' leading shape {lead}, got {tuple(tail_mass.shape)}")
     if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != lead):
@@ -102,7 +98,11 @@ def sparse_forward_kl(student_logits: Tensor, topk_ids: Tensor, topk_logprobs: T
             chunk_size that is not a positive int.
     """
     temperature = float(temperature)
-    _check(student_logits, topk_ids, topk_logprobs, tail_mass, mask, temperature)
+    if student_logits.dim() < 1 or not student_logits.is_floating_point() or not student_logits.shape[-1]:
+        raise ValueError(f"student_logits must be floating point [..., V] with V > 0, got "
+                         f"{student_logits.dtype} {tuple(student_logits.shape)}")
+    check_sparse_teacher(tuple(student_logits.shape[:-1]), student_logits.shape[-1], topk_ids, topk_logprobs,
+                         tail_mass, mask, temperature)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size <= 0):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
