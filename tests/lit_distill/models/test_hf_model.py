@@ -42,6 +42,44 @@ def test_every_task_gives_one_model_output(task, config, logits_shape):
     assert spec.closed and spec.hidden_states == 3 and set(out.features) == set(spec.features)
 
 
+# Families without a line of their own in lit_distill: a new family is a config and touches no file.
+ENCODER_FAMILIES = {
+    "roberta": {"max_position_embeddings": 66, "pad_token_id": 1},
+    "distilbert": {"dim": 32, "hidden_dim": 64, "n_layers": 2, "n_heads": 2, "max_position_embeddings": 64},
+    "electra": {"embedding_size": 16, "max_position_embeddings": 64},
+}
+CAUSAL_FAMILIES = {"gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64},
+                   "qwen2": {"num_key_value_heads": 1, "max_position_embeddings": 64},
+                   "mistral": {"num_key_value_heads": 1, "max_position_embeddings": 64}}
+_COMMON = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+
+
+@pytest.mark.parametrize("family", sorted(ENCODER_FAMILIES))
+def test_an_encoder_family_without_code_of_its_own_classifies_and_pools(family, tmp_path):
+    fields = {"model_type": family, **_COMMON, **ENCODER_FAMILIES[family]}
+    torch.manual_seed(0)
+    model = HFModel(task="sequence-classification", config=fields, vocab_size=50, num_classes=3).eval()
+    model.export(str(tmp_path))
+    loaded = HFModel(task="sequence-classification", path=str(tmp_path), num_classes=3).eval()
+    out = loaded(**inputs())
+    assert out.logits.shape == (3, 3) and out.features["mean_pooled"].shape[0] == 3
+    torch.testing.assert_close(out.logits, model(**inputs()).logits)
+
+
+@pytest.mark.parametrize("family", sorted(CAUSAL_FAMILIES))
+def test_a_causal_family_without_code_of_its_own_runs_with_and_without_its_head(family, tmp_path):
+    fields = {"model_type": family, **_COMMON, **CAUSAL_FAMILIES[family]}
+    torch.manual_seed(0)
+    HFModel(task="causal-lm", config=fields, vocab_size=50).export(str(tmp_path))
+    full = HFModel(task="causal-lm", path=str(tmp_path)).eval()
+    lean = HFModel(task="causal-lm", path=str(tmp_path), compute_logits=False).eval()
+    ids = {"input_ids": inputs()["input_ids"]}
+    features = lean(**ids).features
+    logits = features["last_hidden_state"] @ features["lm_head.weight"].T
+    torch.testing.assert_close(logits, full(**ids).logits, rtol=1e-4, atol=1e-5)
+    assert full.output_size == 50
+
+
 def test_attention_maps_are_features_that_sum_to_one():
     model = HFModel(task="feature-extraction", config=BERT, vocab_size=50, output_attentions=True).eval()
     out = model(**inputs())
