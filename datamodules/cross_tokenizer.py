@@ -30,6 +30,15 @@ ALM chunks of a sample in the batch, at least 1)::
         "teacher_space_mask": BoolTensor[len(teacher tokenizer)],  #   debiasing), per vocab id
     }
 
+**Several teachers** (``teacher_tokenizer: {a: ..., b: ...}``, a ``MultiModel`` teacher with
+members ``a`` and ``b``): each teacher is aligned with the student on its own. ``teacher_inputs``
+holds ``<name>_input_ids`` / ``<name>_attention_mask`` per teacher (route them with
+``MultiModel.inputs``), and ``batch["teachers"][name]`` holds that teacher's ``teacher_labels``,
+``teacher_loss_mask``, ``teacher_byte_offsets``, ``alm_student_chunks``, ``alm_teacher_chunks``,
+``alm_chunk_mask``, ``student_chunk_start_mask``, ``teacher_chunk_start_mask`` and
+``teacher_space_mask`` (the keys above, same meaning, for this pair); the top-level teacher keys are
+absent. ``ULD(teacher: a)`` / ``ALM(teacher: a)`` read one teacher's logits and keys.
+
 **Targets.** As in :mod:`datamodules.text`, labels are -100 on padding, the last position, the
 first token of a sample and prompt tokens: plain text counts every next-token target, a pair only
 its response tokens and the final EOS (or, with a chat template, the template text that follows
@@ -95,38 +104,34 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.alignment import (
-    byte_chunks,
     char_to_byte_offsets,
-    chunk_matrices,
-    chunk_start_mask,
     is_byte_level,
     space_token_mask,
-    starts_with_space,
     token_byte_lengths,
 )
+from datamodules.cross_tokenizer_batch import NO_OFFSET, CrossTokenizerCollator, make_sample
 from datamodules.records import Record, RecordsDataModule
-from datamodules.text import IGNORE_INDEX, special_prefix
+from datamodules.text import special_prefix
 from datamodules.tokenizer_training import load_tokenizer
 from lit_distill.errors import ConfigError
 
-NO_OFFSET = (-1, -1)
 _PROMPT_MARK, _RESPONSE_MARK = "\ue000PROMPT\ue000", "\ue000RESPONSE\ue000"
-_SIDES = ("student", "teacher")
 _WORD_END = re.compile(r"(?<=\S)\s")
 
 
 class _Side:
     """One tokenizer with what encoding needs: prefix, EOS, byte-level flag, chat-template parts."""
 
-    def __init__(self, name: str, path: str, pad_token: str | None, chat_template: bool):
+    def __init__(self, name: str, path: str, pad_token: str | None, chat_template: bool, member: str | None = None):
         self.name = name
+        where = "" if member is None else f".{member}"  # a named teacher's entry in the dicts
         try:
             self.tok = load_tokenizer(path, pad_token)
         except ConfigError as err:
             if "no pad token" not in str(err):
                 raise
             raise ConfigError(
-                f"{name}_tokenizer {path!r} has no pad token; set data.init_args.{name}_pad_token "
+                f"{name}_tokenizer{where} {path!r} has no pad token; set data.init_args.{name}_pad_token{where} "
                 "(e.g. to its EOS token or to a new token like '<pad>')"
             ) from err
         self.prefix = special_prefix(self.tok)
@@ -219,72 +224,6 @@ class _Side:
                 ("text", response, base, True), ("chrome", tail if ended else "", 0, True)]
 
 
-def _align(
-    data: bytes, sides: list[tuple[list[int], list[bool], list[tuple[int, int]]]], variant: str
-) -> tuple[list[tuple[list[int], list[int]]], list[bool]]:
-    """ALM chunks of one sample as input positions per side, and whether each one counts."""
-    real = [[k for k, o in enumerate(offs) if o != NO_OFFSET] for _, _, offs in sides]
-    spans = [[offs[k] for k in idx] for idx, (_, _, offs) in zip(real, sides, strict=True)]
-    flags = [starts_with_space(data, sp) for sp in spans]
-    chunks = byte_chunks(spans[0], spans[1], flags[0], flags[1], variant=variant)
-    positions, counted = [], []
-    for (j0, j1), (i0, i1) in chunks:
-        s_pos, t_pos = real[0][j0:j1], real[1][i0:i1]
-        positions.append((s_pos, t_pos))
-        counted.append(all(map(sides[0][1].__getitem__, s_pos))
-                       and all(map(sides[1][1].__getitem__, t_pos)))
-    return positions, counted
-
-
-def _to_sample(side, data: bytes) -> dict[str, torch.Tensor]:
-    ids, tgt, offs = side[0], side[1], side[2]
-    labels = [ids[t + 1] if tgt[t + 1] else IGNORE_INDEX for t in range(len(ids) - 1)]
-    return {
-        "input_ids": torch.tensor(ids, dtype=torch.long),
-        "labels": torch.tensor(labels + [IGNORE_INDEX], dtype=torch.long),
-        "byte_offsets": torch.tensor(offs, dtype=torch.long).reshape(len(ids), 2),
-    }
-
-
-class CrossTokenizerCollator:
-    """Right-pad each side to its longest sample and build the batch documented in this module."""
-
-    def __init__(self, student_pad_token_id: int, teacher_pad_token_id: int,
-                 space_masks: dict[str, torch.Tensor] | None = None):
-        self.pad_ids = {"student": student_pad_token_id, "teacher": teacher_pad_token_id}
-        self.space_masks = space_masks or {}
-
-    def __call__(self, samples: list[dict]) -> dict:
-        batch: dict = {}
-        lengths = {}
-        for side in _SIDES:
-            n = max(len(s[side]["input_ids"]) for s in samples)
-            lengths[side] = n
-            ids = torch.full((len(samples), n), self.pad_ids[side], dtype=torch.long)
-            labels = torch.full((len(samples), n), IGNORE_INDEX, dtype=torch.long)
-            att = torch.zeros((len(samples), n), dtype=torch.long)
-            offs = torch.full((len(samples), n, 2), -1, dtype=torch.long)
-            for b, s in enumerate(samples):
-                k = len(s[side]["input_ids"])
-                ids[b, :k], labels[b, :k], att[b, :k] = s[side]["input_ids"], s[side]["labels"], 1
-                offs[b, :k] = s[side]["byte_offsets"]
-            prefix = "" if side == "student" else "teacher_"
-            batch[f"{side}_inputs"] = {"input_ids": ids, "attention_mask": att}
-            batch[f"{prefix}labels"] = labels
-            batch[f"{prefix}loss_mask"] = labels != IGNORE_INDEX
-            batch[f"{side}_byte_offsets"] = offs
-        batch["prompts"] = [s.get("prompt") for s in samples]
-        for side, mask in self.space_masks.items():
-            batch[f"{side}_space_mask"] = mask
-        a_s, a_t, mask = chunk_matrices(
-            [(s["chunks"], s["counted"]) for s in samples], lengths["student"], lengths["teacher"]
-        )
-        batch.update(alm_student_chunks=a_s, alm_teacher_chunks=a_t, alm_chunk_mask=mask,
-                     student_chunk_start_mask=chunk_start_mask(a_s, mask),
-                     teacher_chunk_start_mask=chunk_start_mask(a_t, mask))
-        return batch
-
-
 class CrossTokenizerDataModule(RecordsDataModule):
     """Plain-text and prompt/response data tokenized for a student and a teacher tokenizer.
 
@@ -295,7 +234,12 @@ class CrossTokenizerDataModule(RecordsDataModule):
         student_tokenizer: The student's tokenizer: a directory that
             ``AutoTokenizer.from_pretrained`` can load, a ``tokenizer.json`` file, or a Hugging
             Face hub id (from the local cache when offline).
-        teacher_tokenizer: The teacher's tokenizer, in the same forms.
+        teacher_tokenizer: The teacher's tokenizer, in the same forms; or several teachers, each
+            with its own tokenizer, as ``{name: tokenizer}`` (a ``MultiModel`` teacher whose
+            members have these names): each is aligned with the student on its own, its inputs are
+            ``teacher_inputs.<name>_input_ids`` / ``<name>_attention_mask`` and its targets and
+            alignment ``batch.teachers.<name>.*`` (read by ``ULD(teacher: name)`` /
+            ``ALM(teacher: name)``). Documents are cut so that every piece fits every tokenizer.
         train_path: A ``.txt``/``.jsonl`` file or a directory of them (searched recursively). In
             ``.txt`` files, documents are separated by blank lines.
         val_path: Validation file or directory. If None, ``val_fraction`` of the training
@@ -311,10 +255,11 @@ class CrossTokenizerDataModule(RecordsDataModule):
             are skipped with a warning.
         student_pad_token: Pad token of the student tokenizer (added to its vocabulary if missing);
             required when it has none, e.g. its EOS token.
-        teacher_pad_token: Pad token of the teacher tokenizer, likewise.
+        teacher_pad_token: Pad token of the teacher tokenizer, likewise (with several teachers: one
+            for all, or ``{name: token}``).
         student_chat_template: Render pairs with the student tokenizer's chat template (as a
             user/assistant conversation) when it has one.
-        teacher_chat_template: The same for the teacher tokenizer.
+        teacher_chat_template: The same for the teacher tokenizer(s).
         alignment: ALM chunking: ``unconstrained`` (minimal chunks: close at every byte position
             where both tokenizations have a token boundary) or ``space`` (close only there when
             the next token starts with whitespace on both sides).
@@ -329,7 +274,7 @@ class CrossTokenizerDataModule(RecordsDataModule):
     def __init__(
         self,
         student_tokenizer: str,
-        teacher_tokenizer: str,
+        teacher_tokenizer: str | dict[str, str],
         train_path: str,
         val_path: str | None = None,
         val_fraction: float = 0.1,
@@ -339,7 +284,7 @@ class CrossTokenizerDataModule(RecordsDataModule):
         response_field: str = "response",
         max_length: int = 256,
         student_pad_token: str | None = None,
-        teacher_pad_token: str | None = None,
+        teacher_pad_token: str | dict[str, str] | None = None,
         student_chat_template: bool = False,
         teacher_chat_template: bool = False,
         alignment: Literal["unconstrained", "space"] = "unconstrained",
@@ -354,16 +299,23 @@ class CrossTokenizerDataModule(RecordsDataModule):
             raise ConfigError(f"alignment must be 'unconstrained' or 'space', got {alignment!r}")
         self.check_paths()
         self.student = _Side("student", student_tokenizer, student_pad_token, student_chat_template)
-        self.teacher = _Side("teacher", teacher_tokenizer, teacher_pad_token, teacher_chat_template)
+        self.teachers = _teacher_sides(teacher_tokenizer, teacher_pad_token, teacher_chat_template)
+        #: the teachers' names (``teacher_tokenizer`` given as a dict), or None for one unnamed teacher
+        self.teacher_names = list(self.teachers) if isinstance(teacher_tokenizer, dict) else None
+        self.teacher = next(iter(self.teachers.values()))  # the (first) teacher
         self._space_masks: dict[str, torch.Tensor] | None = None
         self._budget = {}
-        for side in (self.student, self.teacher):
+        for side in self._sides:
             # every piece of a document keeps room for the prefix, EOS and one 4-byte character
             need = len(side.prefix) + len(side.eos) + 4
             if max_length < need:
                 raise ConfigError(f"max_length must be at least {need} for the {side.name} "
                                   f"tokenizer, got {max_length}")
-            self._budget[side.name] = max_length - len(side.prefix) - len(side.eos)
+            self._budget[id(side)] = max_length - len(side.prefix) - len(side.eos)
+
+    @property
+    def _sides(self) -> list[_Side]:
+        return [self.student, *self.teachers.values()]
 
     @property
     def vocab_size(self) -> int:
@@ -387,18 +339,18 @@ class CrossTokenizerDataModule(RecordsDataModule):
 
     @property
     def teacher_vocab_size(self) -> int:
-        """Number of teacher token ids, added tokens included."""
+        """Number of (the first) teacher's token ids, added tokens included."""
         return len(self.teacher.tok)
 
     @property
     def teacher_pad_token_id(self) -> int:
-        """Id used to pad the teacher's ``input_ids``."""
+        """Id used to pad (the first) teacher's ``input_ids``."""
         return self.teacher.tok.pad_token_id
 
     # ------------------------------------------------------------------ encoding
 
     def _fits(self, text: str) -> bool:
-        return all(side.count(text) <= self._budget[side.name] for side in (self.student, self.teacher))
+        return all(side.count(text) <= self._budget[id(side)] for side in self._sides)
 
     def _pieces(self, doc: str) -> list[str]:
         """Cut a document into consecutive pieces that fit ``max_length`` on both sides.
@@ -407,11 +359,11 @@ class CrossTokenizerDataModule(RecordsDataModule):
         (tokens inside the piece's bytes) and every chosen piece is checked by encoding it.
         """
         estimates, fits = [], True
-        for side in (self.student, self.teacher):
+        for side in self._sides:
             _, offs = side.encode(doc)  # byte offsets; compared with byte positions below
-            fits &= len(offs) <= self._budget[side.name]
+            fits &= len(offs) <= self._budget[id(side)]
             estimates.append(([s for s, _ in sorted(offs)], sorted(e for _, e in offs),
-                              self._budget[side.name]))
+                              self._budget[id(side)]))
         if fits:
             return [doc]
         byte_pos = [0]
@@ -458,16 +410,13 @@ class CrossTokenizerDataModule(RecordsDataModule):
 
         ``empty_response`` accepts a pair without response text (its only target is then EOS).
         """
-        data = text.encode("utf-8")
-        built = [side.build(parts_of(side)) for side in (self.student, self.teacher)]
+        built = [side.build(parts_of(side)) for side in self._sides]
         lost = any(len(ids) > self.hparams.max_length or (n_text == 0 and not empty_response)
                    for ids, _, _, n_text in built)
         if lost or not all(any(tgt) for _, tgt, _, _ in built):
             return None, lost
-        chunks, counted = _align(data, [b[:3] for b in built], self.hparams.alignment)
-        sample = {side: _to_sample(b, data) for side, b in zip(_SIDES, built, strict=True)}
-        sample.update(chunks=chunks, counted=counted, text=text, prompt=prompt)
-        return sample, False
+        student, *teachers = (b[:3] for b in built)
+        return make_sample(text.encode("utf-8"), student, teachers, self.hparams.alignment, text, prompt), False
 
     def encode_records(self, records: list[Record]) -> tuple[list[dict], int]:
         """Samples of ``records`` and the number of skipped pairs."""
@@ -535,6 +484,30 @@ class CrossTokenizerDataModule(RecordsDataModule):
     def collate_fn(self) -> CrossTokenizerCollator:
         """Pads each side to its longest sample and builds the alignment tensors."""
         if self._space_masks is None:  # one pass over each vocabulary, then shared by every batch
-            self._space_masks = {side.name: torch.tensor(space_token_mask(side.tok), dtype=torch.bool)
-                                 for side in (self.student, self.teacher)}
-        return CrossTokenizerCollator(self.pad_token_id, self.teacher_pad_token_id, self._space_masks)
+            names = self.teacher_names or ["teacher"]
+            sides = {"student": self.student, **dict(zip(names, self.teachers.values(), strict=True))}
+            self._space_masks = {name: torch.tensor(space_token_mask(side.tok), dtype=torch.bool)
+                                 for name, side in sides.items()}
+        return CrossTokenizerCollator(self.pad_token_id, [side.tok.pad_token_id for side in self.teachers.values()],
+                                      self.teacher_names, self._space_masks)
+
+
+def _teacher_sides(tokenizers: str | dict[str, str], pad_tokens: str | dict[str, str] | None,
+                   chat_template: bool) -> dict[str, _Side]:
+    """The teachers' sides by name (``"teacher"`` for one unnamed teacher)."""
+    if not isinstance(tokenizers, dict):
+        if isinstance(pad_tokens, dict):
+            raise ConfigError("teacher_pad_token: a {name: token} dict needs teacher_tokenizer as a "
+                              "{name: tokenizer} dict")
+        return {"teacher": _Side("teacher", tokenizers, pad_tokens, chat_template)}
+    if not tokenizers:
+        raise ConfigError("teacher_tokenizer: give at least one {name: tokenizer} entry")
+    for name in tokenizers:
+        if not name or "." in name:
+            raise ConfigError(f"teacher_tokenizer: teacher name '{name}' must be non-empty and without dots")
+    if isinstance(pad_tokens, dict) and set(pad_tokens) - set(tokenizers):
+        raise ConfigError(f"teacher_pad_token: {sorted(set(pad_tokens) - set(tokenizers))} are not teachers "
+                          f"(teachers: {sorted(tokenizers)})")
+    pads = pad_tokens if isinstance(pad_tokens, dict) else dict.fromkeys(tokenizers, pad_tokens)
+    return {name: _Side("teacher", path, pads.get(name), chat_template, member=name)
+            for name, path in tokenizers.items()}

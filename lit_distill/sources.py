@@ -148,6 +148,33 @@ class Source:
 
 _MISSING = object()
 
+#: Batch keys of one student–teacher pair in a cross-tokenizer batch. With several named teachers
+#: (``datamodules.CrossTokenizerDataModule(teacher_tokenizer={name: ...})``) each teacher's live in
+#: ``batch["teachers"][name]`` under the same names.
+TEACHER_PAIR_KEYS = frozenset({
+    "teacher_labels", "teacher_loss_mask", "teacher_byte_offsets", "alm_student_chunks", "alm_teacher_chunks",
+    "alm_chunk_mask", "student_chunk_start_mask", "teacher_chunk_start_mask", "teacher_space_mask"})
+
+
+def for_teacher(sources: dict[str, str], name: str) -> dict[str, str]:
+    """``sources`` rewritten to read teacher ``name`` of several (a ``MultiModel`` member).
+
+    ``teacher.<output>`` becomes ``teachers.<name>.<output>`` and a pair key ``batch.<key>``
+    (:data:`TEACHER_PAIR_KEYS`) becomes ``batch.teachers.<name>.<key>``; other sources (the
+    student's, its labels and mask) are kept.
+    """
+    if not name or "." in name:
+        raise ConfigError(f"teacher: the teacher name '{name}' must be non-empty and without dots")
+    out = {}
+    for argument, path in sources.items():
+        root, _, rest = path.partition(".")
+        if root == "teacher":
+            path = f"teachers.{name}.{rest}"
+        elif root == "batch" and rest in TEACHER_PAIR_KEYS:
+            path = f"batch.teachers.{name}.{rest}"
+        out[argument] = path
+    return out
+
 
 def _lookup(batch: dict, key: str) -> Any:
     """``batch[key]``, or for a dotted key absent at the top level, the nested entry

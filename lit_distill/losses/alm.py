@@ -81,6 +81,7 @@ from torch import Tensor
 
 from lit_distill.contracts import LossTerm
 from lit_distill.errors import ConfigError
+from lit_distill.sources import for_teacher
 
 __all__ = ["alm", "ALM", "debiased_chunks"]
 
@@ -345,6 +346,10 @@ class ALM(LossTerm):
             ``batch.teacher_space_mask``. Off: the paper's unconstrained chunks.
         space_threshold: with ``debias``, the teacher's word-start probability that closes a
             merged chunk (tokenkit's ``tokenizer_pair_bias_threshold``, 0.1).
+        teacher: with several teachers of their own tokenizers (a ``MultiModel`` teacher and
+            ``CrossTokenizerDataModule(teacher_tokenizer={name: ...})``), the one this term reads:
+            its logits, labels and chunks in ``batch.teachers.<name>``
+            (:func:`lit_distill.sources.for_teacher`). One ALM term per teacher distils from all.
         sources: overrides of where the logits, labels, chunks and chunk mask come from.
     """
 
@@ -361,8 +366,11 @@ class ALM(LossTerm):
     }
 
     def __init__(self, tau: float = 100.0, eps: float = 1e-6, weight: float = 1.0, debias: bool = False,
-                 space_threshold: float = 0.1, sources: dict[str, str] | None = None) -> None:
+                 space_threshold: float = 0.1, teacher: str | None = None, sources: dict[str, str] | None = None) -> None:
+        if teacher is not None:
+            sources = {**for_teacher(dict(self.default_sources), teacher), **(sources or {})}
         super().__init__(weight, sources)
+        self.teacher = teacher
         if not (tau > 0 and math.isfinite(tau)):
             raise ConfigError(f"ALM.tau must be a finite number > 0, got {tau!r}")
         if not (eps > 0 and math.isfinite(eps)):

@@ -60,6 +60,7 @@ from torch import Tensor
 
 from lit_distill.contracts import LossTerm
 from lit_distill.errors import ConfigError
+from lit_distill.sources import for_teacher
 
 __all__ = ["ULD", "uld"]
 
@@ -298,6 +299,10 @@ class ULD(LossTerm):
             with ``index`` alignment the student's EOS would otherwise be paired with a
             teacher position that predicts something else.
         weight: λ, the multiplier of this term in the total loss.
+        teacher: with several teachers of their own tokenizers (a ``MultiModel`` teacher and
+            ``CrossTokenizerDataModule(teacher_tokenizer={name: ...})``), the one this term reads:
+            its logits and its masks in ``batch.teachers.<name>`` (:func:`lit_distill.sources.for_teacher`).
+            One ULD term per teacher distils from all of them.
         sources: overrides of where logits and masks come from.
     """
 
@@ -307,13 +312,16 @@ class ULD(LossTerm):
 
     def __init__(self, alignment: Literal["index", "bytes"] = "index", temperature: float = 1.0,
                  top_k: int | None = None, skip_student_eos: bool = False, weight: float = 1.5,
-                 sources: dict[str, str] | None = None) -> None:
+                 teacher: str | None = None, sources: dict[str, str] | None = None) -> None:
+        base = dict(self.default_sources)
         if alignment == "bytes":
-            sources = {"student_mask": "batch.student_chunk_start_mask",
-                       "teacher_mask": "batch.teacher_chunk_start_mask", **(sources or {})}
+            base.update(student_mask="batch.student_chunk_start_mask", teacher_mask="batch.teacher_chunk_start_mask")
         elif alignment != "index":
             raise ConfigError(f"ULD.alignment: '{alignment}' is not 'index' or 'bytes'")
-        super().__init__(weight, sources)
+        if teacher is not None:
+            base = for_teacher(base, teacher)
+        super().__init__(weight, {**base, **(sources or {})})
+        self.teacher = teacher
         self.alignment = alignment
         if temperature <= 0 or (top_k is not None and top_k < 1):
             raise ConfigError(f"ULD: need temperature > 0 and top_k >= 1 or null, got "
