@@ -185,3 +185,25 @@ def test_a_truncated_cache_at_another_temperature_fails_in_one_line(cache_b_k8, 
     assert exit_info.value.code == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("error: ") and "teacher 'b' is a top-8 cache" in line and "temperature 1.0" in line
+
+
+def test_live_plus_cached_under_a_bfloat16_teacher(full_caches, text_dir, tokenizer_dir, teacher_a, vocab_size):
+    """Teacher(dtype: bfloat16) casts the cached rows with the other inputs: the loss stays close to float32."""
+    from lit_distill import Teacher
+
+    wrapped = CachedTeacherDataModule(_text(text_dir, tokenizer_dir), caches={"b": full_caches["b"]})
+    wrapped.setup("fit")
+    batch = next(iter(wrapped.val_dataloader()))
+
+    def teacher(dtype):
+        return Teacher(MultiModel({"a": HFCausalLM(path=str(teacher_a)), "b": CachedTopK(vocab_size=vocab_size)},
+                                  inputs={"a": ["input_ids", "attention_mask"],
+                                          "b": {key: f"b_{key}" for key in CACHED_INPUTS}}), dtype=dtype)
+
+    term = EnsembleKD(teachers=["a", "b"], weighting="entropy", temperature=2.0)
+    student = torch.randn(*batch["labels"].shape, vocab_size, generator=torch.Generator().manual_seed(0))
+    low = teacher("bfloat16")(**side_inputs(batch, "teacher")).features
+    assert low["a.logits"].dtype == torch.bfloat16 and low["b.logits"].dtype == torch.float32
+    full = teacher(None)(**side_inputs(batch, "teacher")).features
+    got, want = (term(student, f, batch["loss_mask"], batch["labels"]) for f in (low, full))
+    torch.testing.assert_close(got, want, rtol=2e-3, atol=0.0)
