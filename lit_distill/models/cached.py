@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -111,11 +112,15 @@ class CachedTopK(ModelAdapter):
         """Logits, no hidden states, and the features ``cache_temperature`` and ``cache_top_k``."""
         return OutputSpec(logits=True, hidden_states=0, features=FEATURES, closed=True)
 
-    def run(self, topk_ids: Tensor, topk_logprobs: Tensor, tail_mass: Tensor,
-            temperature: float | None = None) -> ModelOutput:
-        if temperature is None:
-            raise ConfigError("CachedTopK: no cache temperature among its inputs; map temperature: <name>_temperature "
-                              "in MultiModel.inputs (CachedTeacherDataModule.caches writes it)")
+    def run(self, topk_ids: Tensor | None = None, topk_logprobs: Tensor | None = None,
+            tail_mass: Tensor | None = None, temperature: float | None = None, **unmapped: Any) -> ModelOutput:
+        if any(x is None for x in (topk_ids, topk_logprobs, tail_mass, temperature)) or unmapped:
+            given = sorted(k for k, v in {"topk_ids": topk_ids, "topk_logprobs": topk_logprobs, "tail_mass": tail_mass,
+                                          "temperature": temperature, **unmapped}.items() if v is not None)
+            raise ConfigError(f"CachedTopK: needs exactly topk_ids, topk_logprobs, tail_mass and temperature, got "
+                              f"{given}; map them in MultiModel.inputs, e.g. b: {{topk_ids: b_topk_ids, topk_logprobs: "
+                              "b_topk_logprobs, tail_mass: b_tail_mass, temperature: b_temperature} for the rows "
+                              "CachedTeacherDataModule.caches.b writes")
         if not isinstance(temperature, int | float) or not (temperature > 0 and math.isfinite(temperature)):
             raise ConfigError(f"CachedTopK: the cache's temperature must be a number > 0, got {temperature!r}")
         k = topk_ids.shape[-1]

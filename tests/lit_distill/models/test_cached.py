@@ -86,8 +86,10 @@ def test_bad_inputs_are_one_line_config_errors(tmp_path):
             CachedTopK(vocab_size=bad)
     member = CachedTopK(vocab_size=4)
     ids, logprobs, tail = sparse_teacher(torch.randn(2, 6), 3, 1.0)
-    with pytest.raises(ConfigError, match="map temperature"):
+    with pytest.raises(ConfigError, match=r"got \['tail_mass', 'topk_ids', 'topk_logprobs'\]; map them"):
         member(topk_ids=ids, topk_logprobs=logprobs, tail_mass=tail)
+    with pytest.raises(ConfigError, match=r"got \['attention_mask', 'b_topk_ids'\]"):  # a member left unmapped
+        member(b_topk_ids=ids, attention_mask=tail)
     with pytest.raises(ConfigError, match="> 0"):
         member(topk_ids=ids, topk_logprobs=logprobs, tail_mass=tail, temperature=0.0)
     with pytest.raises(ConfigError, match="must be"):
