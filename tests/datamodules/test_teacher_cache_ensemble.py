@@ -207,3 +207,35 @@ def test_live_plus_cached_under_a_bfloat16_teacher(full_caches, text_dir, tokeni
     full = teacher(None)(**side_inputs(batch, "teacher")).features
     got, want = (term(student, f, batch["loss_mask"], batch["labels"]) for f in (low, full))
     torch.testing.assert_close(got, want, rtol=2e-3, atol=0.0)
+
+
+def test_the_config_with_both_teachers_cached_trains_two_steps(full_caches, cache_b_k8, tmp_path, text_dir,
+                                                                tokenizer_dir, teacher_dir, vocab_size):
+    """No live teacher at all: a from its k = V cache, b from its top-8 cache (an overlay on the same config)."""
+    rows = ", ".join(f"{key}: a_{key}" for key in CACHED_INPUTS)
+    overlay = tmp_path / "both_cached.yaml"
+    overlay.write_text(f"""
+model:
+  init_args:
+    teacher:
+      init_args:
+        model:
+          init_args:
+            members:
+              a: {{class_path: lit_distill.models.CachedTopK, init_args: {{vocab_size: {vocab_size}}}}}
+              b: {{class_path: lit_distill.models.CachedTopK, init_args: {{vocab_size: {vocab_size}}}}}
+            inputs:
+              a: {{{rows}}}
+              b: {{{rows.replace("a_", "b_")}}}
+data:
+  init_args:
+    caches: {{a: {full_caches["a"]}, b: {cache_b_k8}}}
+""")
+    args = _config_args(cache_b_k8, tmp_path, text_dir, tokenizer_dir, teacher_dir, vocab_size)
+    args = [a for a in args if ".members.a." not in a and not a.startswith("--data.init_args.caches=")]
+    cli = run_cli([*args[:3], "--config", str(overlay), *args[3:]])
+    assert all(isinstance(member, CachedTopK) for member in cli.model.teacher.model.module.values())
+    assert cli.trainer.global_step == 2
+    for key in ("val/ensemble", "train/ensemble"):
+        value = float(cli.trainer.callback_metrics[key])
+        assert math.isfinite(value) and value > 0, key
