@@ -1,4 +1,4 @@
-"""Serve an offline teacher cache (``lit_distill.cache``) with another datamodule's batches.
+"""Serve offline teacher caches (``lit_distill.cache``) with another datamodule's batches.
 
 ``CachedTeacherDataModule(data=<a datamodule>, cache_dir=DIR)`` yields the wrapped
 datamodule's batches unchanged, plus (``B`` batch, ``L`` its padded length, ``k`` the
@@ -13,6 +13,20 @@ aligned by sample index and position (right padding: position ``t`` of a sample 
 position ``t`` of its cached entry). Padded positions hold ids ``0..k-1``, log-probs 0
 and tail 0; they are outside ``loss_mask``. Train batches come from ``DIR/train``,
 validation and test batches from ``DIR/val``; ``predict`` serves the wrapped batches only.
+
+Named caches, ``caches: {b: DIR_B, ...}`` (beside ``cache_dir`` or instead of it), are the
+cached members of a multi-teacher ensemble: each one's rows go into the batch's teacher inputs
+(``teacher_inputs``, created from ``inputs`` when the batch has none), where a
+``lit_distill.models.MultiModel`` teacher hands them to a ``lit_distill.models.CachedTopK``
+member::
+
+    teacher_inputs["b_topk_ids"]       LongTensor[B, L, k_b]
+    teacher_inputs["b_topk_logprobs"]  Tensor[B, L, k_b]
+    teacher_inputs["b_tail_mass"]      FloatTensor[B, L]
+    teacher_inputs["b_temperature"]    float                # the temperature the cache was written at
+
+The cache format holds one row per token position, so named caches serve token-level (causal
+LM) teachers; a sequence classifier's ``[B, C]`` logits cannot be cached in it.
 
 The wrapped datamodule must have map-style ``train_dataset`` / ``val_dataset`` whose
 samples carry ``input_ids`` (e.g. :class:`datamodules.TextDataModule`). Its own
@@ -29,6 +43,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lit_distill.cache import TeacherCache, sample_ids, samples_fingerprint, tokenizer_fingerprint
@@ -49,31 +64,53 @@ class _Indexed(Dataset):
 
 
 class _CacheCollator:
-    """Collates with the wrapped collator, then adds the cached teacher rows of each sample."""
+    """Collates with the wrapped collator, then adds the cached teacher rows of each sample.
 
-    def __init__(self, collate: Callable[[list], dict[str, Any]], cache: TeacherCache) -> None:
+    ``caches`` maps None (the unnamed ``cache_dir``: top-level ``teacher_*`` keys) and member
+    names (``<name>_*`` keys in ``teacher_inputs``) to the split's caches.
+    """
+
+    def __init__(self, collate: Callable[[list], dict[str, Any]], caches: dict[str | None, TeacherCache]) -> None:
         self.collate = collate
-        self.cache = cache
+        self.caches = caches
 
     def __call__(self, pairs: list[tuple[int, Any]]) -> dict[str, Any]:
         indices = [i for i, _ in pairs]
         batch = self.collate([sample for _, sample in pairs])
         length = _batch_length(batch)
-        k = self.cache.top_k
-        rows = [self.cache[i] for i in indices]
-        ids = torch.arange(k).repeat(len(pairs), length, 1)
-        logprobs = torch.zeros(len(pairs), length, k, dtype=rows[0][1].dtype)
-        tail = torch.zeros(len(pairs), length)
-        for b, ((i, sample), (c_ids, c_lp, c_tail)) in enumerate(zip(pairs, rows, strict=True)):
-            n = c_ids.shape[0]
-            if n != len(sample_ids(sample)) or n > length:
-                raise ConfigError(f"data: sample {i} has {len(sample_ids(sample))} tokens but the teacher "
-                                  f"cache '{self.cache.dir}' holds {n} positions for it; the cache was "
-                                  "written for other data")
-            ids[b, :n], logprobs[b, :n], tail[b, :n] = c_ids, c_lp, c_tail
-        batch.update(teacher_topk_ids=ids, teacher_topk_logprobs=logprobs, teacher_tail_mass=tail,
-                     sample_index=torch.tensor(indices, dtype=torch.long))
+        for name, cache in self.caches.items():
+            ids, logprobs, tail = _rows(cache, pairs, length)
+            if name is None:
+                batch.update(teacher_topk_ids=ids, teacher_topk_logprobs=logprobs, teacher_tail_mass=tail)
+                continue
+            if "teacher_inputs" not in batch:
+                if not isinstance(batch.get("inputs"), dict):
+                    raise ConfigError("data.init_args.caches: the wrapped batches have neither 'teacher_inputs' "
+                                      "nor 'inputs' to add the cached rows to")
+                batch["teacher_inputs"] = dict(batch["inputs"])
+            batch["teacher_inputs"].update({f"{name}_topk_ids": ids, f"{name}_topk_logprobs": logprobs,
+                                            f"{name}_tail_mass": tail,
+                                            f"{name}_temperature": float(cache.manifest["temperature"])})
+        batch["sample_index"] = torch.tensor(indices, dtype=torch.long)
         return batch
+
+
+def _rows(cache: TeacherCache, pairs: list[tuple[int, Any]], length: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The cached rows of a batch's samples, right-padded to ``length``: ids ``[B, L, k]``,
+    log-probs ``[B, L, k]``, tail ``[B, L]`` (see the module docstring for the padding)."""
+    k = cache.top_k
+    rows = [cache[i] for i, _ in pairs]
+    ids = torch.arange(k).repeat(len(pairs), length, 1)
+    logprobs = torch.zeros(len(pairs), length, k, dtype=rows[0][1].dtype)
+    tail = torch.zeros(len(pairs), length)
+    for b, ((i, sample), (c_ids, c_lp, c_tail)) in enumerate(zip(pairs, rows, strict=True)):
+        n = c_ids.shape[0]
+        if n != len(sample_ids(sample)) or n > length:
+            raise ConfigError(f"data: sample {i} has {len(sample_ids(sample))} tokens but the teacher "
+                              f"cache '{cache.dir}' holds {n} positions for it; the cache was "
+                              "written for other data")
+        ids[b, :n], logprobs[b, :n], tail[b, :n] = c_ids, c_lp, c_tail
+    return ids, logprobs, tail
 
 
 def _batch_length(batch: dict[str, Any]) -> int:
@@ -90,26 +127,51 @@ class CachedTeacherDataModule(LightningDataModule):
     """Another datamodule's batches plus the cached sparse teacher outputs for each sample.
 
     Train from it with a loss that reads the batch (``lit_distill.losses.SparseForwardKL``)
-    and ``teacher: null``: the teacher never runs. Batch keys: see the module docstring.
+    and ``teacher: null``: the teacher never runs. Or, with named ``caches``, mix cached and
+    live teachers in one ensemble: the named rows go to ``CachedTopK`` members of a
+    ``MultiModel`` teacher (``EnsembleKD`` reads them as ``teachers.<name>.logits``; config:
+    ``configs/text/multi_teacher/tiny-llama-student_from_live+cached-teachers_local.yaml``).
+    Batch keys: see the module docstring.
 
     Args:
-        data: the datamodule the cache was written from (same files, tokenizer, lengths
+        data: the datamodule the caches were written from (same files, tokenizer, lengths
             and packing), e.g. a ``datamodules.TextDataModule``.
-        cache_dir: directory written by ``python -m lit_distill cache-teacher --out``.
+        cache_dir: directory written by ``python -m lit_distill cache-teacher --out``, served
+            as the top-level ``teacher_*`` keys; None when only named caches are served.
+        caches: member name -> such a directory, served in ``teacher_inputs`` as
+            ``<name>_topk_ids`` etc. Names as ``MultiModel`` members: non-empty, no dots.
 
     Raises:
-        ConfigError: at setup, when the cache is missing, incomplete or does not match the
-            data (sample count, token ids and lengths, tokenizer, vocabulary).
+        MissingPathError: a cache directory does not exist.
+        ConfigError: neither ``cache_dir`` nor ``caches``; at setup, a cache that is incomplete
+            or does not match the data (sample count, token ids and lengths, tokenizer, vocabulary).
     """
 
-    def __init__(self, data: LightningDataModule, cache_dir: str) -> None:
+    def __init__(self, data: LightningDataModule, cache_dir: str | None = None,
+                 caches: dict[str, str] | None = None) -> None:
         super().__init__()
         self.data = data
-        self.cache_dir = Path(cache_dir)
-        if not self.cache_dir.is_dir():
-            raise MissingPathError(f"data.init_args.cache_dir: no directory '{cache_dir}'; write it with "
+        if cache_dir is None and not caches:
+            raise ConfigError("data.init_args: give cache_dir (a teacher: null run) and/or caches: {member: DIR} "
+                              "(cached members of a MultiModel teacher)")
+        self.cache_dirs: dict[str | None, Path] = {}
+        if cache_dir is not None:
+            self.cache_dirs[None] = self._directory(cache_dir, "data.init_args.cache_dir")
+        for name, directory in (caches or {}).items():
+            if not name or "." in name:
+                raise ConfigError(f"data.init_args.caches: name '{name}' must be non-empty and without dots "
+                                  "(a MultiModel member name)")
+            self.cache_dirs[name] = self._directory(directory, f"data.init_args.caches.{name}")
+        self.cache_dir = self.cache_dirs.get(None)
+        self.caches: dict[str, dict[str | None, TeacherCache]] = {}  # split -> {name: cache}
+
+    @staticmethod
+    def _directory(directory: str, field: str) -> Path:
+        path = Path(directory)
+        if not path.is_dir():
+            raise MissingPathError(f"{field}: no directory '{directory}'; write it with "
                                    "`python -m lit_distill cache-teacher --config FIT.yaml --out DIR`")
-        self.caches: dict[str, TeacherCache] = {}
+        return path
 
     @property
     def vocab_size(self) -> int:
@@ -131,12 +193,17 @@ class CachedTeacherDataModule(LightningDataModule):
         if self.caches:
             return
         for split, dataset in (("train", self.data.train_dataset), ("val", self.data.val_dataset)):
-            cache = TeacherCache(self.cache_dir / split)
-            self._check(cache, dataset, split)
-            self.caches[split] = cache
+            fingerprint = samples_fingerprint(dataset)
+            opened = {}
+            for name, directory in self.cache_dirs.items():
+                opened[name] = TeacherCache(directory / split)
+                self._check(opened[name], dataset, split, fingerprint,
+                            "data.init_args.cache_dir" if name is None else f"data.init_args.caches.{name}")
+            self.caches[split] = opened
 
-    def _check(self, cache: TeacherCache, dataset: Sequence[Any], split: str) -> None:
-        field = f"data.init_args.cache_dir ('{cache.dir}')"
+    def _check(self, cache: TeacherCache, dataset: Sequence[Any], split: str, fingerprint: str,
+               field: str) -> None:
+        field = f"{field} ('{cache.dir}')"
         manifest = cache.manifest
         if manifest["num_samples"] != len(dataset):
             raise ConfigError(f"{field}: the cache holds {manifest['num_samples']} {split} samples but the data "
@@ -145,11 +212,11 @@ class CachedTeacherDataModule(LightningDataModule):
         if vocab is not None and manifest.get("data_vocab_size") not in (None, vocab):
             raise ConfigError(f"{field}: written with a {manifest['data_vocab_size']}-token vocabulary but "
                               f"the data's tokenizer has {vocab}")
-        fingerprint = tokenizer_fingerprint(getattr(self.data, "tokenizer", None))
-        if None not in (fingerprint, manifest.get("tokenizer_fingerprint")) \
-                and fingerprint != manifest["tokenizer_fingerprint"]:
+        tokenizer = tokenizer_fingerprint(getattr(self.data, "tokenizer", None))
+        if None not in (tokenizer, manifest.get("tokenizer_fingerprint")) \
+                and tokenizer != manifest["tokenizer_fingerprint"]:
             raise ConfigError(f"{field}: written with another tokenizer than data.init_args.tokenizer")
-        if samples_fingerprint(dataset) != manifest["samples_fingerprint"]:
+        if fingerprint != manifest["samples_fingerprint"]:
             raise ConfigError(f"{field}: the {split} samples' token ids or lengths differ from the ones the "
                               "cache was written for (other files, max_length, packing or seed?)")
 

@@ -15,10 +15,19 @@ and the loss is KL(p̄ ‖ q) × T², the mean over valid positions (as :func:`f
 - ``entropy``: w_k ∝ exp(−H(p_k) / τ_w) (confident teachers count more);
 - ``gold``: w_k ∝ exp(log p_k(y) / τ_w) = p_k(y)^(1/τ_w) (teachers right on the gold label count
   more; needs ``labels``).
+
+A teacher may come from the offline cache instead of running (token-level teachers): a
+``lit_distill.models.CachedTopK`` member gives logits ``T_c · log p_c`` from its cached top-k
+log-probs and tail mass (written at temperature ``T_c``). Written with ``k = V`` they equal the
+teacher's logits up to a constant per position, so every ``T`` here is exact; with ``k < V``
+only ``T = T_c`` reproduces the cached distribution (the tail's mass is known at ``T_c`` only),
+and :class:`EnsembleKD` refuses another ``T`` (it reads the member's ``cache_temperature`` and
+``cache_top_k`` features).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -123,5 +132,18 @@ class EnsembleKD(LossTerm):
             raise ConfigError(f"EnsembleKD.teachers: {missing} give no logits (teacher features: "
                               f"{sorted(k for k in teacher_features if k.endswith('.logits'))})")
         logits = [teacher_features[f"{name}.logits"] for name in self.teachers]
+        for name, member_logits in zip(self.teachers, logits, strict=True):
+            self._check_cached(name, teacher_features, member_logits.shape[-1])
         return ensemble_kd(student_logits, logits, mask, self.temperature, self.combine, self.weighting,
                            self.weight_temperature, labels if self.weighting == "gold" else None)
+
+    def _check_cached(self, name: str, teacher_features: dict[str, Any], vocab_size: int) -> None:
+        """Refuse a truncated cached teacher (k < V) read at another temperature than it was written at."""
+        cached_t = teacher_features.get(f"{name}.cache_temperature")
+        k = teacher_features.get(f"{name}.cache_top_k")
+        if cached_t is None or k is None or k >= vocab_size or math.isclose(cached_t, self.temperature):
+            return
+        raise ConfigError(f"EnsembleKD.temperature: {self.temperature}, but teacher '{name}' is a top-{k} cache "
+                          f"(of V = {vocab_size}) written at temperature {cached_t}, whose tail is known only there; "
+                          f"set temperature: {cached_t}, or rewrite the cache with cache-teacher --temperature "
+                          f"{self.temperature} (or --top-k {vocab_size})")

@@ -95,3 +95,58 @@ def test_bad_arguments():
         EnsembleKD(teachers=["a"])
     with pytest.raises(ConfigError, match="not known"):
         EnsembleKD(teachers=["a", "b"], combine="median")
+
+
+def cached_member(z, k, t_cache):
+    """A CachedTopK member's features for teacher logits ``z``, cached at top-k and temperature t_cache (float32)."""
+    from lit_distill.cache import sparse_teacher
+    from lit_distill.models import CachedTopK
+
+    ids, logprobs, tail = sparse_teacher(z, k, t_cache)
+    out = CachedTopK(vocab_size=z.shape[-1])(topk_ids=ids, topk_logprobs=logprobs, tail_mass=tail,
+                                             temperature=t_cache)
+    return {"b.logits": out.logits, **{f"b.{key}": value for key, value in out.features.items()}}
+
+
+@pytest.mark.parametrize("combine", ["probabilities", "logits"])
+@pytest.mark.parametrize("weighting", ["uniform", "entropy", "gold"])
+@pytest.mark.parametrize(("temperature", "t_cache"), [(1.0, 1.0), (2.0, 1.0), (0.5, 2.0)])
+def test_a_cached_member_at_k_equal_v_equals_the_live_one(combine, weighting, temperature, t_cache):
+    g = torch.Generator().manual_seed(2)
+    student, z_a, z_b = (3 * torch.randn(3, 4, 9, generator=g) for _ in range(3))
+    mask = torch.rand(3, 4, generator=g) > 0.2
+    labels = torch.randint(0, 9, (3, 4), generator=g)
+    term = EnsembleKD(teachers=["a", "b"], combine=combine, weighting=weighting, temperature=temperature,
+                      weight_temperature=0.5)
+    live = term(student, {"a.logits": z_a, "b.logits": z_b}, mask, labels)
+    cached = term(student, {"a.logits": z_a, **cached_member(z_b, 9, t_cache)}, mask, labels)
+    torch.testing.assert_close(cached, live, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("combine", ["probabilities", "logits"])
+@pytest.mark.parametrize("weighting", ["uniform", "entropy", "gold"])
+def test_a_truncated_cached_member_is_its_cached_distribution(combine, weighting):
+    """k < V at T = T_c: the target is the direct formula on the cached distribution (top-k, uniform tail)."""
+    g = torch.Generator().manual_seed(3)
+    student, z_a, z_b = (3 * torch.randn(5, 9, generator=g, dtype=torch.float64) for _ in range(3))
+    labels = torch.randint(0, 9, (5,), generator=g)
+    features = {"a.logits": z_a.float(), **cached_member(z_b.float(), 3, 2.0)}
+    got = EnsembleKD(teachers=["a", "b"], combine=combine, weighting=weighting, temperature=2.0,
+                     weight_temperature=0.5)(student.float(), features, None, labels)
+    p = torch.softmax(z_b / 2.0, -1)
+    top = p.topk(3, -1).indices
+    tail = (1 - p.gather(-1, top).sum(-1, keepdim=True)) / 6
+    cached_p = tail.expand(5, 9).scatter(-1, top, p.gather(-1, top))
+    # a teacher with logits T·log p̂ has softmax(logits / T) = p̂ at the direct formula's temperature T
+    expected = direct(student, [z_a, 2.0 * cached_p.log()], None, 2.0, combine, weighting, 0.5, labels)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_truncated_cache_read_at_another_temperature_is_refused():
+    g = torch.Generator().manual_seed(4)
+    student, z_a, z_b = (torch.randn(2, 8, generator=g) for _ in range(3))
+    term = EnsembleKD(teachers=["a", "b"], temperature=2.0)
+    with pytest.raises(ConfigError, match=r"teacher 'b' is a top-4 cache \(of V = 8\) written at temperature 1.0"):
+        term(student, {"a.logits": z_a, **cached_member(z_b, 4, 1.0)})
+    assert torch.isfinite(term(student, {"a.logits": z_a, **cached_member(z_b, 4, 2.0)}))  # T = T_c
+    assert torch.isfinite(term(student, {"a.logits": z_a, **cached_member(z_b, 8, 1.0)}))  # k = V: any T
