@@ -46,7 +46,13 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lit_distill.cache import TeacherCache, sample_ids, samples_fingerprint, tokenizer_fingerprint
+from lit_distill.cache import (
+    TeacherCache,
+    sample_ids,
+    samples_fingerprint,
+    teacher_vocab_size,
+    tokenizer_fingerprint,
+)
 from lit_distill.errors import ConfigError, MissingPathError
 
 
@@ -114,6 +120,11 @@ def _rows(cache: TeacherCache, pairs: list[tuple[int, Any]], length: int) -> tup
 
 
 def _batch_length(batch: dict[str, Any]) -> int:
+    """Positions of the batch's teacher tokens: the teacher's own ``input_ids`` when it has some
+    (cross-tokenizer batches), else the labels' or inputs' length."""
+    teacher = batch.get("teacher_inputs")
+    if isinstance(teacher, dict) and isinstance(teacher.get("input_ids"), torch.Tensor):
+        return teacher["input_ids"].shape[1]
     labels = batch.get("labels")
     if isinstance(labels, torch.Tensor) and labels.dim() == 2:
         return labels.shape[1]
@@ -208,7 +219,7 @@ class CachedTeacherDataModule(LightningDataModule):
         if manifest["num_samples"] != len(dataset):
             raise ConfigError(f"{field}: the cache holds {manifest['num_samples']} {split} samples but the data "
                               f"has {len(dataset)}; it was written for other data or settings")
-        vocab = getattr(self.data, "vocab_size", None)
+        vocab = teacher_vocab_size(self.data)
         if vocab is not None and manifest.get("data_vocab_size") not in (None, vocab):
             raise ConfigError(f"{field}: written with a {manifest['data_vocab_size']}-token vocabulary but "
                               f"the data's tokenizer has {vocab}")

@@ -79,14 +79,24 @@ def tokenizer_fingerprint(tokenizer: Any) -> str | None:
 
 
 def sample_ids(sample: Any) -> Tensor:
-    """The token ids ``[n]`` of one dataset sample (a dict with ``input_ids``, or its inputs)."""
+    """The teacher's token ids ``[n]`` of one dataset sample: ``input_ids`` (one tokenizer), its
+    ``inputs``, or the ``teacher`` side of a cross-tokenizer sample (``datamodules.cross_tokenizer``:
+    the cache is written in the teacher's own tokens)."""
     if isinstance(sample, dict):
         if "input_ids" in sample:
             return sample["input_ids"]
+        if isinstance(sample.get("teacher"), dict) and "input_ids" in sample["teacher"]:
+            return sample["teacher"]["input_ids"]
         if isinstance(sample.get("inputs"), dict) and "input_ids" in sample["inputs"]:
             return sample["inputs"]["input_ids"]
     raise ConfigError("teacher cache: dataset samples must be dicts with 'input_ids' (token ids [n]); "
                       f"got {type(sample).__name__}")
+
+
+def teacher_vocab_size(data: Any) -> int | None:
+    """The size of the vocabulary a datamodule's teacher tokens use: its ``teacher_vocab_size``
+    (cross-tokenizer data), else its ``vocab_size``; None if it has neither."""
+    return getattr(data, "teacher_vocab_size", None) or getattr(data, "vocab_size", None)
 
 
 def samples_fingerprint(dataset: Sequence[Any]) -> str:

@@ -19,7 +19,13 @@ from torch import Tensor
 
 from datamodules.teacher_cache import CachedTeacherDataModule
 from lit_distill.build import build
-from lit_distill.cache import ENCODINGS, SPLITS, tokenizer_fingerprint, write_split
+from lit_distill.cache import (
+    ENCODINGS,
+    SPLITS,
+    teacher_vocab_size,
+    tokenizer_fingerprint,
+    write_split,
+)
 from lit_distill.contracts import side_inputs
 from lit_distill.errors import ConfigError
 
@@ -70,7 +76,7 @@ def cache_teacher(args: Sequence[str]) -> dict[str, bool]:
                           f"and a collate_fn() (e.g. datamodules.TextDataModule), got {type(data).__name__}")
     data.setup("fit")
     vocab = teacher.output_size
-    data_vocab = getattr(data, "vocab_size", None)
+    data_vocab = teacher_vocab_size(data)
 
     def run_teacher(batch: dict[str, Any]) -> Tensor:
         out = teacher(**side_inputs(batch, "teacher"))
