@@ -2,18 +2,19 @@
 
 All contenders run in this process, interleaved and repeated, from identical copies of the same
 tiny Llama-style teacher and student (bench/overhead.py's builders), on the same batches with
-the same AdamW. Two objectives:
+the same AdamW. Three objectives:
 
 - ``fkl_ce``: 0.5 · CE + 0.5 · forward KL(teacher ‖ student);
-- ``jsd``: 0.5 · CE + 0.5 · generalized JSD with β = 0.5 (GKD's divergence).
+- ``jsd``: 0.5 · CE + 0.5 · generalized JSD with β = 0.5 (GKD's divergence);
+- ``fkl``: forward KL alone, the one objective TRL's ``GKDTrainer`` can run unchanged.
 
 Contenders:
 
 - ``lit_distill``: ``DistillationModule`` + ``lightning.Trainer`` (as bench/overhead.py).
-- ``trl``: TRL's GKD divergence ``GKDTrainer.generalized_jsd_loss`` (β = 0 is its forward KL,
-  β = 0.5 the JSD) plus plain CE, in the plain loop. NOT the ``GKDTrainer`` itself: with
-  ``lmbda = 0`` its step is this loss on teacher/student logits, but the trainer needs a
-  tokenizer and chat-format dataset that these random-token batches do not have.
+- ``trl``: for ``fkl_ce`` and ``jsd``, TRL's GKD divergence ``GKDTrainer.generalized_jsd_loss``
+  (β = 0 is its forward KL, β = 0.5 the JSD) plus plain CE, in the plain loop (the trainer's loss
+  cannot mix in CE); for ``fkl``, TRL's ``GKDTrainer`` itself (bench/trl_gkd.py: on-policy
+  generation off, the batches in order, our AdamW, constant LR).
 - ``torchtune``: ``ForwardKLWithChunkedOutputLoss`` (8 chunks) plus plain CE, in the plain loop
   (``fkl_ce`` only; torchtune has no JSD). Its "forward KL" is −Σ p log q, i.e. the KL
   without the teacher entropy, so its loss value is higher by 0.5 · H(p) with the same
@@ -65,6 +66,13 @@ def plain_jsd_loss(student_logits, teacher_logits, labels, mask, beta: float = 0
     return 0.5 * jsd + 0.5 * ce
 
 
+def plain_fkl_loss(student_logits, teacher_logits, labels, mask) -> torch.Tensor:
+    """Forward KL(teacher ‖ student) alone in plain PyTorch (``F.kl_div``), mean over ``mask``."""
+    kl = F.kl_div(F.log_softmax(student_logits.float(), -1), F.log_softmax(teacher_logits.float(), -1),
+                  reduction="none", log_target=True).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp_min(1)
+
+
 def trl_loss(objective: str):
     from trl.experimental.gkd.gkd_trainer import GKDTrainer
 
@@ -107,9 +115,10 @@ class LastLoss(L.Callback):
 
 
 def run_lit(student, teacher, batches, warmup: int, root: str, objective: str) -> tuple[float, float, dict]:
-    kd = ForwardKL(weight=0.5) if objective == "fkl_ce" else GeneralizedJSD(beta=0.5, weight=0.5)
-    module = DistillationModule(student=copy.deepcopy(student), teacher=copy.deepcopy(teacher),
-                                losses={"kd": kd, "ce": CrossEntropy(weight=0.5)},
+    losses = ({"kd": ForwardKL(weight=1.0)} if objective == "fkl" else
+              {"kd": ForwardKL(weight=0.5) if objective == "fkl_ce" else GeneralizedJSD(beta=0.5, weight=0.5),
+               "ce": CrossEntropy(weight=0.5)})
+    module = DistillationModule(student=copy.deepcopy(student), teacher=copy.deepcopy(teacher), losses=losses,
                                 optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
     timer, last = StepTimer(warmup, len(batches) - 1), LastLoss()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), enable_checkpointing=False,
@@ -133,10 +142,14 @@ def available_peers() -> dict[str, str | None]:
 
 
 def bench_objective(objective, student, teacher, batches, ns, root, peers) -> dict:
-    plain = plain_kd_loss if objective == "fkl_ce" else plain_jsd_loss
+    plain = {"fkl_ce": plain_kd_loss, "jsd": plain_jsd_loss, "fkl": plain_fkl_loss}[objective]
     contenders = {"hand": lambda: run_loop(student, teacher, batches, ns.warmup, plain),
                   "lit_distill": lambda: run_lit(student, teacher, batches, ns.warmup, root, objective)}
-    if peers["trl"] is None:
+    if peers["trl"] is None and objective == "fkl":
+        from trl_gkd import run_gkd_trainer
+
+        contenders["trl"] = lambda: run_gkd_trainer(student, teacher, batches, ns.warmup)
+    elif peers["trl"] is None:
         contenders["trl"] = lambda: run_loop(student, teacher, batches, ns.warmup, trl_loss(objective))
     if peers["torchtune"] is None and objective == "fkl_ce":
         contenders["torchtune"] = lambda: run_loop(student, teacher, batches, ns.warmup, torchtune_loss())
@@ -192,9 +205,9 @@ def main() -> None:
            "warmup": ns.warmup, "repeats": ns.repeats, "batch": ns.batch, "seq": ns.seq, "vocab": ns.vocab,
            "left_out": {k: v for k, v in peers.items() if v is not None}, "rtol": ns.rtol}
     with tempfile.TemporaryDirectory() as root:
-        for objective in ("fkl_ce", "jsd"):
+        for objective in ("fkl_ce", "jsd", "fkl"):
             out[objective] = bench_objective(objective, student, teacher, batches, ns, root, peers)
-    worst = max(r["loss_rel_diff_to_hand"] for obj in ("fkl_ce", "jsd") for r in out[obj].values())
+    worst = max(r["loss_rel_diff_to_hand"] for obj in ("fkl_ce", "jsd", "fkl") for r in out[obj].values())
     out["max_loss_rel_diff_to_hand"], out["losses_agree"] = worst, worst <= ns.rtol
     print(json.dumps(out, indent=2))
     sys.exit(0 if out["losses_agree"] else 1)
