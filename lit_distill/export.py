@@ -21,7 +21,7 @@ from torch import nn
 from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter
 from lit_distill.models.hf_loading import copy_tokenizer
-from lit_distill.models.lora import export_dirs
+from lit_distill.models.lora import export_dirs, restore_frozen_base
 from lit_distill.models.torch_module import as_adapter
 
 
@@ -38,6 +38,7 @@ def build_student(checkpoint: dict[str, Any]) -> ModelAdapter:
     student = as_adapter(parser.instantiate_classes(config).student)
     prefix = "student."
     state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    restore_frozen_base(state, student)  # a LoRA student's base is not in the checkpoint
     student.load_state_dict(state)
     return student
 

@@ -16,6 +16,7 @@ from torchmetrics import MeanMetric
 from lit_distill.contracts import LossTerm, ModelOutput, batch_size, side_inputs, valid_count
 from lit_distill.errors import ConfigError
 from lit_distill.losses.terms import cross_entropy
+from lit_distill.models.lora import frozen_base_keys, restore_frozen_base
 from lit_distill.models.torch_module import as_adapter
 from lit_distill.sharding import ShardingConfig, is_sharded, shard_distillation_module
 from lit_distill.sources import Source, SourceError
@@ -332,10 +333,13 @@ class DistillationModule(L.LightningModule):
         # A sharded run (FSDP2) resumes by loading into the whole module, teacher included,
         # so its checkpoints keep the teacher's shards; `python -m lit_distill.consolidate`
         # drops them for single-process use.
-        if self.teacher is not None and not self.teacher.in_checkpoint and not is_sharded(self.student):
+        if not is_sharded(self.student):
             state = checkpoint["state_dict"]
-            for key in [k for k in state if k.startswith("teacher.")]:
-                del state[key]
+            if self.teacher is not None and not self.teacher.in_checkpoint:
+                for key in [k for k in state if k.startswith("teacher.")]:
+                    del state[key]
+            for key in frozen_base_keys(self.student, "student."):  # a LoRA student's base: rebuilt from its path
+                state.pop(key, None)
         step_state = self.step.checkpoint_state()
         if step_state:
             checkpoint["training_step_state"] = step_state
@@ -343,10 +347,12 @@ class DistillationModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The teacher was rebuilt from its own config; keep its weights on load.
         # (A sharded checkpoint's state was loaded by the strategy already: no state_dict here.)
-        if self.teacher is not None and "state_dict" in checkpoint:
+        if "state_dict" in checkpoint:
             state = checkpoint["state_dict"]
-            for key, value in self.teacher.state_dict(prefix="teacher.").items():
-                state.setdefault(key, value)
+            if self.teacher is not None:
+                for key, value in self.teacher.state_dict(prefix="teacher.").items():
+                    state.setdefault(key, value)
+            restore_frozen_base(state, self.student, "student.")
         self.step.load_checkpoint_state(checkpoint.get("training_step_state", {}))
 
 

@@ -84,9 +84,14 @@ def test_lora_fit_changes_only_adapters_exports_and_resumes(tmp_path, text_dir, 
               "--trainer.val_check_interval=null", "--trainer.check_val_every_n_epoch=1")
     cli = run_cli(lora_args(tmp_path / "straight", text_dir, tokenizer_dir, teacher_dir, *common, "--trainer.max_epochs=2"))
     state = torch.load(newest(tmp_path / "straight"), map_location="cpu", weights_only=True)["state_dict"]
+    trainable = {f"student.{n}" for n, p in cli.model.student.named_parameters() if p.requires_grad}
+    frozen = {f"student.{n}" for n, p in cli.model.student.named_parameters() if not p.requires_grad}
+    # the checkpoint holds the adapters, not the frozen base (rebuilt from its path on load)
+    assert trainable <= set(state) and not frozen & set(state) and all("lora_" in k for k in trainable)
     base = AutoModelForCausalLM.from_pretrained(teacher_dir).state_dict()
-    changed = {k for k, v in state.items() if k.startswith("student.") and "lora_" not in k
-               and not torch.equal(v, base[k.split("base_model.model.", 1)[1].replace("base_layer.", "")])}
+    live = cli.model.student.state_dict(prefix="student.")
+    changed = {k for k in frozen if not torch.equal(live[k], base[k.split("base_model.model.", 1)[1]
+                                                                 .replace("base_layer.", "")])}
     assert not changed, f"frozen base weights changed: {sorted(changed)[:3]}"
     assert any("lora_B" in k and v.abs().max() > 0 for k, v in state.items())  # the adapters learned
 
