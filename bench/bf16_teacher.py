@@ -46,6 +46,12 @@ def run(student, teacher, dtype: str | None, batches, warmup: int, root: str) ->
     module = DistillationModule(copy.deepcopy(student), {"kd": ForwardKL(weight=0.5), "ce": CrossEntropy(weight=0.5)},
                                 teacher=Teacher(copy.deepcopy(teacher), dtype=dtype),
                                 optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+    return timed_fit(module, batches, warmup, root)
+
+
+def timed_fit(module: DistillationModule, batches: list[dict], warmup: int, root: str) -> float:
+    """Fit ``module`` on ``batches`` (one step each) through a quiet ``lightning.Trainer``; seconds per
+    step after ``warmup`` steps."""
     timer = StepTimer(warmup)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), enable_checkpointing=False,
                         enable_model_summary=False, enable_progress_bar=False, logger=False, default_root_dir=root,

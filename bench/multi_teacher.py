@@ -25,7 +25,7 @@ import tempfile
 import time
 
 import torch
-from bf16_teacher import StepTimer  # bench/ is on sys.path when run as a script
+from bf16_teacher import timed_fit  # bench/ is on sys.path when run as a script
 
 from lit_distill import DistillationModule, Teacher
 from lit_distill.losses import CrossEntropy, EnsembleKD, ForwardKL
@@ -57,12 +57,6 @@ def make_batches(n: int, batch: int, seq: int, vocab: int, classes: int) -> list
 
 def run(student, teachers: dict, batches: list[dict], warmup: int, root: str) -> float:
     """Seconds per steady-state step of a fit with ``teachers`` as the ensemble's members."""
-    import contextlib
-    import sys
-
-    import lightning as L
-    from torch.utils.data import DataLoader
-
     members = {name: copy.deepcopy(model) for name, model in teachers.items()}
     routes = {name: {"input_ids": f"{name}_input_ids", "attention_mask": f"{name}_attention_mask"} for name in members}
     kd = (EnsembleKD(teachers=list(members), weighting="entropy", temperature=2.0, weight=0.5) if len(members) > 1
@@ -70,13 +64,7 @@ def run(student, teachers: dict, batches: list[dict], warmup: int, root: str) ->
     module = DistillationModule(
         copy.deepcopy(student), {"kd": kd, "ce": CrossEntropy(weight=0.5)},
         teacher=Teacher(MultiModel(members, routes)), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4))
-    timer = StepTimer(warmup)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), enable_checkpointing=False,
-                        enable_model_summary=False, enable_progress_bar=False, logger=False, default_root_dir=root,
-                        callbacks=[timer])
-    with contextlib.redirect_stdout(sys.stderr):
-        trainer.fit(module, DataLoader(batches, batch_size=None))
-    return timer.seconds / (len(batches) - warmup)
+    return timed_fit(module, batches, warmup, root)
 
 
 def main() -> None:

@@ -13,15 +13,14 @@ are those of :mod:`lit_distill.losses.fused`).
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from lit_distill.contracts import LossTerm
-from lit_distill.errors import ConfigError
 from lit_distill.losses.fused import _check, _fused_sum
+from lit_distill.losses.fused_terms import check_chunking
 from lit_distill.losses.sparse import _sparse_sum, check_sparse_teacher
 
 __all__ = ["FusedSparseForwardKL", "fused_sparse_forward_kl"]
@@ -100,10 +99,7 @@ class FusedSparseForwardKL(LossTerm):
     def __init__(self, temperature: float = 1.0, chunk_size: int = 256, weight: float = 1.0,
                  sources: dict[str, str] | None = None) -> None:
         super().__init__(weight, sources)
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-            raise ConfigError(f"FusedSparseForwardKL.chunk_size: must be a positive int, got {chunk_size!r}")
-        if not (float(temperature) > 0 and math.isfinite(float(temperature))):
-            raise ConfigError(f"FusedSparseForwardKL.temperature: must be a finite number > 0, got {temperature!r}")
+        check_chunking("FusedSparseForwardKL", chunk_size, temperature)
         self.temperature = float(temperature)
         self.chunk_size = chunk_size
 

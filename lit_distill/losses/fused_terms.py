@@ -31,6 +31,14 @@ _FUSED_SOURCES = {
 }
 
 
+def check_chunking(owner: str, chunk_size: int, temperature: float) -> None:
+    """One-line ConfigErrors for a fused term's ``chunk_size`` (a positive int) and ``temperature`` (finite, > 0)."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ConfigError(f"{owner}.chunk_size: must be a positive int, got {chunk_size!r}")
+    if not (float(temperature) > 0 and math.isfinite(float(temperature))):
+        raise ConfigError(f"{owner}.temperature: must be a finite number > 0, got {temperature!r}")
+
+
 class FusedLogitDivergence(LossTerm):
     """Base of the fused logit-divergence terms: hidden states × LM heads, no full logits.
 
@@ -52,11 +60,7 @@ class FusedLogitDivergence(LossTerm):
     def __init__(self, temperature: float = 1.0, chunk_size: int = 256, weight: float = 1.0,
                  sources: dict[str, str] | None = None) -> None:
         super().__init__(weight, sources)
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-            raise ConfigError(f"{type(self).__name__}.chunk_size: must be a positive int, got {chunk_size!r}")
-        if not (float(temperature) > 0 and math.isfinite(float(temperature))):
-            raise ConfigError(f"{type(self).__name__}.temperature: must be a finite number > 0, "
-                              f"got {temperature!r}")
+        check_chunking(type(self).__name__, chunk_size, temperature)
         self.temperature = float(temperature)
         self.chunk_size = chunk_size
 

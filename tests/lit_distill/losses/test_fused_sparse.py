@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lit_distill.contracts import ModelOutput
+from lit_distill.errors import ConfigError
 from lit_distill.losses import FusedSparseForwardKL, fused_sparse_forward_kl, sparse_forward_kl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -98,6 +99,10 @@ def test_bad_inputs_are_clear_errors():
         fused_sparse_forward_kl(hs, ws[:2], ids, log_p, tail)
     with pytest.raises(ValueError, match="chunk_size"):
         fused_sparse_forward_kl(hs, ws, ids, log_p, tail, chunk_size=0)
+    with pytest.raises(ConfigError, match="FusedSparseForwardKL.chunk_size"):
+        FusedSparseForwardKL(chunk_size=0)
+    with pytest.raises(ConfigError, match="FusedSparseForwardKL.temperature"):
+        FusedSparseForwardKL(temperature=0.0)
 
 
 def test_term_reads_the_batch_and_features_and_leaves_out_a_missing_bias():
