@@ -26,7 +26,10 @@ member::
     teacher_inputs["b_temperature"]    float                # the temperature the cache was written at
 
 The cache format holds one row per token position, so named caches serve token-level (causal
-LM) teachers; a sequence classifier's ``[B, C]`` logits cannot be cached in it.
+LM) teachers; a sequence classifier's ``[B, C]`` logits cannot be cached in it. Cross-tokenizer
+batches (``datamodules.CrossTokenizerDataModule``) get rows per TEACHER position, padded to the
+teacher's length (the cache is written in the teacher's own tokens), which ALM and ULD read
+through a ``CachedTopK`` member beside the batch's byte alignment.
 
 The wrapped datamodule must have map-style ``train_dataset`` / ``val_dataset`` whose
 samples carry ``input_ids`` (e.g. :class:`datamodules.TextDataModule`). Its own
