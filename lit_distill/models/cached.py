@@ -101,6 +101,7 @@ class CachedTopK(ModelAdapter):
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
             raise ConfigError(f"CachedTopK.vocab_size: must be a positive int (the vocabulary), got {vocab_size!r}")
         self.vocab_size = vocab_size
+        self._ids_checked = False
         self.module = nn.Identity()  # nothing to run; keeps the adapter contract (``model``)
 
     @property
@@ -131,6 +132,13 @@ class CachedTopK(ModelAdapter):
         if k > self.vocab_size:
             raise ConfigError(f"CachedTopK.vocab_size: the cache holds k = {k} entries per position, more than "
                               f"vocab_size = {self.vocab_size}; set the vocabulary the cache was written with")
+        if not self._ids_checked:  # once: an id beyond vocab_size would fail inside scatter, without a message
+            largest = int(topk_ids.max()) if topk_ids.numel() else -1
+            if largest >= self.vocab_size:
+                raise ConfigError(f"CachedTopK.vocab_size: the cache holds token id {largest}, beyond vocab_size = "
+                                  f"{self.vocab_size}; set the vocabulary the cache was written with (its "
+                                  "manifest's vocab_size)")
+            self._ids_checked = True
         logits = dense_logprobs(topk_ids, topk_logprobs, tail_mass, self.vocab_size).mul_(float(temperature))
         return ModelOutput(logits=logits.clamp_min_(LOG_ZERO),
                            features={"cache_temperature": float(temperature), "cache_top_k": k})

@@ -98,3 +98,10 @@ def test_bad_inputs_are_one_line_config_errors(tmp_path):
         CachedTopK(vocab_size=2)(topk_ids=ids, topk_logprobs=logprobs, tail_mass=tail, temperature=1.0)
     member.export(str(tmp_path / "b"))
     assert (tmp_path / "b" / "cached_teacher.json").exists()
+
+
+def test_an_id_beyond_vocab_size_is_a_one_line_error():
+    ids = torch.tensor([[[0, 7]]])
+    with pytest.raises(ConfigError, match="token id 7, beyond vocab_size = 5"):
+        CachedTopK(5)(topk_ids=ids, topk_logprobs=torch.log(torch.tensor([[[0.5, 0.4]]])),
+                      tail_mass=torch.tensor([[0.1]]), temperature=1.0)
