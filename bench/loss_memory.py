@@ -13,6 +13,11 @@ each producing the loss and the gradients of the student's hidden states and hea
 - ``naive``: materialise both ``[tokens, vocab]`` logits, ``forward_kl`` in one shot.
 - ``chunked``: materialise both logits, ``forward_kl(chunk_size=...)``.
 - ``fused``: ``fused_forward_kl`` (logits only ever exist one chunk at a time).
+- ``sparse`` and ``fused_sparse`` (with ``--cache-k K``, default 128; 0 leaves them out): the
+  teacher as an offline cache holds (its top-K log-probs, ids and tail mass, computed once
+  outside the timed steps); ``sparse`` materialises the student's logits for
+  ``sparse_forward_kl``, ``fused_sparse`` is ``fused_sparse_forward_kl`` (neither side ever
+  holds ``[tokens, vocab]`` logits). They are compared with each other, not with naive.
 - ``torchtune`` (only if torchtune imports; bench extra): materialise both logits,
   torchtune's ``ForwardKLWithChunkedOutputLoss`` over ``--torchtune-chunks`` chunks (its default 8).
   Its value is the teacher cross-entropy −Σ p log q = KL + H(p): same gradients, and the
@@ -51,7 +56,13 @@ import time
 
 import torch
 
-from lit_distill.losses import forward_kl, fused_forward_kl
+from lit_distill.cache import sparse_teacher
+from lit_distill.losses import (
+    forward_kl,
+    fused_forward_kl,
+    fused_sparse_forward_kl,
+    sparse_forward_kl,
+)
 
 MB = 2**20
 
@@ -109,7 +120,13 @@ class _PeakRSS:
 
 def _step(inputs: dict[str, torch.Tensor], path: str, chunk_size: int) -> torch.Tensor:
     hs, ws, ht, wt = inputs["hs"], inputs["ws"], inputs["ht"], inputs["wt"]
-    if path == "fused":
+    if path in ("sparse", "fused_sparse"):  # the teacher is its cached top-k rows
+        cached = inputs["topk_ids"], inputs["topk_logprobs"], inputs["tail_mass"]
+        if path == "sparse":
+            loss = sparse_forward_kl(hs @ ws.T, *cached)
+        else:
+            loss = fused_sparse_forward_kl(hs, ws, *cached, chunk_size=chunk_size)
+    elif path == "fused":
         loss = fused_forward_kl(hs, ws, ht, wt, chunk_size=chunk_size)
     elif path == "torchtune":
         from torchtune.modules.loss import ForwardKLWithChunkedOutputLoss
@@ -129,7 +146,8 @@ def _step(inputs: dict[str, torch.Tensor], path: str, chunk_size: int) -> torch.
 
 def _clear_grads(inputs: dict[str, torch.Tensor]) -> None:
     for x in inputs.values():
-        x.grad = None
+        if x.is_floating_point():
+            x.grad = None
 
 
 def _measure(inputs, path, chunk_size, device) -> tuple[float, float, torch.Tensor]:
@@ -192,6 +210,7 @@ def main() -> None:
     parser.add_argument("--teacher-dim", type=int, default=512)
     parser.add_argument("--chunk-size", type=int, default=1024, help="chunk of the chunked path")
     parser.add_argument("--fused-chunk-size", type=int, default=256, help="chunk of the fused path")
+    parser.add_argument("--cache-k", type=int, default=128, help="top-k of the cached-teacher paths (0: leave out)")
     parser.add_argument("--torchtune-chunks", type=int, default=8, help="num_output_chunks of torchtune's loss")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -211,7 +230,10 @@ def main() -> None:
         tune = True
     except Exception:  # missing, or its torchao dependency fails to import
         tune = False
-    for path in ("naive", "chunked", "fused") + (("torchtune",) if tune else ()):
+    if args.cache_k:
+        warm.update(zip(("topk_ids", "topk_logprobs", "tail_mass"), sparse_teacher(warm["ht"] @ warm["wt"].T, 8, 1.0)))
+    for path in ("naive", "chunked", "fused") + (("torchtune",) if tune else ()) + \
+            (("sparse", "fused_sparse") if args.cache_k else ()):
         _step(warm, path, 4)
 
     gen = torch.Generator(device=device).manual_seed(0)
@@ -225,6 +247,11 @@ def main() -> None:
     chunk_sizes = {"naive": None, "chunked": args.chunk_size, "fused": args.fused_chunk_size}
     if tune:
         chunk_sizes["torchtune"] = args.torchtune_chunks
+    if args.cache_k:
+        with torch.no_grad():  # the cache, written once
+            rows = sparse_teacher(inputs["ht"] @ inputs["wt"].T, args.cache_k, 1.0)
+        inputs.update(zip(("topk_ids", "topk_logprobs", "tail_mass"), rows))
+        chunk_sizes.update(sparse=None, fused_sparse=args.fused_chunk_size)
     results = _run_all(inputs, chunk_sizes, device, args.repeats)
     (naive, loss_naive, grads_naive), (chunked, loss_chunked, grads_chunked), (fused, loss_fused, grads_fused) = (
         results["naive"], results["chunked"], results["fused"])
@@ -241,6 +268,14 @@ def main() -> None:
                                            if key in tt},
                  "torchtune_loss": loss_tt.item(), "teacher_entropy": entropy.item(),
                  "torchtune_values_match": _matches(loss_tt - entropy, grads_tt, loss_naive, grads_naive)}
+    if args.cache_k:
+        (sp, loss_sp, grads_sp), (fsp, loss_fsp, grads_fsp) = results["sparse"], results["fused_sparse"]
+        extra.update(cache_k=args.cache_k, sparse=sp, fused_sparse=fsp,
+                     fused_sparse_peak_ratio_to_sparse=round(fsp["peak_mb"] / sp["peak_mb"], 4),
+                     fused_sparse_time_ratios_to_sparse={kind: round(fsp[key] / sp[key], 4) for kind, key in
+                                                         (("wall", "seconds"), ("cpu", "cpu_seconds")) if key in fsp},
+                     fused_sparse_values_match=_matches(loss_fsp, grads_fsp, loss_sp, grads_sp),
+                     sparse_loss=loss_sp.item())
     print(json.dumps({
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
