@@ -122,6 +122,14 @@ def preference() -> dict[str, Any]:
             "labels": torch.randint(0, 7, (4, 3), generator=g), "mask": torch.ones(4, 3, dtype=torch.bool)}
 
 
+def fused_sparse_cache() -> dict[str, Any]:
+    """The cache of :func:`sparse_cache` against a student's hidden states ``[2, 3, 4]`` × head ``[7, 4]``."""
+    cache = sparse_cache()
+    del cache["student_logits"]
+    g = generator()
+    return {**cache, "student_hidden": torch.randn(2, 3, 4, generator=g), "student_weight": torch.randn(7, 4, generator=g)}
+
+
 def sparse_cache() -> dict[str, Any]:
     g = generator()
     probs = torch.softmax(torch.randn(2, 3, 7, generator=g), dim=-1)
@@ -185,6 +193,7 @@ EXAMPLES: dict[str, Example] = {
     "DPO": Example({}, preference, {"beta": 0.5}),
     "MoEAuxLoss": Example({}, lambda: {"aux": torch.tensor(0.3)}),
     "SparseForwardKL": Example({}, sparse_cache, {"temperature": 2.0}, {"chunk_size": 2}),
+    "FusedSparseForwardKL": Example({}, fused_sparse_cache, {"temperature": 2.0}, {"chunk_size": 2}),
     "CodecReconstruction": Example({"mel_fft_sizes": [64, 32], "n_mels": 8, "stft_fft_sizes": [64, 32]}, waveforms,
                                    {"mel_weight": 0.5, "waveform_weight": 1.0, "stft_weight": 1.0},
                                    built_in=("sample_rate", "n_mels")),
