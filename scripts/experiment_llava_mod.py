@@ -200,7 +200,7 @@ def pipeline(ns, tower: Path):
     mimic = launch(expand([stage_n(ns, "mimic", tower, teacher_dir)], ns.seeds), ns.work, workers=workers, cwd=REPO)
     starts = {r.run.seed: r.export_dir for r in mimic}
     runs = [run for name, loss in ARMS for run in continuation(ns, name, loss, starts, teacher_dir)]
-    conts = launch(runs, ns.work, workers=workers + 1, cwd=REPO)
+    conts = launch(runs, ns.work, workers=len(runs), cwd=REPO)  # one round: no slot idles behind a straggler
     return teacher, dense, ce + mimic, sft + conts
 
 
@@ -227,8 +227,9 @@ def report(ns, result: dict, command: str) -> None:
     rows = [["teacher (dense, SFT)", 1, *(f"{result['teacher'][k]:.3f}" for k in keys)]]
     for arm, values in result["arms"].items():
         rows.append([arm, len(values), *(mean_std(v[k] for v in values).cell(3) for k in keys)])
-    pref = [[arm, *(mean_std(v[k] for v in values).cell(3) for k in PREFERENCE)]
-            for arm, values in result["arms"].items() if arm in result["trajectories"]]
+    pref = [["teacher (the DPO reference)", *(f"{result['teacher'][k]:.3f}" for k in PREFERENCE)]]
+    pref += [[arm, *(mean_std(v[k] for v in values).cell(3) for k in PREFERENCE)]
+             for arm, values in result["arms"].items() if arm.startswith("stage N") or arm in result["trajectories"]]
     traj = []
     for arm, curves in result["trajectories"].items():
         for (step, acc), (_, lc), (_, lr), (_, po) in zip(curves["acc_all"], curves["logp_chosen"],
@@ -259,7 +260,7 @@ lr {ns.cont_lr} (batch 32 sequences; DPO: 16 pairs). Seeds {ns.seeds}, mean ± s
 
 {markdown_table(["model", "n", *keys], rows)}
 
-## Held-out preference pairs (end of the continuation)
+## Held-out preference pairs (stage N: after its N steps; the arms: end of the continuation)
 
 log p = summed log-probability of the answer token and EOS; p = probability of the answer's first token;
 p_other = the rest of that position's mass.
@@ -286,12 +287,12 @@ def main() -> None:
     parser.add_argument("--vision-steps", type=int, default=1000)
     parser.add_argument("--train-scenes", type=int, default=1500)
     parser.add_argument("--val-scenes", type=int, default=200)
-    parser.add_argument("--teacher-steps", type=int, default=1500)
-    parser.add_argument("--teacher-lr", type=float, default=1e-3)
+    parser.add_argument("--teacher-steps", type=int, default=250)
+    parser.add_argument("--teacher-lr", type=float, default=2e-3)
     parser.add_argument("--presence-bar", type=float, default=0.65, help="teacher presence accuracy for POPE")
-    parser.add_argument("--dense-steps", type=int, default=200)
-    parser.add_argument("--mimic-steps", type=int, default=300, help="N: stage N of every arm")
-    parser.add_argument("--cont-steps", type=int, default=200, help="M: the continuation of every arm")
+    parser.add_argument("--dense-steps", type=int, default=100)
+    parser.add_argument("--mimic-steps", type=int, default=150, help="N: stage N of every arm")
+    parser.add_argument("--cont-steps", type=int, default=100, help="M: the continuation of every arm")
     parser.add_argument("--lr", type=float, default=1e-3, help="dense SFT and stage N (OneCycle)")
     parser.add_argument("--cont-lr", type=float, default=1e-4, help="every continuation (constant)")
     parser.add_argument("--evals", type=int, default=4, help="validations during the continuation")
