@@ -245,7 +245,7 @@ def report(ns, result: dict, command: str) -> None:
                    "and the students' POPE numbers would measure their yes/no prior, not hallucination."))
     text = f"""# LLaVA-MoD on digit-scene VQA: equal mimic budgets, then DPO vs mimic vs CE
 
-Rerun: `{command}` ({result['seconds'] / 60:.0f} min wall on the shared 2-core machine, one thread per seed).
+Rerun: `{command}` (one thread per run, up to 9 runs at once on the shared 2-core machine; the runs' fit + export times sum to {result['run_seconds'] / 60:.0f} min, measured when each ran; finished runs are skipped on a rerun).
 Raw numbers: `llava_mod.json`; method: the script's docstring. Every stage is `python -m lit_distill fit`.
 
 Setup: {ns.train_scenes} training scenes, {ns.val_scenes} held-out scenes ({result['num_val']} questions, held-out
@@ -272,6 +272,9 @@ p_other = the rest of that position's mass.
 {markdown_table(["arm", "step", "acc_all", "log p(chosen)", "log p(rejected)", "p_other"], traj)}
 
 ![log p(chosen) and log p(rejected)](llava_mod_logp.png)
+
+DPO's training loss (mean of the logged steps, per seed; ln 2 = 0.693 is a zero margin over the teacher):
+{", ".join(f"{mean_std(v for _, v in curve).mean:.4f}" for curve in result["dpo_train_loss"])}.
 """
     ns.out.mkdir(parents=True, exist_ok=True)
     write_keeping_reading(ns.out / "llava_mod.md", text)
@@ -318,8 +321,10 @@ def main() -> None:
     result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(ns).items()}, "teacher": t,
               "tower_presence_acc": tower_presence_accuracy(ns.tower, ns.work / "data/val.json"),
               "teacher_trajectory": teacher.metrics().trajectories.get("val/acc_presence", []), "arms": arms,
-              "trajectories": trajectories(conts, start), "num_val": len(json.loads((ns.work / "data/val.json").read_text())),
-              "seconds": time.perf_counter() - began}
+              "trajectories": trajectories(conts, start),
+              "dpo_train_loss": [r.metrics().trajectories.get("train/dpo", []) for r in by_arm(conts).get("mimic → DPO", [])], "num_val": len(json.loads((ns.work / "data/val.json").read_text())),
+              "seconds": time.perf_counter() - began,
+              "run_seconds": sum(r.seconds for r in [teacher, *dense, *firsts, *conts])}
     report(ns, result, "python scripts/experiment_llava_mod.py " + " ".join(sys.argv[1:]))
     print(f"report: {ns.out / 'llava_mod.md'}")
 
