@@ -23,7 +23,7 @@ probability mass on chosen, rejected and every other token.
 
     python scripts/experiment_llava_mod.py [--seeds 0 1 2]
     python scripts/experiment_llava_mod.py --seeds 0 --teacher-steps 4 --dense-steps 2 --mimic-steps 2 \\
-        --cont-steps 2 --train-scenes 20 --val-scenes 8 --vision-steps 2 --work /tmp/lm_smoke --out /tmp/lm_smoke
+        --cont-steps 2 --train-scenes 20 --val-scenes 8 --vision-steps 10 --work /tmp/lm_smoke --out /tmp/lm_smoke
 """
 
 from __future__ import annotations
