@@ -22,8 +22,9 @@ mean log p(chosen) / log p(rejected) of the held-out preference pairs and the fi
 probability mass on chosen, rejected and every other token.
 
     python scripts/experiment_llava_mod.py [--seeds 0 1 2]
-    python scripts/experiment_llava_mod.py --seeds 0 --teacher-steps 4 --dense-steps 2 --mimic-steps 2 \\
-        --cont-steps 2 --train-scenes 20 --val-scenes 8 --vision-steps 10 --work /tmp/lm_smoke --out /tmp/lm_smoke
+    python scripts/experiment_llava_mod.py --seeds 0 --teacher-steps 60 --teacher-lr 3e-3 --dense-steps 4 --lr 1e-5 \\
+        --mimic-steps 4 --cont-steps 4 --evals 2 --train-scenes 20 --val-scenes 8 --vision-steps 10 \\
+        --work /tmp/lm_smoke --out /tmp/lm_smoke/out   # the smoke this run was checked with
 """
 
 from __future__ import annotations
