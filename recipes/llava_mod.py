@@ -1,4 +1,4 @@
-"""LLaVA-MoD steps that are not a plain ``fit``: the digit-VQA data and student-generated pairs.
+"""LLaVA-MoD steps that are not a plain ``fit``: data, vision tower, upcycling, pairs, held-out metrics.
 
 Everything else is YAML (``configs/vlm/llava_mod/``): teacher SFT, stage 1 (mimic: forward
 KL + LM loss + MoE aux loss) and stage 2 (DPO against the teacher), run with
@@ -6,6 +6,7 @@ KL + LM loss + MoE aux loss) and stage 2 (DPO against the teacher), run with
 
     python -m recipes.llava_mod make-data --out artifacts/llava_mod/data
     python -m recipes.llava_mod pretrain-vision --out artifacts/llava_mod/vision.pt
+    python -m recipes.llava_mod upcycle --dense DENSE_EXPORT --out artifacts/llava_mod/upcycled
     python -m recipes.llava_mod make-pairs --student-ckpt STAGE1.ckpt --teacher-ckpt TEACHER.ckpt \\
         --data artifacts/llava_mod/data/train.json --tokenizer artifacts/llava_mod/data/tokenizer \\
         --out artifacts/llava_mod/data/train_pairs_generated.json
@@ -14,6 +15,14 @@ KL + LM loss + MoE aux loss) and stage 2 (DPO against the teacher), run with
 configs' vision tower (a narrow timm ResNet-18) to say which digits a training scene holds
 (multi-label, freshly generated scenes of the *training* handwriting pool) and saves its state
 dict for ``TimmModel.checkpoint``; the VLMs then keep it frozen.
+
+``upcycle`` turns a dense student's export (``fit`` + ``export`` of a dense ``LlavaComposition``)
+into the export of the same model with MoE layers (experts = copies of the dense FFN, fresh routers,
+seeded), which a MoE config loads with ``init_from`` (stage 1's common start).
+
+:class:`DigitVQAMetrics` is the held-out evaluation as a callback: answer accuracy per question
+type, POPE presence metrics and the log-probabilities of the chosen and rejected answers of the
+held-out preference pairs, logged at every validation (so ``metrics.csv`` holds trajectories).
 
 ``make-pairs`` builds preference pairs the way LLaVA-MoD's stage 2 can: for every prompt the
 *student* proposes answers (its candidates ranked by its own likelihood when the record lists
@@ -30,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from lightning.pytorch import Callback
 from torch import Tensor, nn
 
 from datamodules.vlm import VLMDataModule, read_json_records, write_digit_vqa
@@ -175,6 +185,142 @@ def pretrain_vision(num_scenes: int = 6000, steps: int = 1000, lr: float = 1e-3,
     return tower, {"label_acc": float(right.float().mean()), "exact_set_acc": float(right.all(dim=1).float().mean())}
 
 
+@torch.no_grad()
+def tower_presence_accuracy(tower_path: str | Path, records_path: str | Path) -> float:
+    """Accuracy of the pretrained vision tower's own digit head on the presence questions of a
+    digit-VQA file ("yes" iff the asked digit's logit > 0): how much of the answer the frozen tower
+    gives a VLM built on it (its layer3 map, not this head, is what the VLM sees)."""
+    from datamodules.vlm import load_image
+
+    tower = vision_tower().eval()
+    tower.module.load_state_dict(torch.load(tower_path, map_location="cpu", weights_only=True))
+    records, root = read_json_records(str(records_path), "records")
+    presence = [r for r in records if r["meta"]["type"] == "presence"]
+    hits = []
+    for start in range(0, len(presence), 128):
+        chunk = presence[start:start + 128]
+        images = torch.stack([load_image(root / r["image"], 64, [0.5] * 3, [0.5] * 3) for r in chunk])
+        logits = tower(pixel_values=images).logits
+        hits += [bool(logits[i, r["meta"]["digit"]] > 0) == (r["meta"]["answer"] == "yes") for i, r in enumerate(chunk)]
+    return sum(hits) / len(hits)
+
+
+def upcycle_export(dense_dir: str | Path, out_dir: str | Path, moe: dict, seed: int = 0) -> Path:
+    """Write the export of a dense student ``dense_dir`` sparse-upcycled with ``moe``.
+
+    Builds the composition the tiny configs describe (:func:`vision_tower`, layer3 tokens) with
+    the dense LM of ``dense_dir/lm`` upcycled (routers drawn after ``torch.manual_seed(seed)``),
+    loads the dense vision tower and projector, and exports it: ``init_from: out_dir`` on a MoE
+    config with the same ``moe`` then starts from the dense student.
+    """
+    from lit_distill.models.vlm import LlavaComposition
+
+    dense, out = Path(dense_dir), Path(out_dir)
+    meta = json.loads((dense / "composition.json").read_text())
+    if meta.get("moe") is not None:
+        raise ConfigError(f"upcycle --dense: '{dense}' is already a MoE export (moe={meta['moe']})")
+    torch.manual_seed(seed)
+    model = LlavaComposition(vision_tower(), image_token_id=meta["image_token_id"], lm_path=str(dense / "lm"),
+                             moe=dict(moe), vision_image_size=64, vision_feature="layer3")
+    state = torch.load(dense / "vision_projector.pt", map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(k.startswith(("vision.", "projector.")) for k in missing):
+        raise ConfigError(f"upcycle --dense: '{dense}' vision/projector weights do not fit the tiny composition")
+    model.export(str(out))
+    return out
+
+
+class DigitVQAMetrics(Callback):
+    """Held-out digit-VQA metrics of the trained model, logged as ``val/*`` at every validation.
+
+    Reads the held-out *preference* file (every question once, chosen = the reference answer,
+    rejected = a wrong one, records in the order of the supervised file) through the run's own
+    datamodule, runs ``pl_module.student`` on it without gradients and logs:
+
+    - ``val/acc_{all,count,presence,position}``: greedy next token over the whole vocabulary at
+      the answer position equals the (single-token) reference answer;
+    - ``val/pope_{acc,f1,yes_ratio}``, ``val/false_yes_absent``: presence questions answered "yes"
+      when p(yes) > p(no) (F1 of "yes"; false "yes" rate over absent digits);
+    - ``val/logp_chosen``, ``val/logp_rejected``: mean over pairs of the summed log-probability
+      of the answer tokens and EOS; ``val/p_chosen``, ``val/p_rejected``: the mean probability
+      of the answer's first token, and ``val/p_other``: the rest of that position's mass.
+
+    Args:
+        pairs_path: held-out preference JSON written by :func:`datamodules.vlm.write_digit_vqa`.
+        batch_size: pairs per forward.
+    """
+
+    def __init__(self, pairs_path: str, batch_size: int = 128) -> None:
+        self.pairs_path = pairs_path
+        self.batch_size = batch_size
+        self._samples: list[dict] | None = None
+        self._meta: list[dict] = []
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        data = trainer.datamodule
+        if self._samples is None:
+            self._samples, preference = data.build_samples(self.pairs_path, "DigitVQAMetrics.pairs_path")
+            if not preference:
+                raise ConfigError(f"DigitVQAMetrics.pairs_path: '{self.pairs_path}' holds no preference pairs")
+            self._meta = [rec["meta"] for rec in read_json_records(self.pairs_path, "DigitVQAMetrics.pairs_path")[0]]
+        yes, no = (data.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in ("yes", "no"))
+        rows: dict[str, list[Tensor]] = {}
+        for start in range(0, len(self._samples), self.batch_size):
+            batch = data.collate(self._samples[start:start + self.batch_size])
+            batch = trainer.strategy.batch_to_device(batch, pl_module.device)
+            logits = pl_module.student(**batch["inputs"]).logits.float()
+            for key, value in answer_statistics(logits, batch["labels"], batch["response_mask"], yes, no).items():
+                rows.setdefault(key, []).append(value.cpu())
+        values = {key: torch.cat(parts) for key, parts in rows.items()}
+        for key, value in vqa_metrics(values, self._meta).items():
+            pl_module.log(f"val/{key}", value)
+
+
+def answer_statistics(logits: Tensor, labels: Tensor, mask: Tensor, yes: int, no: int) -> dict[str, Tensor]:
+    """Per-pair statistics of a preference batch (``P`` chosen rows, then the ``P`` rejected ones).
+
+    Args:
+        logits: ``[2P, L, V]``; labels, mask: ``[2P, L]`` (shifted labels, response mask).
+        yes, no: token ids of "yes" and "no".
+
+    Returns:
+        ``[P]`` each: ``logp_chosen``/``logp_rejected`` (summed over the answer and EOS),
+        ``p_chosen``/``p_rejected`` (first answer token), ``correct`` (greedy = chosen),
+        ``says_yes`` (p(yes) > p(no)), all at the answer position.
+    """
+    logps = sequence_logprobs(logits, labels, mask)
+    half = logits.shape[0] // 2
+    first = mask[:half].float().argmax(dim=1)  # position that predicts the answer's first token
+    rows = torch.arange(half, device=logits.device)
+    step = logits[rows, first]  # [P, V]; the prompts (and so these logits) are the same in both halves
+    probs = step.softmax(dim=-1)
+    chosen, rejected = labels[rows, first], labels[rows + half, first]
+    return {"logp_chosen": logps[:half], "logp_rejected": logps[half:],
+            "p_chosen": probs[rows, chosen], "p_rejected": probs[rows, rejected],
+            "correct": (step.argmax(dim=-1) == chosen).float(), "says_yes": (step[:, yes] > step[:, no]).float()}
+
+
+def vqa_metrics(values: dict[str, Tensor], meta: list[dict]) -> dict[str, float]:
+    """The logged metrics of :class:`DigitVQAMetrics` from :func:`answer_statistics` over all pairs."""
+    kinds = [m["type"] for m in meta]
+    out = {"acc_all": float(values["correct"].mean())}
+    for kind in sorted(set(kinds)):
+        out[f"acc_{kind}"] = float(values["correct"][torch.tensor([k == kind for k in kinds])].mean())
+    presence = torch.tensor([k == "presence" for k in kinds])
+    pred = values["says_yes"][presence].bool()
+    truth = torch.tensor([m["answer"] == "yes" for m in meta])[presence]
+    tp, fp, fn = int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
+    out.update({"pope_acc": float((pred == truth).float().mean()), "pope_f1": 2 * tp / max(2 * tp + fp + fn, 1),
+                "pope_yes_ratio": float(pred.float().mean()), "false_yes_absent": fp / max(int((~truth).sum()), 1)})
+    for key in ("logp_chosen", "logp_rejected", "p_chosen", "p_rejected"):
+        out[key] = float(values[key].mean())
+    out["p_other"] = 1.0 - out["p_chosen"] - out["p_rejected"]
+    return out
+
+
 def _load_model(ckpt: str) -> nn.Module:
     from lit_distill.export import build_student
 
@@ -184,7 +330,7 @@ def _load_model(ckpt: str) -> nn.Module:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m recipes.llava_mod {make-data, pretrain-vision, make-pairs} ...``."""
+    """``python -m recipes.llava_mod {make-data, pretrain-vision, upcycle, make-pairs} ...``."""
     parser = argparse.ArgumentParser(prog="python -m recipes.llava_mod", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -199,6 +345,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     vision_p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
     vision_p.add_argument("--val-scenes", type=int, default=200, help="held-out scenes for the metrics")
     vision_p.add_argument("--seed", type=int, default=0, help="random seed")
+    up_p = sub.add_parser("upcycle", help="sparse-upcycle a dense student's export (stage 1's start)")
+    up_p.add_argument("--dense", required=True, help="export directory of the dense student")
+    up_p.add_argument("--out", required=True, help="export directory of the MoE student")
+    up_p.add_argument("--moe", default='{"every": 2, "num_experts": 4, "top_k": 2, "capacity_factor": 1.5}',
+                      help="JSON arguments of lit_distill.models.moe.upcycle (as the config's moe)")
+    up_p.add_argument("--seed", type=int, default=0, help="seed of the router initialisation")
     pairs_p = sub.add_parser("make-pairs", help="student-proposed answers ranked by the teacher")
     pairs_p.add_argument("--student-ckpt", required=True, help="checkpoint written by fit (stage 1)")
     pairs_p.add_argument("--teacher-ckpt", required=True, help="checkpoint of the teacher's own fit")
@@ -222,6 +374,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         torch.save(tower.module.state_dict(), args.out)
         print(f"saved the vision tower to {args.out}; held-out {metrics}")
+        return
+    if args.command == "upcycle":
+        print(f"wrote {upcycle_export(args.dense, args.out, json.loads(args.moe), args.seed)}")
         return
     data = VLMDataModule(args.tokenizer, args.data, args.data, num_image_tokens=args.num_image_tokens,
                          image_size=args.image_size)

@@ -1,33 +1,30 @@
-"""LLaVA-MoD on digit-scene VQA: does mimic and preference distillation help a sparse-MoE student?
+"""LLaVA-MoD on digit-scene VQA with equal budgets: is preference distillation better than more mimic?
 
-Data: :func:`datamodules.vlm.write_digit_vqa` (counting, presence with balanced absent digits,
-leftmost/rightmost digit); held-out scenes use held-out handwriting.
+Every training stage is ``python -m lit_distill fit`` (+ ``export``) through :mod:`lit_distill.experiment`:
 
-Models (all :class:`lit_distill.models.LlavaComposition`): one vision encoder
-(:func:`recipes.llava_mod.vision_tower`, a narrow timm ResNet-18 whose stride-16 stage gives
-4×4 = 16 image tokens on 64-pixel images), pretrained once to name the digits of generated
-training-pool scenes (:func:`recipes.llava_mod.pretrain_vision`, the stand-in for CLIP) and frozen
-everywhere, as in LLaVA; an MLP projector and a Llama LM trained from scratch:
+1. Data (:func:`datamodules.vlm.write_digit_vqa`, the question before the image tokens) and the
+   frozen vision tower (``python -m recipes.llava_mod pretrain-vision``: a hand-written BCE loop,
+   kept because the framework has no multi-label loss term; cached, deterministic).
+2. Teacher: ``configs/vlm/llava_mod/tiny-teacher_sft.yaml`` (one teacher, seed 0), exported. It must
+   beat the dense student's held-out answer accuracy or the script stops; its presence accuracy
+   must reach ``--presence-bar`` or the POPE columns are dropped from the report (with the reason).
+3. Dense student SFT per seed (the same config, the student's LM), exported, then sparse-upcycled
+   (``python -m recipes.llava_mod upcycle``, routers seeded): the common start of every arm.
+4. ``--mimic-steps`` N from the common start (stage-1 config; OneCycle over N steps): CE only,
+   or mimic (forward KL + CE + 0.01·aux), exported.
+5. ``--cont-steps`` M more steps from those exports, all at the same constant LR (``--cont-lr``),
+   batch 32 sequences: SFT only (CE N → CE M, the total budget), mimic (→ mimic), mimic → CE,
+   mimic → DPO (β 0.1 against the teacher, 16 data pairs per step).
 
-- teacher: a wider/deeper dense LM, supervised fine-tuning (SFT) for ``--teacher-steps``
-  (one teacher, seed 0, shared by every student seed);
-- student: a small dense LM trained with SFT for ``--dense-steps`` (per seed), then
-  sparse-upcycled (4 experts, top-2, capacity 1.5, MoE in every other layer) — the common start
-  of the three arms, which then get the same ``--steps`` optimizer steps:
+Held-out metrics (``recipes.llava_mod.DigitVQAMetrics``, logged at every validation, so every
+continuation has a trajectory): answer accuracy per question type, POPE presence metrics, and the
+mean log p(chosen) / log p(rejected) of the held-out preference pairs and the first answer token's
+probability mass on chosen, rejected and every other token.
 
-  * **SFT only**: CE + 0.01·aux;
-  * **mimic** (stage 1): forward KL(teacher ‖ student) on response tokens + CE + 0.01·aux;
-  * **mimic + preference**: stage 1 for ``steps − pref_steps``, then stage 2 for ``pref_steps``:
-    DPO (β = 0.1) against the teacher as reference on data pairs (chosen = correct answer,
-    rejected = a wrong one; "yes" for an absent digit) + 0.01·aux.
-
-Metrics on the held-out questions: answer accuracy = greedy decoding of the (single-token)
-answer over the whole vocabulary equals the reference (exact match), per question type; POPE-style
-presence metrics with "yes"/"no" decided by the larger of the two probabilities: accuracy, F1 of
-"yes" and the "yes" ratio (0.5 is the truth), plus the false-"yes" rate on absent digits
-(hallucination). Results (mean ± std over seeds) go to ``docs/experiments/llava_mod.md``/``.json``.
-
-    python scripts/experiment_llava_mod.py [--seeds 0 1 2] [--steps 400]
+    python scripts/experiment_llava_mod.py [--seeds 0 1 2]
+    python scripts/experiment_llava_mod.py --seeds 0 --teacher-steps 60 --teacher-lr 3e-3 --dense-steps 4 --lr 1e-5 \\
+        --mimic-steps 4 --cont-steps 4 --evals 2 --train-scenes 20 --val-scenes 8 --vision-steps 10 \\
+        --work /tmp/lm_smoke --out /tmp/lm_smoke/out   # the smoke this run was checked with
 """
 
 from __future__ import annotations
@@ -35,270 +32,302 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch
-from lightning.pytorch import Trainer, seed_everything
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-from datamodules.vlm import VLMDataModule, write_digit_vqa
-from lit_distill import DistillationModule
-from lit_distill.losses import DPO, CrossEntropy, ForwardKL, MoEAuxLoss
-from lit_distill.models.moe import upcycle
-from lit_distill.models.vlm import LlavaComposition
-from recipes.llava_mod import pretrain_vision, vision_tower
+from lit_distill.errors import ConfigError  # noqa: E402
+from lit_distill.experiment import (  # noqa: E402
+    Run,
+    by_arm,
+    expand,
+    launch,
+    markdown_table,
+    mean_std,
+    plot_trajectories,
+    write_keeping_reading,
+)
+from recipes.llava_mod import tower_presence_accuracy  # noqa: E402
 
-ROOT = Path("artifacts/llava_mod_experiment")
-DOCS = Path("docs/experiments")
-NOTES_MARKER = "<!-- notes: kept when the script rewrites this report -->"
+CONFIGS = "configs/vlm/llava_mod"
+TEACHER = f"{CONFIGS}/tiny-teacher_sft.yaml"
+STAGE1 = f"{CONFIGS}/tiny-moe-student_from_tiny-teacher_stage1-mimic.yaml"
+STAGE2 = f"{CONFIGS}/tiny-moe-student_from_tiny-teacher_stage2-preference.yaml"
 MOE = {"every": 2, "num_experts": 4, "top_k": 2, "capacity_factor": 1.5}
-# The vision encoder (recipes.llava_mod.vision_tower: a narrow timm ResNet-18 whose stride-16
-# stage gives 4x4 = 16 image tokens on 64-pixel images) is pretrained once to name the digits of
-# training scenes (the stand-in for CLIP pretraining) and kept frozen in every model, as in LLaVA.
-TEACHER = {"hidden_size": 96, "intermediate_size": 256, "num_hidden_layers": 4}
-STUDENT = {"hidden_size": 48, "intermediate_size": 128, "num_hidden_layers": 2}
-TRAINABLE = ["lm.*", "projector.*"]
+STUDENT_LM = ("{model_type: llama, hidden_size: 48, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4, "
+              "num_key_value_heads: 2, max_position_embeddings: 64, tie_word_embeddings: true}")
+AUX = "aux: {class_path: lit_distill.losses.MoEAuxLoss, init_args: {weight: 0.01}}"
+CE = "ce: {class_path: lit_distill.losses.CrossEntropy}"
+LOSSES = {"ce": f"{{{CE}, {AUX}}}",
+          "mimic": f"{{kd: {{class_path: lit_distill.losses.ForwardKL}}, {CE}, {AUX}}}",
+          "dpo": f"{{dpo: {{class_path: lit_distill.losses.DPO, init_args: {{beta: 0.1}}}}, {AUX}}}"}
+NO_TEACHER = "--model.init_args.teacher=null"
+METRICS = ["acc_all", "acc_count", "acc_presence", "acc_position", "pope_acc", "pope_f1", "pope_yes_ratio",
+           "false_yes_absent"]
+PREFERENCE = ["logp_chosen", "logp_rejected", "p_chosen", "p_rejected", "p_other"]
 
 
-def build_model(lm_arch: dict, data: VLMDataModule, vision_state: dict) -> LlavaComposition:
-    vision = vision_tower()
-    vision.load_state_dict(vision_state)  # the ModelAdapter's state: module.* keys
-    lm = {"model_type": "llama", "num_attention_heads": 4, "num_key_value_heads": 2,
-          "max_position_embeddings": 64, "tie_word_embeddings": True, **lm_arch}
-    return LlavaComposition(vision, image_token_id=data.image_token_id, lm_config=lm, vocab_size=data.vocab_size,
-                            pad_token_id=data.pad_token_id, vision_image_size=64, vision_feature="layer3",
-                            trainable=TRAINABLE)
+def data_flags(work: Path, pairs: bool = False) -> list[str]:
+    data = work / "data"
+    train, val = ("train_pairs", "val_pairs") if pairs else ("train", "val")
+    callback = ('{"class_path": "recipes.llava_mod.DigitVQAMetrics", "init_args": {"pairs_path": "%s"}}'
+                % (data / "val_pairs.json"))
+    return [f"--data.init_args.tokenizer={data / 'tokenizer'}", f"--data.init_args.train_path={data / f'{train}.json'}",
+            f"--data.init_args.val_path={data / f'{val}.json'}", "--data.init_args.seed={seed}",
+            f"--trainer.callbacks+={callback}", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+            "--checkpoint.save_top_k=0"]
 
 
-def fit(student, losses: dict, data: VLMDataModule, steps: int, lr: float, teacher=None) -> None:
-    module = DistillationModule(
-        student, losses, teacher=teacher,
-        optimizer=lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=0.01),
-        scheduler=lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=lr, total_steps=steps,
-                                                                          pct_start=max(0.1, 3 / steps)))
-    trainer = Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                      num_sanity_val_steps=0)
-    trainer.fit(module, datamodule=data)
+def schedule(steps: int, lr: float | None, evals: int = 1, one_cycle: bool = True) -> list[str]:
+    """``steps`` optimizer steps, validated ``evals`` times; OneCycle to ``lr`` or a constant ``lr``."""
+    flags = [f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={max(steps // evals, 1)}",
+             f"--trainer.log_every_n_steps={max(min(steps // 10, 50), 1)}"]
+    if lr is not None:
+        flags.append(f"--model.init_args.optimizer.init_args.lr={lr}")
+    if one_cycle:
+        return [*flags, f"--model.init_args.scheduler.init_args.total_steps={steps}",
+                *([f"--model.init_args.scheduler.init_args.max_lr={lr}"] if lr is not None else [])]
+    return [*flags, "--model.init_args.scheduler=null"]
 
 
-@torch.no_grad()
-def evaluate(model: LlavaComposition, data: VLMDataModule, records: list[dict]) -> dict[str, float]:
-    """Greedy single-token answers on the held-out questions; POPE metrics on presence ones."""
-    model.eval()
-    tok = data.tokenizer
-    yes, no = (tok(w, add_special_tokens=False)["input_ids"][0] for w in ("yes", "no"))
-    hits: dict[str, list[bool]] = {}
-    pope_pred, pope_true = [], []
-    for start in range(0, len(data.val_dataset), 128):
-        batch = data.collate(data.val_dataset[start:start + 128])
-        logits = model(**batch["inputs"]).logits
-        first = batch["loss_mask"].float().argmax(dim=1)  # position predicting the answer's first token
-        rows = torch.arange(len(first))
-        step_logits = logits[rows, first]
-        answers = batch["labels"][rows, first]
-        greedy = step_logits.argmax(dim=-1)
-        for i, rec in enumerate(records[start:start + 128]):
-            kind = rec["meta"]["type"]
-            hits.setdefault(kind, []).append(bool(greedy[i] == answers[i]))
-            if kind == "presence":
-                pope_pred.append(bool(step_logits[i, yes] > step_logits[i, no]))
-                pope_true.append(rec["meta"]["answer"] == "yes")
-    model.train()
-    result = {f"acc_{k}": sum(v) / len(v) for k, v in sorted(hits.items())}
-    result["acc_all"] = sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values())
-    tp = sum(p and t for p, t in zip(pope_pred, pope_true, strict=True))
-    fp = sum(p and not t for p, t in zip(pope_pred, pope_true, strict=True))
-    fn = sum(not p and t for p, t in zip(pope_pred, pope_true, strict=True))
-    result["pope_acc"] = sum(p == t for p, t in zip(pope_pred, pope_true, strict=True)) / len(pope_true)
-    result["pope_f1"] = 2 * tp / max(2 * tp + fp + fn, 1)
-    result["pope_yes_ratio"] = sum(pope_pred) / len(pope_pred)
-    result["false_yes_absent"] = fp / max(sum(not t for t in pope_true), 1)
-    return result
+def teacher_flags(teacher: Path) -> list[str]:
+    model = "--model.init_args.teacher.init_args.model.init_args"
+    return [f"{model}.lm_path={teacher / 'lm'}", f"{model}.init_from={teacher}"]
 
 
-def teacher_check(teacher: dict[str, float], student: dict[str, float]) -> str | None:
-    """One-line failure message when the teacher's held-out answer accuracy does not beat the
-    dense student baseline's (distilling it could not help), else None."""
-    if teacher["acc_all"] > student["acc_all"]:
+def vision(ns) -> Path:
+    path = ns.work / f"vision_{ns.vision_steps}steps.pt"
+    if not path.exists():  # deterministic: a rerun reuses it
+        subprocess.run([sys.executable, "-m", "recipes.llava_mod", "pretrain-vision", "--out", str(path),
+                        "--steps", str(ns.vision_steps)], check=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return path
+
+
+def final(result, keys=METRICS + PREFERENCE) -> dict[str, float]:
+    values = result.metrics().final
+    return {key: values[f"val/{key}"] for key in keys}
+
+
+def teacher_run(ns, tower: Path) -> Run:
+    common = [*data_flags(ns.work), f"--model.init_args.student.init_args.vision.init_args.checkpoint={tower}", NO_TEACHER]
+    return Run("teacher", [TEACHER], [*common, *schedule(ns.teacher_steps, ns.teacher_lr, evals=4)], group="teacher",
+               export=True)
+
+
+def dense_run(ns, tower: Path) -> Run:
+    common = [*data_flags(ns.work), f"--model.init_args.student.init_args.vision.init_args.checkpoint={tower}", NO_TEACHER]
+    return Run("dense student", [TEACHER], [*common, *schedule(ns.dense_steps, ns.lr),
+                                             f"--model.init_args.student.init_args.lm_config={STUDENT_LM}"],
+               group="dense", export=True)
+
+
+def teacher_check(teacher: dict[str, float], students: list[dict[str, float]]) -> str | None:
+    """One-line failure message when the teacher's held-out answer accuracy does not beat every
+    dense student baseline (distilling it could not help), else None."""
+    best = max(s["acc_all"] for s in students)
+    if teacher["acc_all"] > best:
         return None
     return (f"teacher check failed: teacher answer acc {teacher['acc_all']:.3f} does not beat the dense "
-            f"student baseline {student['acc_all']:.3f}; train the teacher longer (--teacher-steps)")
+            f"student baseline {best:.3f}; train the teacher longer (--teacher-steps)")
 
 
-def mimic_losses() -> dict:
-    return {"kd": ForwardKL(), "ce": CrossEntropy(), "aux": MoEAuxLoss(weight=0.01)}
+def upcycled(ns, dense) -> dict[int, Path]:
+    starts = {}
+    for result in dense:
+        out = ns.work / "upcycled" / f"seed{result.run.seed}"
+        if not (out / "composition.json").exists():
+            subprocess.run([sys.executable, "-m", "recipes.llava_mod", "upcycle", "--dense", str(result.export_dir),
+                            "--out", str(out), "--moe", json.dumps(MOE), "--seed", str(result.run.seed)],
+                           check=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        starts[result.run.seed] = out
+    return starts
 
 
-def run_arm(name: str, train, start: dict, vision_state: dict, seed: int, data: VLMDataModule,
-            records: list[dict], runs: dict, timings: dict) -> None:
-    """Upcycle the dense student ``start`` (a state dict; seeded, so every arm starts identical),
-    train it with ``train`` and record its held-out metrics.
-
-    (Models are rebuilt rather than deep-copied: a deep copy's forward hooks, which record the
-    vision feature map, would still write into the original adapter.)
-    """
-    model = build_model(STUDENT, data, vision_state)
-    model.load_state_dict(start)
-    seed_everything(seed)
-    upcycle(model.module, **MOE)
-    t0 = time.time()
-    train(model)
-    timings[f"{name} seed {seed}"] = time.time() - t0
-    metrics = evaluate(model, data, records)
-    runs.setdefault(name, []).append(metrics)
-    print(seed, name, metrics, flush=True)
+def init(path: str | Path) -> str:
+    return f"--model.init_args.student.init_args.init_from={path}"
 
 
-def run(args: argparse.Namespace) -> dict:
-    timings: dict[str, float] = {}
-    start = time.time()
-    cache = ROOT / f"vision_{args.vision_scenes}scenes_{args.vision_steps}steps.pt"
-    if cache.is_file():  # pretraining is deterministic: reuse a previous run's tower
-        vision_state, vision_metrics = torch.load(cache, weights_only=False)
-    else:
-        tower, vision_metrics = pretrain_vision(args.vision_scenes, args.vision_steps)
-        vision_state = tower.state_dict()
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save((vision_state, vision_metrics), cache)
-    timings["vision pretraining"] = time.time() - start
-    print("vision", vision_metrics, flush=True)
-    paths = write_digit_vqa(ROOT / args.data_dir, num_train=args.train_scenes, num_val=args.val_scenes, seed=0)
-    common = {"tokenizer": str(paths["tokenizer"]), "num_image_tokens": 16, "image_size": 64,
-              "batch_size": args.batch_size, "max_length": 64}
-    sft_data = VLMDataModule(train_path=str(paths["train"]), val_path=str(paths["val"]), **common)
-    pair_data = VLMDataModule(train_path=str(paths["train_pairs"]), val_path=str(paths["val_pairs"]),
-                              **{**common, "batch_size": args.batch_size // 2})
-    sft_data.setup()
-    pair_data.setup()
-    val_records = json.loads(paths["val"].read_text())
-
-    seed_everything(0)
-    start = time.time()
-    teacher = build_model(TEACHER, sft_data, vision_state)
-    fit(teacher, {"ce": CrossEntropy()}, sft_data, args.teacher_steps, args.teacher_lr)
-    timings["teacher"] = time.time() - start
-    teacher_metrics = evaluate(teacher, sft_data, val_records)
-    print("teacher", teacher_metrics, flush=True)
-    if args.teacher_only:
-        return {"teacher": teacher_metrics, "vision": vision_metrics}
-
-    runs: dict[str, list[dict]] = {}
-    aux = {"aux": MoEAuxLoss(weight=0.01)}
-    for seed in args.seeds:
-        seed_everything(seed)
-        start = time.time()
-        dense = build_model(STUDENT, sft_data, vision_state)
-        fit(dense, {"ce": CrossEntropy()}, sft_data, args.dense_steps, args.lr)
-        baseline = evaluate(dense, sft_data, val_records)
-        runs.setdefault("dense student (common start, before MoE)", []).append(baseline)
-        failure = teacher_check(teacher_metrics, baseline)
-        if failure:
-            raise SystemExit(failure)
-        timings[f"dense seed {seed}"] = time.time() - start
-        common_args = (dense.state_dict(), vision_state, seed, sft_data, val_records, runs, timings)
-
-        run_arm("SFT only", lambda m: fit(m, {"ce": CrossEntropy(), **aux}, sft_data, args.steps, args.lr),
-                *common_args)
-        run_arm("mimic (stage 1)", lambda m: fit(m, mimic_losses(), sft_data, args.steps, args.lr, teacher=teacher),
-                *common_args)
-
-        def mimic_then_dpo(m) -> None:
-            fit(m, mimic_losses(), sft_data, args.steps - args.pref_steps, args.lr, teacher=teacher)
-            fit(m, {"dpo": DPO(beta=0.1), **aux}, pair_data, args.pref_steps, args.pref_lr, teacher=teacher)
-
-        run_arm("mimic + preference (stage 1 → 2)", mimic_then_dpo, *common_args)
-    return {"settings": dict(vars(args)), "moe": MOE, "teacher_lm": TEACHER, "student_lm": STUDENT,
-            "vision": vision_metrics, "teacher": teacher_metrics, "runs": runs, "timings_s": timings,
-            "num_val_questions": len(val_records), "num_train_questions": len(sft_data.train_dataset)}
+def stage_n(ns, name: str, tower: Path, teacher: Path) -> Run:
+    """N steps (OneCycle) of CE or mimic from the upcycled common start (init_from brings the tower too)."""
+    loss = "ce" if name == "ce" else "mimic"
+    return Run(name, [STAGE1], [*data_flags(ns.work), *teacher_flags(teacher), *schedule(ns.mimic_steps, ns.lr),
+                                f"--model.init_args.student.init_args.vision.init_args.checkpoint={tower}",
+                                init(ns.work / "upcycled/seed{seed}"), f"--model.init_args.losses={LOSSES[loss]}",
+                                *([NO_TEACHER] if loss == "ce" else [])], group="stage_n", export=True)
 
 
-COLUMNS = [("acc_all", "answer acc."), ("acc_count", "count"), ("acc_presence", "presence"),
-           ("acc_position", "position"), ("pope_acc", "POPE acc."), ("pope_f1", "POPE F1"),
-           ("pope_yes_ratio", "yes ratio"), ("false_yes_absent", "false 'yes' (absent)")]
+def continuation(ns, name: str, loss: str, starts: dict, teacher: Path) -> list[Run]:
+    """M steps at the constant continuation LR from each seed's stage-N export ``starts[seed]``."""
+    config, pairs = (STAGE2, True) if loss == "dpo" else (STAGE1, False)
+    flags = [*data_flags(ns.work, pairs), *teacher_flags(teacher), *schedule(ns.cont_steps, ns.cont_lr, ns.evals, False),
+             "--model.init_args.optimizer.init_args.weight_decay=0.01", f"--model.init_args.losses={LOSSES[loss]}",
+             *([NO_TEACHER] if loss == "ce" else [])]
+    if config == STAGE1:
+        flags.append(f"--model.init_args.student.init_args.vision.init_args.checkpoint={ns.tower}")
+    return [Run(name, [config], [*flags, init(starts[seed])], seed=seed, group="continuation") for seed in ns.seeds]
 
 
-def _cell(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+ARMS = [("mimic (→ mimic)", "mimic"), ("mimic → CE", "ce"), ("mimic → DPO", "dpo")]
+SFT_ONLY = "SFT only (CE → CE)"
 
 
-def table(results: dict) -> str:
-    lines = ["| model | " + " | ".join(c for _, c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    lines.append("| teacher (dense, SFT) | " + " | ".join(_cell([results["teacher"][k]]) for k, _ in COLUMNS) + " |")
-    for name, metrics in results["runs"].items():
-        lines.append(f"| {name} | " + " | ".join(_cell([m[k] for m in metrics]) for k, _ in COLUMNS) + " |")
-    return "\n".join(lines)
+def pipeline(ns, tower: Path):
+    """Teacher ‖ (dense → upcycle → CE for N steps → CE for M steps); check; mimic N; the mimic continuations."""
+    teacher_dir = ns.work / "teacher/teacher/seed0/export"
+    workers = len(ns.seeds)
+
+    def sft_side():
+        dense = launch(expand([dense_run(ns, tower)], ns.seeds), ns.work, workers=workers, cwd=REPO)
+        upcycled(ns, dense)
+        ce = launch(expand([stage_n(ns, "ce", tower, teacher_dir)], ns.seeds), ns.work, workers=workers, cwd=REPO)
+        sft = launch(continuation(ns, SFT_ONLY, "ce", {r.run.seed: r.export_dir for r in ce}, teacher_dir),
+                     ns.work, workers=workers, cwd=REPO)
+        return dense, ce, sft
+
+    with ThreadPoolExecutor(2) as pool:
+        teacher_job = pool.submit(launch, [teacher_run(ns, tower)], ns.work, 1, REPO)
+        sft_job = pool.submit(sft_side)
+        (teacher,), (dense, ce, sft) = teacher_job.result(), sft_job.result()
+    t, baselines = final(teacher), [final(r) for r in dense]
+    print("teacher", t, "\ndense", baselines, flush=True)
+    failure = teacher_check(t, baselines)
+    if failure:
+        raise SystemExit(failure)
+    mimic = launch(expand([stage_n(ns, "mimic", tower, teacher_dir)], ns.seeds), ns.work, workers=workers, cwd=REPO)
+    starts = {r.run.seed: r.export_dir for r in mimic}
+    runs = [run for name, loss in ARMS for run in continuation(ns, name, loss, starts, teacher_dir)]
+    conts = launch(runs, ns.work, workers=len(runs), cwd=REPO)  # one round: no slot idles behind a straggler
+    return teacher, dense, ce + mimic, sft + conts
 
 
-def write_report(results: dict, notes: str) -> None:
-    DOCS.mkdir(parents=True, exist_ok=True)
-    old = DOCS / "llava_mod.md"
-    if old.is_file() and NOTES_MARKER in old.read_text():  # keep the hand-written discussion
-        notes = (notes + "\n" if notes else "") + NOTES_MARKER + old.read_text().split(NOTES_MARKER, 1)[1]
-    notes = notes.rstrip()
-    (DOCS / "llava_mod.json").write_text(json.dumps(results, indent=2))
-    s = results["settings"]
-    body = f"""# LLaVA-MoD on digit-scene VQA
+def trajectories(results, start: dict) -> dict:
+    """Per arm and key: the mean over seeds at each continuation step (step 0 = the stage-N export)."""
+    curves = {}
+    for arm, runs in by_arm(results).items():
+        origin = "ce" if arm.startswith("SFT") else "mimic"
+        per_key = {}
+        for key in ["acc_all", "acc_count", *PREFERENCE]:
+            series = [[(0, start[(origin, r.run.seed)][key])] + [(s + 1, v) for s, v in r.metrics().trajectories[f"val/{key}"]]
+                      for r in runs]
+            steps = [s for s, _ in series[0]]
+            per_key[key] = [[step, mean_std(dict(c)[step] for c in series).mean] for step in steps]
+            if key in ("logp_chosen", "logp_rejected", "p_other"):
+                per_key[f"{key}_curves"] = series
+        curves[arm] = per_key
+    return curves
 
-Rerun: `python scripts/experiment_llava_mod.py` (one CPU thread; the training phases took
-{sum(results['timings_s'].values()) / 60:.1f} min wall here, on a shared machine).
-Raw numbers: `llava_mod.json`.
 
-Setup: {s['train_scenes']} training scenes ({results['num_train_questions']} questions) and {s['val_scenes']}
-held-out scenes of held-out handwriting ({results['num_val_questions']} questions: counting, presence
-of a digit with absent digits for half of them, leftmost/rightmost digit). Vision encoder (shared,
-frozen in every model): `recipes.llava_mod.vision_tower`, pretrained for {s['vision_steps']} steps to
-name the digits of {s['vision_scenes']} generated training-pool scenes (held-out label accuracy
-{results['vision']['label_acc']:.3f}, exact digit set {results['vision']['exact_set_acc']:.3f}); its 4×4
-stride-16 map gives 16 image tokens. Teacher LM: Llama {TEACHER}, SFT (projector + LM) for
-{s['teacher_steps']} steps at lr {s['teacher_lr']} (seed 0, one teacher for all student seeds). Student LM: Llama {STUDENT},
-dense SFT for {s['dense_steps']} steps per seed, then upcycled to MoE ({MOE}) — the common start of
-the three arms, which each get
-{s['steps']} steps (batch {s['batch_size']} sequences; the preference stage uses {s['batch_size'] // 2}
-pairs = {s['batch_size']} sequences per step) at lr {s['lr']} (stage 2: {s['pref_lr']}, its last
-{s['pref_steps']} steps). Seeds {s['seeds']} (mean ± std).
+def report(ns, result: dict, command: str) -> None:
+    pope = result["teacher"]["acc_presence"] >= ns.presence_bar
+    keys = METRICS if pope else METRICS[:4]
+    rows = [["teacher (dense, SFT)", 1, *(f"{result['teacher'][k]:.3f}" for k in keys)]]
+    for arm, values in result["arms"].items():
+        rows.append([arm, len(values), *(mean_std(v[k] for v in values).cell(3) for k in keys)])
+    pref = [["teacher (the DPO reference)", *(f"{result['teacher'][k]:.3f}" for k in PREFERENCE)]]
+    pref += [[arm, *(mean_std(v[k] for v in values).cell(3) for k in PREFERENCE)]
+             for arm, values in result["arms"].items() if arm.startswith("stage N") or arm in result["trajectories"]]
+    traj = []
+    for arm, curves in result["trajectories"].items():
+        for (step, acc), (_, lc), (_, lr), (_, po) in zip(curves["acc_all"], curves["logp_chosen"],
+                                                          curves["logp_rejected"], curves["p_other"], strict=True):
+            traj.append([arm, step, f"{acc:.3f}", f"{lc:.3f}", f"{lr:.3f}", f"{po:.3f}"])
+    t = result["teacher"]
+    steps = ", ".join(f"{v:.3f} at step {s + 1}" for s, v in result["teacher_trajectory"])
+    presence = (f"Teacher check: held-out answer accuracy {t['acc_all']:.3f} beats every dense student; presence "
+                f"accuracy {t['acc_presence']:.3f} (bar {ns.presence_bar}; during its training: {steps}; the frozen "
+                f"tower's own digit head answers the same questions at {result['tower_presence_acc']:.3f}): "
+                + ("passed, so the POPE columns are reported." if pope else
+                   "**failed**, so the POPE columns are dropped: a teacher at chance on presence cannot teach it, "
+                   "and the students' POPE numbers would measure their yes/no prior, not hallucination."))
+    text = f"""# LLaVA-MoD on digit-scene VQA: equal mimic budgets, then DPO vs mimic vs CE
 
-Metrics on held-out questions: answer accuracy = greedy next-token decoding over the whole vocabulary
-equals the (single-token) reference answer; POPE-style presence: "yes" if p(yes) > p(no), accuracy,
-F1 of "yes", ratio of "yes" answers (truth: 0.5) and the rate of "yes" for absent digits
-(hallucination).
+Rerun: `{command}` (one thread per run, up to 9 runs at once on the shared 2-core machine; the runs' fit + export times sum to {result['run_seconds'] / 60:.0f} min, measured when each ran; finished runs are skipped on a rerun).
+Raw numbers: `llava_mod.json`; method: the script's docstring. Every stage is `python -m lit_distill fit`.
 
-{table(results)}
+Setup: {ns.train_scenes} training scenes, {ns.val_scenes} held-out scenes ({result['num_val']} questions, held-out
+handwriting), question before the image tokens. Teacher LM 96 wide, 4 layers, {ns.teacher_steps} steps (lr
+{ns.teacher_lr}); student LM 48 wide, 2 layers: dense SFT {ns.dense_steps} steps, upcycled to MoE {MOE}; then
+{ns.mimic_steps} steps (OneCycle, lr {ns.lr}) of CE or mimic; then {ns.cont_steps} more steps for every arm at a constant
+lr {ns.cont_lr} (batch 32 sequences; DPO: 16 pairs). Seeds {ns.seeds}, mean ± std.
 
-{notes}
+{presence}
+
+## Held-out accuracy (after {ns.mimic_steps} + {ns.cont_steps} steps; stage-N rows after {ns.mimic_steps})
+
+{markdown_table(["model", "n", *keys], rows)}
+
+## Held-out preference pairs (stage N: after its N steps; the arms: end of the continuation)
+
+log p = summed log-probability of the answer token and EOS; p = probability of the answer's first token;
+p_other = the rest of that position's mass.
+
+{markdown_table(["arm", *PREFERENCE], pref)}
+
+## Trajectories during the continuation (mean over seeds; step 0 = the stage-N export)
+
+{markdown_table(["arm", "step", "acc_all", "log p(chosen)", "log p(rejected)", "p_other"], traj)}
+
+![log p(chosen) and log p(rejected)](llava_mod_logp.png)
+
+DPO's training loss (mean of the logged steps, per seed; ln 2 = 0.693 is a zero margin over the teacher):
+{", ".join(f"{mean_std(v for _, v in curve).mean:.4f}" for curve in result["dpo_train_loss"])}.
 """
-    (DOCS / "llava_mod.md").write_text(body)
+    ns.out.mkdir(parents=True, exist_ok=True)
+    write_keeping_reading(ns.out / "llava_mod.md", text)
+    (ns.out / "llava_mod.json").write_text(json.dumps(result, indent=2) + "\n")
+    curves = {f"{arm}: {key.split('_')[1]}": c[f"{key}_curves"] for arm, c in result["trajectories"].items()
+              for key in ("logp_chosen", "logp_rejected")}
+    plot_trajectories(curves, "held-out log p (answer + EOS)", ns.out / "llava_mod_logp.png")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--vision-scenes", type=int, default=6000)
     parser.add_argument("--vision-steps", type=int, default=1000)
-    parser.add_argument("--data-dir", default="data", help=f"under {ROOT}")
     parser.add_argument("--train-scenes", type=int, default=1500)
     parser.add_argument("--val-scenes", type=int, default=200)
-    parser.add_argument("--teacher-steps", type=int, default=1500)
-    parser.add_argument("--teacher-only", action="store_true", help="stop after the teacher (a probe)")
-    parser.add_argument("--dense-steps", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--pref-steps", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--teacher-lr", type=float, default=1e-3)
-    parser.add_argument("--lr", type=float, default=1e-3, help="the student's (dense SFT and stage 1)")
-    parser.add_argument("--pref-lr", type=float, default=1e-4, help="stage 2: 1/10 of stage 1, as LLaVA-MoD")
-    parser.add_argument("--notes", default="", help="markdown appended under the table")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    results = run(args)
-    if args.teacher_only:
-        return
-    write_report(results, args.notes)
-    print(table(results))
+    parser.add_argument("--teacher-steps", type=int, default=250)
+    parser.add_argument("--teacher-lr", type=float, default=2e-3)
+    parser.add_argument("--presence-bar", type=float, default=0.65, help="teacher presence accuracy for POPE")
+    parser.add_argument("--dense-steps", type=int, default=100)
+    parser.add_argument("--mimic-steps", type=int, default=150, help="N: stage N of every arm")
+    parser.add_argument("--cont-steps", type=int, default=100, help="M: the continuation of every arm")
+    parser.add_argument("--lr", type=float, default=1e-3, help="dense SFT and stage N (OneCycle)")
+    parser.add_argument("--cont-lr", type=float, default=1e-4, help="every continuation (constant)")
+    parser.add_argument("--evals", type=int, default=4, help="validations during the continuation")
+    parser.add_argument("--out", type=Path, default=REPO / "docs/experiments")
+    parser.add_argument("--work", type=Path, default=REPO / "artifacts/llava_mod_experiment")
+    ns = parser.parse_args()
+    ns.work = ns.work.resolve()
+    os.chdir(REPO)
+    began = time.perf_counter()
+    if not (ns.work / "data/val_pairs.json").exists():
+        subprocess.run([sys.executable, "-m", "recipes.llava_mod", "make-data", "--out", str(ns.work / "data"),
+                        "--train-scenes", str(ns.train_scenes), "--val-scenes", str(ns.val_scenes)], check=True, cwd=REPO)
+    ns.tower = vision(ns)
+    try:
+        teacher, dense, firsts, conts = pipeline(ns, ns.tower)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+    t, baselines = final(teacher), [final(r) for r in dense]
+    start = {(r.run.name, r.run.seed): final(r) for r in firsts}
+    arms = {"dense student (common start, before MoE)": baselines,
+            **{f"stage N: {name}": [final(r) for r in runs] for name, runs in by_arm(firsts).items()},
+            **{arm: [final(r) for r in runs] for arm, runs in by_arm(conts).items()}}
+    result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(ns).items()}, "teacher": t,
+              "tower_presence_acc": tower_presence_accuracy(ns.tower, ns.work / "data/val.json"),
+              "teacher_trajectory": teacher.metrics().trajectories.get("val/acc_presence", []), "arms": arms,
+              "trajectories": trajectories(conts, start),
+              "dpo_train_loss": [r.metrics().trajectories.get("train/dpo", []) for r in by_arm(conts).get("mimic → DPO", [])], "num_val": len(json.loads((ns.work / "data/val.json").read_text())),
+              "seconds": time.perf_counter() - began,
+              "run_seconds": sum(r.seconds for r in [teacher, *dense, *firsts, *conts])}
+    report(ns, result, "python scripts/experiment_llava_mod.py " + " ".join(sys.argv[1:]))
+    print(f"report: {ns.out / 'llava_mod.md'}")
 
 
 if __name__ == "__main__":

@@ -135,3 +135,87 @@ def test_help_lists_every_command_with_its_options(capsys):
     for option in ("make-data", "--train-scenes", "pretrain-vision", "--steps", "make-pairs", "--student-ckpt",
                    "--teacher-ckpt", "--num-samples", "--tokenizer"):
         assert option in out, option
+
+
+def _tiny_composition(data: VLMDataModule, **kwargs):
+    from lit_distill.models import LlavaComposition
+    from recipes.llava_mod import vision_tower
+
+    lm = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+          "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64}
+    return LlavaComposition(vision_tower(), image_token_id=data.image_token_id, lm_config=lm, vocab_size=data.vocab_size,
+                            pad_token_id=data.pad_token_id, vision_image_size=64, vision_feature="layer3", **kwargs)
+
+
+def test_upcycled_export_starts_the_moe_student_at_the_dense_student(tmp_path):
+    """upcycle: the MoE model loaded with init_from computes what the dense student computed."""
+    from recipes.llava_mod import upcycle_export
+
+    vqa = write_digit_vqa(tmp_path / "data", num_train=2, num_val=2)
+    data = VLMDataModule(str(vqa["tokenizer"]), str(vqa["val"]), str(vqa["val"]))
+    data.setup()
+    torch.manual_seed(0)
+    dense = _tiny_composition(data).eval()
+    dense.export(str(tmp_path / "dense"))
+    moe = {"every": 2, "num_experts": 4, "top_k": 2, "capacity_factor": None}  # no drops: exact
+    upcycle_export(tmp_path / "dense", tmp_path / "moe", moe, seed=3)
+    student = _tiny_composition(data, moe=moe, init_from=str(tmp_path / "moe")).eval()
+    assert isinstance(student.module.model.layers[0].mlp, MoEFeedForward)
+    batch = data.collate(data.val_dataset[:4])
+    with torch.no_grad():
+        torch.testing.assert_close(student(**batch["inputs"]).logits, dense(**batch["inputs"]).logits,
+                                   rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception, match="already a MoE export"):
+        upcycle_export(tmp_path / "moe", tmp_path / "twice", moe)
+
+
+def test_answer_statistics_and_metrics_on_known_logits():
+    from recipes.llava_mod import answer_statistics, vqa_metrics
+
+    # 2 pairs, 3 positions, vocab 5 (yes=1, no=2); the answer is predicted at position 0, EOS (4) at 1
+    labels = torch.tensor([[1, 4, -100], [3, 4, -100], [2, 4, -100], [0, 4, -100]])  # chosen rows, then rejected
+    mask = labels != -100
+    logits = torch.zeros(4, 3, 5)
+    logits[:, 0] = torch.tensor([0.0, 2.0, 1.0, 0.0, 0.0])  # both prompts: "yes" most likely
+    logits[:, 1, 4] = 10.0
+    stats = answer_statistics(logits, labels, mask, yes=1, no=2)
+    first = logits[0, 0].log_softmax(-1)
+    eos = logits[0, 1].log_softmax(-1)[4]
+    torch.testing.assert_close(stats["logp_chosen"], torch.stack([first[1] + eos, first[3] + eos]))
+    torch.testing.assert_close(stats["logp_rejected"], torch.stack([first[2] + eos, first[0] + eos]))
+    assert stats["correct"].tolist() == [1.0, 0.0] and stats["says_yes"].tolist() == [1.0, 1.0]
+    meta = [{"type": "presence", "answer": "yes"}, {"type": "presence", "answer": "no"}]
+    metrics = vqa_metrics(stats, meta)
+    assert metrics["acc_all"] == metrics["acc_presence"] == 0.5
+    assert metrics["pope_acc"] == 0.5 and metrics["pope_yes_ratio"] == 1.0 and metrics["false_yes_absent"] == 1.0
+    assert metrics["pope_f1"] == pytest.approx(2 / 3)
+    probs = first.exp()
+    assert metrics["p_chosen"] == pytest.approx(float(probs[1] + probs[3]) / 2)
+    assert metrics["p_other"] == pytest.approx(1 - float(probs[1] + probs[3] + probs[2] + probs[0]) / 2)
+
+
+def test_digit_vqa_metrics_callback_logs_every_metric(tmp_path):
+    from types import SimpleNamespace
+
+    from recipes.llava_mod import DigitVQAMetrics
+
+    vqa = write_digit_vqa(tmp_path / "data", num_train=2, num_val=3)
+    data = VLMDataModule(str(vqa["tokenizer"]), str(vqa["val"]), str(vqa["val"]))
+    data.setup()
+    torch.manual_seed(0)
+    logged = {}
+    module = SimpleNamespace(student=_tiny_composition(data).eval(), device=torch.device("cpu"),
+                             log=lambda name, value: logged.__setitem__(name, value))
+    trainer = SimpleNamespace(sanity_checking=False, datamodule=data,
+                              strategy=SimpleNamespace(batch_to_device=lambda batch, device: batch))
+    callback = DigitVQAMetrics(str(vqa["val_pairs"]), batch_size=4)
+    callback.on_validation_epoch_end(trainer, module)
+    assert {"val/acc_all", "val/acc_count", "val/acc_presence", "val/pope_f1", "val/logp_chosen", "val/logp_rejected",
+            "val/p_other"} <= set(logged)
+    assert all(0.0 <= logged[f"val/{k}"] <= 1.0 for k in ("acc_all", "pope_acc", "p_chosen", "p_rejected", "p_other"))
+    assert logged["val/logp_chosen"] < 0 and logged["val/logp_rejected"] < 0
+    records = json.loads(vqa["val"].read_text())
+    counts = sum(r["meta"]["type"] == "count" for r in records)
+    assert counts and logged["val/acc_count"] * counts == pytest.approx(round(logged["val/acc_count"] * counts))
+    with pytest.raises(Exception, match="no preference pairs"):
+        DigitVQAMetrics(str(vqa["val"])).on_validation_epoch_end(trainer, module)

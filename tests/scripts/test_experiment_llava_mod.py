@@ -1,9 +1,10 @@
-"""scripts/experiment_llava_mod.py: the teacher check that stops the run before distilling."""
+"""scripts/experiment_llava_mod.py: the teacher check, and equal budgets for the continuations."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,12 +19,34 @@ def exp():
     return module
 
 
-def test_a_teacher_that_beats_the_student_baseline_passes(exp):
-    assert exp.teacher_check({"acc_all": 0.55}, {"acc_all": 0.37}) is None
+def test_a_teacher_that_beats_every_student_baseline_passes(exp):
+    assert exp.teacher_check({"acc_all": 0.55}, [{"acc_all": 0.37}, {"acc_all": 0.41}]) is None
 
 
 @pytest.mark.parametrize("teacher", [0.37, 0.30])
-def test_a_teacher_not_above_the_student_baseline_fails_with_one_line(exp, teacher):
-    message = exp.teacher_check({"acc_all": teacher}, {"acc_all": 0.37})
+def test_a_teacher_not_above_a_student_baseline_fails_with_one_line(exp, teacher):
+    message = exp.teacher_check({"acc_all": teacher}, [{"acc_all": 0.2}, {"acc_all": 0.37}])
     assert message is not None and "\n" not in message
     assert f"{teacher:.3f}" in message and "0.370" in message
+
+
+def test_every_continuation_has_the_same_budget_and_constant_schedule(exp, tmp_path):
+    """The fairness the experiment rests on: same steps, LR, weight decay and no scheduler in every arm."""
+    ns = SimpleNamespace(work=tmp_path, seeds=[0, 1, 2], cont_steps=100, cont_lr=1e-4, evals=4, tower=tmp_path / "v.pt")
+    starts = {seed: tmp_path / f"s{seed}" for seed in ns.seeds}
+    arms = [*exp.ARMS, (exp.SFT_ONLY, "ce")]
+    runs = [run for name, loss in arms for run in exp.continuation(ns, name, loss, starts, tmp_path / "teacher")]
+    assert len(runs) == 4 * 3 and {run.seed for run in runs} == {0, 1, 2}
+
+    def flag(run, prefix):
+        (value,) = [o.split("=", 1)[1] for o in run.overrides if o.startswith(prefix + "=")]
+        return value
+
+    for prefix in ("--trainer.max_steps", "--model.init_args.optimizer.init_args.lr", "--model.init_args.scheduler",
+                   "--model.init_args.optimizer.init_args.weight_decay", "--trainer.val_check_interval"):
+        assert len({flag(run, prefix) for run in runs}) == 1, prefix
+    assert flag(runs[0], "--model.init_args.scheduler") == "null"
+    assert {flag(run, "--model.init_args.student.init_args.init_from") for run in runs if run.seed == 1} == {str(starts[1])}
+    dpo = [run for run in runs if run.name == "mimic → DPO"]
+    assert all("train_pairs.json" in flag(run, "--data.init_args.train_path") for run in dpo)
+    assert all("DigitVQAMetrics" in flag(run, "--trainer.callbacks+") for run in runs)
