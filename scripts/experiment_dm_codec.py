@@ -75,9 +75,11 @@ def sizes(smoke: bool) -> dict:
     """Steps and logging intervals; ``smoke`` shrinks everything."""
     if smoke:
         return {"pretrain": 4, "steps": 4, "warmup": 2, "val_every": 2, "usage_every": 1, "share_every": 2,
-                "probe": 2, "batch": 2}
-    return {"pretrain": 400, "steps": 200, "warmup": 50, "val_every": 25, "usage_every": 5, "share_every": 25,
-            "probe": 8, "batch": 8}
+                "probe": 2, "batch": 2, "channels": 8}
+    # channels 8 (the configs: 16) and batch 4: a step of the configs' codec cost ~5 CPU-seconds on the
+    # shared 2-core machine, too much for 400 + 15 x 150 steps in the time there was
+    return {"pretrain": 400, "steps": 150, "warmup": 40, "val_every": 25, "usage_every": 5, "share_every": 25,
+            "probe": 8, "batch": 4, "channels": 8}
 
 
 def middle_layer(layers: int) -> int:
@@ -120,7 +122,7 @@ def common(work: Path, size: dict, steps: int, val_every: int) -> list[str]:
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
             "--trainer.num_sanity_val_steps=0", f"--data.init_args.manifest={work / 'corpus' / 'manifest.jsonl'}",
             "--data.init_args.synthesize=false", f"--data.init_args.batch_size={size['batch']}",
-            "--data.init_args.seed={seed}"]
+            "--data.init_args.seed={seed}", f"--model.init_args.student.init_args.channels={size['channels']}"]
 
 
 def teacher_args(work: Path, export: Path) -> list[str]:
@@ -327,8 +329,8 @@ def main(argv: list[str] | None = None) -> None:
                  "distilling them cannot be judged")
     balance = measure_weight(work, size, export, args.seeds, args.workers)
     print(f"balanced weight {balance['balanced_weight']:.2f}", flush=True)
-    runs = [Run(a.name, a.configs, a.overrides, s, a.group) for a in arms(work, size, export, balance["balanced_weight"])
-            for s in args.seeds]
+    runs = [Run(a.name, a.configs, a.overrides, s, a.group) for s in args.seeds  # seeds outer: whole seeds first
+            for a in arms(work, size, export, balance["balanced_weight"])]
     results = launch(runs, work / "runs", args.workers, cwd=REPO)
     evals = evaluate(results, work, args.smoke, args.workers)
     meta = {"seeds": args.seeds, "steps": size["steps"], "pretrain_steps": size["pretrain"], "sizes": size,
