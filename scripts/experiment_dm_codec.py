@@ -241,18 +241,24 @@ def teacher_check(teacher_cer: float, units_cer: float, codec_cer: float, layer:
                     f"hidden_states.{layer}: CER {units_cer:.3f}, on the cached codec's codebook 0: {codec_cer:.3f}."}
 
 
-def trajectory_rows(results, key: str, every: int) -> list[list[str]]:
-    """Per arm, ``mean ± std`` over seeds of ``key`` at the steps every seed logged (every ``every``-th shown)."""
-    rows, header = [], None
-    for arm in dict.fromkeys(r.run.name for r in results):
-        curves = [dict(read_metrics(r.directory).trajectories.get(key, [])) for r in results if r.run.name == arm]
-        steps = sorted(set.intersection(*(set(c) for c in curves))) if all(curves) else []
-        steps = [s for s in steps if (s + 1) % every == 0 or s == steps[-1]]
-        if not steps:
-            continue
-        header = header or ["arm", *(f"{s + 1}" for s in steps)]
-        rows.append([arm, *(mean_std(c[s] for c in curves).cell(3) for s in steps)])
-    return [header, *rows] if header else []
+def trajectory_rows(results, key: str, columns: int = 7) -> list[list[str]]:
+    """Per arm, ``mean ± std`` over seeds of ``key`` at up to ``columns`` logger steps (evenly picked).
+
+    Returns ``[header, *rows]`` (header: ``arm`` and the steps; ``–`` where an arm's seeds did not all
+    log that step), or ``[]`` when no arm logged ``key``.
+    """
+    curves: dict[str, list[dict[int, float]]] = {}
+    for r in results:
+        curves.setdefault(r.run.name, []).append(dict(read_metrics(r.directory).trajectories.get(key, [])))
+    common = {arm: set.intersection(*(set(c) for c in cs)) for arm, cs in curves.items()}
+    steps = sorted(set().union(*common.values()))
+    if not steps:
+        return []
+    if len(steps) > columns:
+        steps = sorted({steps[round(i * (len(steps) - 1) / (columns - 1))] for i in range(columns)})
+    rows = [[arm, *(mean_std(c[s] for c in cs).cell(3) if s in common[arm] else "–" for s in steps)]
+            for arm, cs in curves.items() if common[arm]]
+    return [["arm", *map(str, steps)], *rows]
 
 
 def report(meta: dict, start: list[dict], balance: dict, check: dict, results, evals: list[dict],
@@ -279,12 +285,13 @@ def report(meta: dict, start: list[dict], balance: dict, check: dict, results, e
              f"Gradient balance at the start (lr 0, {balance['measured_steps']} steps over the seeds, encoder "
              f"parameters): |grad distill| at weight 120 = {balance['distill_to_mel_at_w120']:.2f} x |grad mel|; "
              f"balanced weight {balance['balanced_weight']:.2f} (linear warm-up over {size['warmup']} steps).", "",
-             "End point on the 64 held-out utterances (probes read codebook 0; `sm_r2`: ridge to the teacher's "
+             "End point on the held-out utterances (probes read codebook 0; `sm_r2`: ridge to the teacher's "
              "last layer; `*_offset_share`: |time-mean|² / mean |frame|² of the latent / RVQ layer 0):", "", table, ""]
     for key in TRAJECTORY_KEYS:
-        rows = trajectory_rows(results, key, size["val_every"])
+        rows = trajectory_rows(results, key)
         if rows:
-            parts += [f"Trajectory `{key}` (columns: optimizer step):", "", markdown_table(rows[0], rows[1:]), ""]
+            parts += [f"Trajectory `{key}` (columns: logger step; validation at step k ran after k + 1 optimizer "
+                      "steps):", "", markdown_table(rows[0], rows[1:]), ""]
     generated = "\n".join([*parts, END])
     doc = out_dir / "speech_codecs.md"
     old = doc.read_text() if doc.is_file() else ""

@@ -92,15 +92,22 @@ class _Result:
     directory: Path
 
 
+def _log(directory: Path, rows: list[str]) -> None:
+    log = directory / "lightning_logs" / "version_0"
+    log.mkdir(parents=True)
+    (log / "metrics.csv").write_text("\n".join(["step,epoch,val/codebook_usage_q0", *rows]) + "\n")
+
+
 def test_trajectory_rows_mean_and_std_over_seeds_at_common_steps(exp, tmp_path):
     results = []
     for seed, values in enumerate([(0.5, 0.3, 0.1), (0.7, 0.5, 0.3)]):
-        log = tmp_path / f"seed{seed}" / "lightning_logs" / "version_0"
-        log.mkdir(parents=True)
-        rows = ["step,epoch,val/codebook_usage_q0"] + [f"{s},0,{v}" for s, v in zip((24, 49, 74), values, strict=True)]
-        (log / "metrics.csv").write_text("\n".join(rows) + "\n")
-        results.append(_Result(_Run("arm"), tmp_path / f"seed{seed}"))
-    header, row = exp.trajectory_rows(results, "val/codebook_usage_q0", every=25)
-    assert header == ["arm", "25", "50", "75"]
-    assert row == ["arm", "0.600 ± 0.141", "0.400 ± 0.141", "0.200 ± 0.141"]
-    assert exp.trajectory_rows(results, "val/missing", every=25) == []
+        _log(tmp_path / f"a{seed}", [f"{s},0,{v}" for s, v in zip((24, 49, 74), values, strict=True)])
+        results.append(_Result(_Run("arm"), tmp_path / f"a{seed}"))
+    _log(tmp_path / "b0", ["24,0,0.9", "30,0,0.8"])  # another arm logging other steps
+    results.append(_Result(_Run("other"), tmp_path / "b0"))
+    header, row, other = exp.trajectory_rows(results, "val/codebook_usage_q0")
+    assert header == ["arm", "24", "30", "49", "74"]
+    assert row == ["arm", "0.600 ± 0.141", "–", "0.400 ± 0.141", "0.200 ± 0.141"]
+    assert other == ["other", "0.900 ± 0.000", "0.800 ± 0.000", "–", "–"]
+    assert exp.trajectory_rows(results, "val/codebook_usage_q0", columns=2)[0] == ["arm", "24", "74"]
+    assert exp.trajectory_rows(results, "val/missing") == []
