@@ -16,7 +16,7 @@ Every codec here is trained by ``python -m lit_distill fit`` through :mod:`lit_d
 5. Arms, each fine-tuned from the cached codec with the same steps, LR, batch, data and
    reconstruction/commitment terms (``configs/speech/dm_codec/codec_from_hubert-ctc-mid_finetune_synth.yaml``):
    no-KD, d-axis at 120, d-axis at the balanced weight with a linear warm-up, centred d-axis at
-   120, t-axis at 120; the teacher feature is a MIDDLE layer (``hidden_states.<ceil(L/2)>``).
+   120, t-axis at 120 and (the issue's probe) d-axis at 12; the teacher feature is a MIDDLE layer (``hidden_states.<ceil(L/2)>``).
    Trajectories: train-batch codebook usage (``CodecMetrics.train_every_n_steps``), validation
    metrics and gradient shares, all read with ``read_metrics``.
 6. End point: ``experiment_speech.evaluate_run`` (log-mel L1, SI-SNR, codebook-0 usage, CTC probe
@@ -149,6 +149,8 @@ def arms(work: Path, size: dict, export: Path, weight: float) -> list[Run]:
         Run("centred d-axis w120", [FINETUNE], [*dm, f"{DISTILL}centered=true", callbacks(size, True, share)],
             group="arms"),
         Run("t-axis w120", [FINETUNE], [*dm, f"{DISTILL}mode=t_axis", callbacks(size, True, share)], group="arms"),
+        # the issue's probe: weight 12 kept codebook-0 usage at the baseline's level
+        Run("d-axis w12", [FINETUNE], [*dm, f"{DISTILL}weight=12.0", callbacks(size, True, share)], group="arms"),
     ]
 
 
@@ -241,7 +243,20 @@ def teacher_check(teacher_cer: float, units_cer: float, codec_cer: float, layer:
                     f"hidden_states.{layer}: CER {units_cer:.3f}, on the cached codec's codebook 0: {codec_cer:.3f}."}
 
 
-def trajectory_rows(results, key: str, columns: int = 7) -> list[list[str]]:
+def measured(points: list[tuple[int, float]], key: str, size: dict) -> list[tuple[int, float]]:
+    """The points of ``key`` at the steps where they were measured.
+
+    Values a callback logs outside ``training_step`` (``GradientShare``, ``CodecMetrics``' training
+    usage) are written again at every logger step until the next measurement: stale copies, left out.
+    """
+    if key.startswith(("grad_share/", "grad_norm/")):  # measured before the backward of global_step s
+        return [(s, v) for s, v in points if s % size["share_every"] == 0]
+    if key.startswith("train/codebook_"):  # measured after optimizer step s + 1
+        return [(s, v) for s, v in points if (s + 1) % size["usage_every"] == 0]
+    return points
+
+
+def trajectory_rows(results, key: str, size: dict, columns: int = 7) -> list[list[str]]:
     """Per arm, ``mean ± std`` over seeds of ``key`` at up to ``columns`` logger steps (evenly picked).
 
     Returns ``[header, *rows]`` (header: ``arm`` and the steps; ``–`` where an arm's seeds did not all
@@ -249,7 +264,8 @@ def trajectory_rows(results, key: str, columns: int = 7) -> list[list[str]]:
     """
     curves: dict[str, list[dict[int, float]]] = {}
     for r in results:
-        curves.setdefault(r.run.name, []).append(dict(read_metrics(r.directory).trajectories.get(key, [])))
+        points = measured(read_metrics(r.directory).trajectories.get(key, []), key, size)
+        curves.setdefault(r.run.name, []).append(dict(points))
     common = {arm: set.intersection(*(set(c) for c in cs)) for arm, cs in curves.items()}
     steps = sorted(set().union(*common.values()))
     if not steps:
@@ -268,8 +284,8 @@ def report(meta: dict, start: list[dict], balance: dict, check: dict, results, e
     for row in evals:
         by_arm.setdefault(row["arm"], []).append(row)
     summary = {arm: {key: mean_std(r[key] for r in rows).__dict__ for key, _ in END_KEYS} for arm, rows in by_arm.items()}
-    trajectories = {key: {r.run.label: read_metrics(r.directory).trajectories.get(key, []) for r in results}
-                    for key in TRAJECTORY_KEYS}
+    trajectories = {key: {r.run.label: measured(read_metrics(r.directory).trajectories.get(key, []), key, size)
+                          for r in results} for key in TRAJECTORY_KEYS}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "dm_codec.json").write_text(json.dumps(
         {"meta": meta, "teacher_check": check, "balance": balance, "summary": summary, "start": start,
@@ -288,7 +304,7 @@ def report(meta: dict, start: list[dict], balance: dict, check: dict, results, e
              "End point on the held-out utterances (probes read codebook 0; `sm_r2`: ridge to the teacher's "
              "last layer; `*_offset_share`: |time-mean|² / mean |frame|² of the latent / RVQ layer 0):", "", table, ""]
     for key in TRAJECTORY_KEYS:
-        rows = trajectory_rows(results, key)
+        rows = trajectory_rows(results, key, size)
         if rows:
             parts += [f"Trajectory `{key}` (columns: logger step; validation at step k ran after k + 1 optimizer "
                       "steps):", "", markdown_table(rows[0], rows[1:]), ""]

@@ -67,7 +67,7 @@ def test_arms_share_one_budget_and_differ_only_in_the_distillation_term(exp, tmp
     (teacher / "result.json").write_text(json.dumps({"path": str(teacher), "hidden_size": 96, "layers": 3}))
     size, export = exp.sizes(smoke=False), tmp_path / "export"
     runs = exp.arms(tmp_path, size, export, weight=40.0)
-    assert len(runs) == 5 and len({r.name for r in runs}) == 5
+    assert len(runs) == 6 and len({r.name for r in runs}) == 6
     budget = exp.common(tmp_path, size, size["steps"], size["val_every"])
     for run in runs:
         assert list(run.overrides[:len(budget)]) == budget  # same steps, validation, batch, data and seeding
@@ -79,6 +79,17 @@ def test_arms_share_one_budget_and_differ_only_in_the_distillation_term(exp, tmp
     assert any(f"{exp.DISTILL}weight=40.000" in e for e in extra)
     assert any(f"{exp.DISTILL}centered=true" in e for e in extra)
     assert any(f"{exp.DISTILL}mode=t_axis" in e for e in extra)
+    assert any(f"{exp.DISTILL}weight=12.0" in e for e in extra)
+
+
+SIZE = {"share_every": 25, "usage_every": 5}
+
+
+def test_measured_drops_the_stale_copies_of_callback_values(exp):
+    points = [(s, float(s // 5)) for s in range(12)]
+    assert exp.measured(points, "train/codebook_usage_q0", SIZE) == [(4, 0.0), (9, 1.0)]
+    assert exp.measured([(0, 0.9), (1, 0.9), (25, 0.5), (26, 0.5)], "grad_share/distill", SIZE) == [(0, 0.9), (25, 0.5)]
+    assert exp.measured(points, "val/codebook_usage_q0", SIZE) == points
 
 
 @dataclass
@@ -105,9 +116,9 @@ def test_trajectory_rows_mean_and_std_over_seeds_at_common_steps(exp, tmp_path):
         results.append(_Result(_Run("arm"), tmp_path / f"a{seed}"))
     _log(tmp_path / "b0", ["24,0,0.9", "30,0,0.8"])  # another arm logging other steps
     results.append(_Result(_Run("other"), tmp_path / "b0"))
-    header, row, other = exp.trajectory_rows(results, "val/codebook_usage_q0")
+    header, row, other = exp.trajectory_rows(results, "val/codebook_usage_q0", SIZE)
     assert header == ["arm", "24", "30", "49", "74"]
     assert row == ["arm", "0.600 ± 0.141", "–", "0.400 ± 0.141", "0.200 ± 0.141"]
     assert other == ["other", "0.900 ± 0.000", "0.800 ± 0.000", "–", "–"]
-    assert exp.trajectory_rows(results, "val/codebook_usage_q0", columns=2)[0] == ["arm", "24", "74"]
-    assert exp.trajectory_rows(results, "val/missing") == []
+    assert exp.trajectory_rows(results, "val/codebook_usage_q0", SIZE, columns=2)[0] == ["arm", "24", "74"]
+    assert exp.trajectory_rows(results, "val/missing", SIZE) == []
