@@ -67,8 +67,10 @@ PAPER_WEIGHT = 120.0
 DISTILL = "--model.init_args.losses.distill.init_args."
 TRAJECTORY_KEYS = ("train/codebook_usage_q0", "val/codebook_usage_q0", "val/mel_distance", "val/si_snr",
                    "grad_share/distill", "val/teacher_cosine_distill")
-END_KEYS = (("log_mel_l1", 3), ("si_snr_db", 2), ("cb0_usage", 3), ("cb0_perplexity", 1), ("ctc_cer", 3),
-            ("ctc_nats_per_char", 3), ("sm_r2", 3), ("latent_offset_share", 3), ("rvq0_offset_share", 3))
+END_KEYS = (("val_cb0_usage", 3), ("val_mel_distance", 3), ("log_mel_l1", 3), ("si_snr_db", 2), ("cb0_usage", 3),
+            ("cb0_perplexity", 1), ("ctc_cer", 3), ("ctc_nats_per_char", 3), ("sm_r2", 3), ("latent_offset_share", 3),
+            ("rvq0_offset_share", 3))
+
 
 
 def sizes(smoke: bool) -> dict:
@@ -189,25 +191,39 @@ def offset_shares(checkpoint: str, work: Path) -> dict:
     return {key: statistics.fmean(values) for key, values in shares.items()}
 
 
-def evaluate_job(job: tuple[dict, str, bool]) -> dict:
-    """``experiment_speech.evaluate_run`` (cached in the run's ``eval.json``) plus the offset shares."""
-    run, work, smoke = job
-    result = speech.evaluate_run(job)
+def evaluate_job(job: tuple[dict, str, bool, bool]) -> dict:
+    """Offset shares of one run, with ``probe`` also ``experiment_speech.evaluate_run``; cached in its directory."""
+    run, work, smoke, probe = job
+    path = Path(run["run_dir"]) / ("eval.json" if probe else "offsets.json")
+    if path.is_file():
+        result = json.loads(path.read_text())
+    else:
+        result = speech.evaluate_run((run, work, smoke)) if probe else {"arm": run["arm"], "seed": run["seed"]}
     if "latent_offset_share" not in result:
         result.update(offset_shares(run["checkpoint"], Path(work)))
-        (Path(run["run_dir"]) / "eval.json").write_text(json.dumps(result, indent=1) + "\n")
+        path.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
-def evaluate(results, work: Path, smoke: bool, workers: int) -> list[dict]:
-    """End-point probes of finished runs (in ``workers`` spawned processes, one thread each)."""
+def final_validation(directory: Path) -> dict:
+    """The last validation's codebook-0 usage and mel distance of a run (its logged metrics)."""
+    final = read_metrics(directory).final
+    return {"val_cb0_usage": final["val/codebook_usage_q0"], "val_mel_distance": final["val/mel_distance"]}
+
+
+def evaluate(results, work: Path, smoke: bool, workers: int, probe_seeds: list[int] | None = None) -> list[dict]:
+    """End point of finished runs (in ``workers`` spawned processes, one thread each): offset shares and the
+    last validation for all, the probes (~100 CPU-seconds a run) for the seeds in ``probe_seeds`` (None: all)."""
     speech.teacher_features(work)  # cache once before the workers read it
     jobs = [({"arm": r.run.name, "seed": r.run.seed, "checkpoint": str(last_checkpoint(r.directory)),
-              "run_dir": str(r.directory), "fit_seconds": r.seconds}, str(work), smoke) for r in results]
+              "run_dir": str(r.directory), "fit_seconds": r.seconds}, str(work), smoke,
+             probe_seeds is None or r.run.seed in probe_seeds) for r in results]
     if workers <= 1:
-        return [evaluate_job(j) for j in jobs]
-    with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
-        return pool.map(evaluate_job, jobs, chunksize=1)
+        rows = [evaluate_job(j) for j in jobs]
+    else:
+        with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
+            rows = pool.map(evaluate_job, jobs, chunksize=1)
+    return [{**row, **final_validation(r.directory)} for row, r in zip(rows, results, strict=True)]
 
 
 def teacher_units_probe(work: Path, layer: int, smoke: bool) -> dict:
@@ -283,15 +299,18 @@ def report(meta: dict, start: list[dict], balance: dict, check: dict, results, e
     by_arm: dict[str, list[dict]] = {"cached codec (step 0)": start}
     for row in evals:
         by_arm.setdefault(row["arm"], []).append(row)
-    summary = {arm: {key: mean_std(r[key] for r in rows).__dict__ for key, _ in END_KEYS} for arm, rows in by_arm.items()}
+    stats = {arm: {key: mean_std(r[key] for r in rows if key in r) for key, _ in END_KEYS
+                   if any(key in r for r in rows)} for arm, rows in by_arm.items()}
+    summary = {arm: {key: stat.__dict__ for key, stat in arm_stats.items()} for arm, arm_stats in stats.items()}
     trajectories = {key: {r.run.label: measured(read_metrics(r.directory).trajectories.get(key, []), key, size)
                           for r in results} for key in TRAJECTORY_KEYS}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "dm_codec.json").write_text(json.dumps(
         {"meta": meta, "teacher_check": check, "balance": balance, "summary": summary, "start": start,
          "runs": evals, "trajectories": trajectories}, indent=1) + "\n")
-    table = markdown_table(["arm", "n", *(k for k, _ in END_KEYS)], [
-        [arm, len(rows), *(mean_std(r[k] for r in rows).cell(d) for k, d in END_KEYS)] for arm, rows in by_arm.items()])
+    table = markdown_table(["arm", *(k for k, _ in END_KEYS)], [
+        [arm, *(f"{stats[arm][k].cell(d)} (n={stats[arm][k].n})" if k in stats[arm] else "–" for k, d in END_KEYS)]
+        for arm in by_arm])
     parts = [BEGIN, "## Fair DM-Codec experiment (issue 15)", "",
              f"Reproduce: `{meta['command']}` (written by `scripts/experiment_dm_codec.py`; method in its "
              f"docstring). Every arm starts from ONE cached no-KD codec (seed 0, {meta['pretrain_steps']} steps) and "
@@ -326,6 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps of every arm")
     parser.add_argument("--pretrain-steps", type=int, default=None, help="steps of the cached no-KD codec")
     parser.add_argument("--workers", type=int, default=2, help="parallel runs, one thread each")
+    parser.add_argument("--probe-seeds", type=int, nargs="+", default=None,
+                        help="seeds whose end points get the probes (default: all)")
     parser.add_argument("--smoke", action="store_true", help="tiny everything, to test the pipeline")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -355,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = [Run(a.name, a.configs, a.overrides, s, a.group) for s in args.seeds  # seeds outer: whole seeds first
             for a in arms(work, size, export, balance["balanced_weight"])]
     results = launch(runs, work / "runs", args.workers, cwd=REPO)
-    evals = evaluate(results, work, args.smoke, args.workers)
+    evals = evaluate(results, work, args.smoke, args.workers, args.probe_seeds)
     meta = {"seeds": args.seeds, "steps": size["steps"], "pretrain_steps": size["pretrain"], "sizes": size,
             "teacher": teacher, "command": " ".join(["python scripts/experiment_dm_codec.py", *(argv or sys.argv[1:])])}
     report(meta, start, balance, check, results, evals, size, work if args.smoke else DOCS)
