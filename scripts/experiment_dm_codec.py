@@ -212,18 +212,20 @@ def final_validation(directory: Path) -> dict:
 
 
 def evaluate(results, work: Path, smoke: bool, workers: int, probe_seeds: list[int] | None = None) -> list[dict]:
-    """End point of finished runs (in ``workers`` spawned processes, one thread each): offset shares and the
-    last validation for all, the probes (~100 CPU-seconds a run) for the seeds in ``probe_seeds`` (None: all)."""
+    """End point of finished runs: the last validation for all; for the seeds in ``probe_seeds`` (None: all)
+    also the probes and offset shares (~100 CPU-seconds a run; ``workers`` spawned processes, one thread each)."""
     speech.teacher_features(work)  # cache once before the workers read it
+    chosen = [r for r in results if probe_seeds is None or r.run.seed in probe_seeds]
     jobs = [({"arm": r.run.name, "seed": r.run.seed, "checkpoint": str(last_checkpoint(r.directory)),
-              "run_dir": str(r.directory), "fit_seconds": r.seconds}, str(work), smoke,
-             probe_seeds is None or r.run.seed in probe_seeds) for r in results]
+              "run_dir": str(r.directory), "fit_seconds": r.seconds}, str(work), smoke, True) for r in chosen]
     if workers <= 1:
         rows = [evaluate_job(j) for j in jobs]
     else:
         with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
             rows = pool.map(evaluate_job, jobs, chunksize=1)
-    return [{**row, **final_validation(r.directory)} for row, r in zip(rows, results, strict=True)]
+    probed = {id(r): row for r, row in zip(chosen, rows, strict=True)}
+    return [{**probed.get(id(r), {"arm": r.run.name, "seed": r.run.seed}), **final_validation(r.directory)}
+            for r in results]
 
 
 def teacher_units_probe(work: Path, layer: int, smoke: bool) -> dict:
