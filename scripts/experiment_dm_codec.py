@@ -320,8 +320,11 @@ def report(meta: dict, start: list[dict], balance: dict, check: dict, results, e
              f"{meta['seeds']} (fine-tuning data order and projector init), mean ± std over seeds.", "",
              f"Teacher check: {check['line']}", "",
              f"Gradient balance at the start (lr 0, {balance['measured_steps']} steps over the seeds, encoder "
-             f"parameters): |grad distill| at weight 120 = {balance['distill_to_mel_at_w120']:.2f} x |grad mel|; "
-             f"balanced weight {balance['balanced_weight']:.2f} (linear warm-up over {size['warmup']} steps).", "",
+             f"parameters): mean per-batch |grad distill| / |grad mel| at weight 120 = "
+             f"{balance['distill_to_mel_at_w120']:.1f} (|grad mel| {balance['grad_norm_mel']['mean']:.2f} ± "
+             f"{balance['grad_norm_mel']['std']:.2f}, |grad distill| {balance['grad_norm_distill_w120']['mean']:.1f} ± "
+             f"{balance['grad_norm_distill_w120']['std']:.1f}); balanced weight 120 x mean(|grad mel| / |grad distill|) "
+             f"= {balance['balanced_weight']:.2f}, warmed up linearly over {size['warmup']} steps.", "",
              "End point on the held-out utterances (probes read codebook 0; `sm_r2`: ridge to the teacher's "
              "last layer; `*_offset_share`: |time-mean|² / mean |frame|² of the latent / RVQ layer 0):", "", table, ""]
     for key in TRAJECTORY_KEYS:
