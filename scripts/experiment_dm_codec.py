@@ -26,7 +26,7 @@ Every codec here is trained by ``python -m lit_distill fit`` through :mod:`lit_d
 
 Usage::
 
-    python scripts/experiment_dm_codec.py [--seeds 0 1 2] [--steps 200] [--workers 2]
+    python scripts/experiment_dm_codec.py [--seeds 0 1 2] [--probe-seeds 0 1] [--steps 150] [--workers 2]
     python scripts/experiment_dm_codec.py --smoke        # tiny everything, a few minutes
 
 Writes ``docs/experiments/dm_codec.json`` and the generated part of the first section of
