@@ -464,9 +464,9 @@ def _pool(fn, jobs: list, workers: int) -> list:
         return pool.map(fn, jobs, chunksize=1)
 
 
-def stage_teachers(work: Path, smoke: bool, jobs: int) -> dict[str, dict]:
-    """Train the three teachers (in parallel processes, one thread each)."""
-    results = _pool(_teacher_job, [(name, str(work), smoke) for name in TEACHERS], jobs)
+def stage_teachers(work: Path, smoke: bool, jobs: int, names: Sequence[str] = tuple(TEACHERS)) -> dict[str, dict]:
+    """Train the teachers ``names`` (default all three; in parallel processes, one thread each)."""
+    results = _pool(_teacher_job, [(name, str(work), smoke) for name in names], jobs)
     return {r["teacher"]: r for r in results}
 
 

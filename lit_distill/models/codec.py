@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -36,6 +37,7 @@ from vector_quantize_pytorch import VectorQuantize
 from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.models.base import ModelAdapter
+from lit_distill.models.vision_base import load_checked, read_state_dict
 from lit_distill.sources import OutputSpec
 
 
@@ -446,6 +448,9 @@ class ConvCodec(FramedCodec):
         commitment: ``sum_all`` (default: summed over quantisers, every residual reaching the
             encoder) or ``mean_first`` (DM-Codec's reference: the mean, only layer 0's residual
             reaching the encoder).
+        init_from: start from saved weights of the same architecture: an ``export`` directory
+            (its ``model_state_dict.pt``) or a state-dict file, codebooks and their EMA statistics
+            included (fine-tuning a trained codec, e.g. with a distillation term added).
     """
 
     def __init__(self, sample_rate: int = 16000, strides: Sequence[int] = (2, 4, 5, 8), channels: int = 32,
@@ -453,7 +458,8 @@ class ConvCodec(FramedCodec):
                  num_quantizers: int = 8, codebook_size: int = 1024, ema_decay: float = 0.99,
                  commitment_weight: float = 1.0, kmeans_init: bool = False,
                  threshold_ema_dead_code: float = 2.0, quantizer_dropout: float = 0.0, codebook: str = "ema",
-                 codebook_dim: int | None = None, cosine: bool = False, commitment: str = "sum_all") -> None:
+                 codebook_dim: int | None = None, cosine: bool = False, commitment: str = "sum_all",
+                 init_from: str | None = None) -> None:
         super().__init__()
         strides = [int(s) for s in strides]
         if not strides or any(s < 1 for s in strides):
@@ -469,6 +475,9 @@ class ConvCodec(FramedCodec):
                                            kmeans_init, threshold_ema_dead_code, quantizer_dropout, codebook=codebook,
                                            codebook_dim=codebook_dim, cosine=cosine, commitment=commitment)
         self.decoder = build_decoder(strides, channels, max_channels, dim, dilations)
+        if init_from is not None:
+            path = os.path.join(init_from, "model_state_dict.pt") if os.path.isdir(init_from) else init_from
+            load_checked(self, read_state_dict(path, "ConvCodec.init_from"), "ConvCodec.init_from", path)
 
     @property
     def num_quantizers(self) -> int:

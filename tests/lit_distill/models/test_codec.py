@@ -138,3 +138,19 @@ def test_bad_config():
         tiny_codec()(waveform=torch.zeros(2, 640))
     with pytest.raises(ConfigError, match="quantizer_dropout"):
         ResidualQuantizer(dim=4, quantizer_dropout=1.5)
+
+
+def test_init_from_export_restores_weights_and_codebook_state(tmp_path):
+    torch.manual_seed(0)
+    trained = tiny_codec(kmeans_init=True)
+    trained(waveform=torch.randn(2, 1, 640) * 0.1)  # k-means initialises and EMA-updates the codebooks
+    trained.export(str(tmp_path / "export"))
+    torch.manual_seed(1)
+    for source in (tmp_path / "export", tmp_path / "export" / "model_state_dict.pt"):
+        loaded = tiny_codec(kmeans_init=True, init_from=str(source))
+        want, got = trained.state_dict(), loaded.state_dict()
+        assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+        wave = torch.randn(1, 1, 960) * 0.1
+        assert torch.equal(trained.encode(wave), loaded.encode(wave))
+    with pytest.raises(ConfigError, match="init_from"):
+        tiny_codec(num_quantizers=2, init_from=str(tmp_path / "export"))
