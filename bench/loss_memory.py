@@ -65,6 +65,7 @@ from lit_distill.losses import (
 )
 
 MB = 2**20
+CACHE_KEYS = ("topk_ids", "topk_logprobs", "tail_mass")  # the order sparse_teacher returns them in
 
 
 def _status_kb(field: str) -> int:
@@ -231,7 +232,7 @@ def main() -> None:
     except Exception:  # missing, or its torchao dependency fails to import
         tune = False
     if args.cache_k:
-        warm.update(zip(("topk_ids", "topk_logprobs", "tail_mass"), sparse_teacher(warm["ht"] @ warm["wt"].T, 8, 1.0)))
+        warm.update(zip(CACHE_KEYS, sparse_teacher(warm["ht"] @ warm["wt"].T, 8, 1.0), strict=True))
     for path in ("naive", "chunked", "fused") + (("torchtune",) if tune else ()) + \
             (("sparse", "fused_sparse") if args.cache_k else ()):
         _step(warm, path, 4)
@@ -250,7 +251,7 @@ def main() -> None:
     if args.cache_k:
         with torch.no_grad():  # the cache, written once
             rows = sparse_teacher(inputs["ht"] @ inputs["wt"].T, args.cache_k, 1.0)
-        inputs.update(zip(("topk_ids", "topk_logprobs", "tail_mass"), rows))
+        inputs.update(zip(CACHE_KEYS, rows, strict=True))
         chunk_sizes.update(sparse=None, fused_sparse=args.fused_chunk_size)
     results = _run_all(inputs, chunk_sizes, device, args.repeats)
     (naive, loss_naive, grads_naive), (chunked, loss_chunked, grads_chunked), (fused, loss_fused, grads_fused) = (
