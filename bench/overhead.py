@@ -10,7 +10,9 @@ metrics at their defaults (checkpointing off: the hand loop does not save
 either). Runs alternate order and are repeated; steady-state time per step is taken
 after warm-up steps. Prints one JSON object: ``time_ratio`` is the median over
 repeats of lit_distill / hand (each pair run back to back), with the ratio of
-the fastest runs and the absolute overhead per step beside it.
+the fastest runs and the absolute overhead per step beside it. ``cpu_time_ratio`` is the same
+ratio on the process's CPU time (``time.process_time``): on a machine shared with other jobs
+wall time mostly measures the neighbours, CPU time much less so.
 
     python bench/overhead.py [--steps 60 --warmup 10 --repeats 3 --batch 8 --seq 128]
 """
@@ -25,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 import lightning as L
 import torch
@@ -54,22 +57,48 @@ def make_batches(n: int, batch: int, seq: int, vocab: int) -> list[dict]:
     return out
 
 
+class Seconds(NamedTuple):
+    """A timed interval: wall seconds and the process's CPU seconds (all its threads)."""
+
+    wall: float
+    cpu: float
+
+
+class Stopwatch:
+    """Wall and process CPU time since :meth:`start`."""
+
+    def __init__(self) -> None:
+        self.start()
+
+    def start(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def read(self) -> Seconds:
+        return Seconds(time.perf_counter() - self.wall, time.process_time() - self.cpu)
+
+
 class StepTimer(L.Callback):
-    """Wall time from the start of batch ``warmup`` to the end of batch ``last``."""
+    """Time from the start of batch ``warmup`` to the end of batch ``last``: ``seconds`` (wall)
+    and ``interval`` (wall and CPU)."""
 
     def __init__(self, warmup: int, last: int) -> None:
-        self.warmup, self.last, self.start, self.seconds = warmup, last, 0.0, 0.0
+        self.warmup, self.last, self.watch = warmup, last, Stopwatch()
+        self.interval = Seconds(0.0, 0.0)
+
+    @property
+    def seconds(self) -> float:
+        return self.interval.wall
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == self.warmup:
-            self.start = time.perf_counter()
+            self.watch.start()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx == self.last:
-            self.seconds = time.perf_counter() - self.start
+            self.interval = self.watch.read()
 
 
-def run_lit(student, teacher, batches, warmup: int, root: str) -> float:
+def run_lit(student, teacher, batches, warmup: int, root: str) -> Seconds:
     module = DistillationModule(student=copy.deepcopy(student), teacher=copy.deepcopy(teacher),
                                 losses={"kd": ForwardKL(weight=0.5), "ce": CrossEntropy(weight=0.5)},
                                 optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
@@ -78,7 +107,7 @@ def run_lit(student, teacher, batches, warmup: int, root: str) -> float:
                         enable_model_summary=False, default_root_dir=root, callbacks=[timer])
     with contextlib.redirect_stdout(sys.stderr):  # the progress bar must not mix with the JSON
         trainer.fit(module, DataLoader(batches, batch_size=None))
-    return timer.seconds
+    return timer.interval
 
 
 def plain_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -92,16 +121,16 @@ def plain_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, la
     return 0.5 * kl + 0.5 * ce
 
 
-def run_loop(student, teacher, batches, warmup: int, loss_fn=plain_kd_loss) -> tuple[float, float, dict]:
+def run_loop(student, teacher, batches, warmup: int, loss_fn=plain_kd_loss) -> tuple[Seconds, float, dict]:
     """A hand-written loop with ``loss_fn`` (default: plain PyTorch losses, so it measures our kernels
-    too); returns (seconds after warm-up, last loss, last-batch logits)."""
+    too); returns (time after warm-up, last loss, last-batch logits)."""
     student, teacher = copy.deepcopy(student), copy.deepcopy(teacher).eval().requires_grad_(False)
     student.train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
-    start, loss = 0.0, torch.zeros(())
+    watch, loss = Stopwatch(), torch.zeros(())
     for i, batch in enumerate(batches):
         if i == warmup:
-            start = time.perf_counter()
+            watch.start()
         with torch.no_grad():
             teacher_logits = teacher(**batch["inputs"]).logits
         student_logits = student(**batch["inputs"]).logits
@@ -110,7 +139,8 @@ def run_loop(student, teacher, batches, warmup: int, loss_fn=plain_kd_loss) -> t
         loss.backward()
         optimizer.step()
     last = {"student": student_logits.detach(), "teacher": teacher_logits}
-    return time.perf_counter() - start, loss.item(), last
+    elapsed = watch.read()
+    return elapsed, loss.item(), last
 
 
 def main() -> None:
@@ -132,16 +162,19 @@ def main() -> None:
                     ("lit", lambda: run_lit(student, teacher, batches, ns.warmup, root))]
             for name, run in runs if repeat % 2 == 0 else runs[::-1]:
                 (hand if name == "hand" else lit).append(run())
-    pair_ratios = [a / b for a, b in zip(lit, hand, strict=True)]
+    walls = {"hand": [t.wall for t in hand], "lit_distill": [t.wall for t in lit]}
+    cpus = {"hand": [t.cpu for t in hand], "lit_distill": [t.cpu for t in lit]}
     result = {
         "bench": "overhead", "device": "cpu", "threads": torch.get_num_threads(), "steps_timed": ns.steps,
         "batch": ns.batch, "seq": ns.seq, "vocab": ns.vocab,
-        "hand_seconds_per_step": statistics.median(hand) / ns.steps,
-        "lit_distill_seconds_per_step": statistics.median(lit) / ns.steps,
-        "time_ratio": statistics.median(pair_ratios),
-        "time_ratio_of_minima": min(lit) / min(hand),
-        "overhead_ms_per_step": 1000 * (statistics.median(lit) - statistics.median(hand)) / ns.steps,
-        "repeats": {"hand": hand, "lit_distill": lit},
+        "hand_seconds_per_step": statistics.median(walls["hand"]) / ns.steps,
+        "lit_distill_seconds_per_step": statistics.median(walls["lit_distill"]) / ns.steps,
+        "time_ratio": statistics.median(a.wall / b.wall for a, b in zip(lit, hand, strict=True)),
+        "time_ratio_of_minima": min(walls["lit_distill"]) / min(walls["hand"]),
+        "cpu_time_ratio": statistics.median(a.cpu / b.cpu for a, b in zip(lit, hand, strict=True)),
+        "overhead_ms_per_step": 1000 * (statistics.median(walls["lit_distill"]) - statistics.median(walls["hand"]))
+        / ns.steps,
+        "repeats": walls, "cpu_repeats": cpus,
     }
     print(json.dumps(result, indent=2))
 

@@ -22,7 +22,8 @@ Contenders:
 - ``hand``: plain PyTorch (``F.kl_div`` / ``F.cross_entropy``, JSD with ``logaddexp``).
 
 Per contender: ``s_per_step`` (median over repeats of the steady-state seconds per step),
-``peak_mb`` (RSS above the start of the run, sampled as in bench/loss_memory.py; the median
+``cpu_s_per_step`` and ``cpu_time_ratio_to_hand`` (the process's CPU seconds, which a shared
+machine inflates much less than wall time; the ratio is the median of per-repeat ratios), ``peak_mb`` (RSS above the start of the run, sampled as in bench/loss_memory.py; the median
 over repeats), ratios to the hand loop, and the loss on the last batch (same for every repeat:
 the runs are deterministic). Prints one JSON object; exits 1 if a loss disagrees with the hand
 loop's by more than ``--rtol``.
@@ -49,7 +50,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loss_memory import MB, _PeakRSS, _release_freed_memory  # noqa: E402
-from overhead import StepTimer, llama, make_batches, plain_kd_loss, run_loop  # noqa: E402
+from overhead import Seconds, StepTimer, llama, make_batches, plain_kd_loss, run_loop  # noqa: E402
 
 from lit_distill import DistillationModule  # noqa: E402
 from lit_distill.losses import CrossEntropy, ForwardKL, GeneralizedJSD  # noqa: E402
@@ -114,7 +115,7 @@ class LastLoss(L.Callback):
         self.value = float(loss) / int(batch["loss_mask"].sum())
 
 
-def run_lit(student, teacher, batches, warmup: int, root: str, objective: str) -> tuple[float, float, dict]:
+def run_lit(student, teacher, batches, warmup: int, root: str, objective: str) -> tuple[Seconds, float, dict]:
     losses = ({"kd": ForwardKL(weight=1.0)} if objective == "fkl" else
               {"kd": ForwardKL(weight=0.5) if objective == "fkl_ce" else GeneralizedJSD(beta=0.5, weight=0.5),
                "ce": CrossEntropy(weight=0.5)})
@@ -126,7 +127,7 @@ def run_lit(student, teacher, batches, warmup: int, root: str, objective: str) -
                         default_root_dir=root, callbacks=[timer, last])
     with contextlib.redirect_stdout(sys.stderr):
         trainer.fit(module, DataLoader(batches, batch_size=None))
-    return timer.seconds, last.value, {}
+    return timer.interval, last.value, {}
 
 
 def available_peers() -> dict[str, str | None]:
@@ -154,6 +155,7 @@ def bench_objective(objective, student, teacher, batches, ns, root, peers) -> di
     if peers["torchtune"] is None and objective == "fkl_ce":
         contenders["torchtune"] = lambda: run_loop(student, teacher, batches, ns.warmup, torchtune_loss())
     seconds = {name: [] for name in contenders}
+    cpu_seconds = {name: [] for name in contenders}
     peaks = {name: [] for name in contenders}
     losses, lasts = {}, {}
     names = list(contenders)
@@ -162,16 +164,23 @@ def bench_objective(objective, student, teacher, batches, ns, root, peers) -> di
             _release_freed_memory()
             with _PeakRSS() as rss:
                 sec, loss, last = contenders[name]()
-            seconds[name].append(sec / ns.steps)
+            seconds[name].append(sec.wall / ns.steps)
+            cpu_seconds[name].append(sec.cpu / ns.steps)
             peaks[name].append((rss.peak - rss.baseline) / MB)
             losses[name], lasts[name] = loss, last
     hand_s, hand_mb = statistics.median(seconds["hand"]), statistics.median(peaks["hand"])
     result = {}
     for name in contenders:
         s, mb = statistics.median(seconds[name]), statistics.median(peaks[name])
+        # CPU time per step, as a median of per-repeat ratios to the hand run of the same repeat:
+        # robust when the machine is shared (wall time then mostly measures the neighbours).
+        cpu_ratios = [a / b for a, b in zip(cpu_seconds[name], cpu_seconds["hand"], strict=True)]
         result[name] = {"s_per_step": s, "peak_mb": round(mb, 2), "time_ratio_to_hand": s / hand_s,
+                        "cpu_s_per_step": statistics.median(cpu_seconds[name]),
+                        "cpu_time_ratio_to_hand": statistics.median(cpu_ratios),
                         "peak_ratio_to_hand": mb / hand_mb if hand_mb > 0 else None,
-                        "final_loss": losses[name], "s_per_step_repeats": seconds[name]}
+                        "final_loss": losses[name], "s_per_step_repeats": seconds[name],
+                        "cpu_s_per_step_repeats": cpu_seconds[name]}
     if "torchtune" in result:
         # torchtune's KD term is −Σ p log q: add back 0.5·H(p) of the last batch's teacher to compare.
         log_p = F.log_softmax(lasts["torchtune"]["teacher"].float(), dim=-1)

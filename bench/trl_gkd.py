@@ -15,9 +15,9 @@ import copy
 import os
 import sys
 import tempfile
-import time
 
 import torch
+from overhead import Seconds, Stopwatch  # bench/ is on sys.path when run as a script
 from torch.utils.data import SequentialSampler
 
 
@@ -45,8 +45,9 @@ def _tokenizer():
                                    pad_token="<pad>", eos_token="<eos>")
 
 
-def run_gkd_trainer(student, teacher, batches: list[dict], warmup: int) -> tuple[float, float, dict]:
-    """``GKDTrainer`` over ``batches`` (one dataset item per step, in order); returns (seconds after ``warmup`` steps, last loss, {})."""
+def run_gkd_trainer(student, teacher, batches: list[dict], warmup: int) -> tuple[Seconds, float, dict]:
+    """``GKDTrainer`` over ``batches`` (one dataset item per step, in order); returns (time after ``warmup``
+    steps, last loss, {})."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # the trainer reports usage; this machine has no network
     from datasets import Dataset
@@ -65,11 +66,11 @@ def run_gkd_trainer(student, teacher, batches: list[dict], warmup: int) -> tuple
             return loss
 
     class Timer(TrainerCallback):
-        start = 0.0
+        watch = Stopwatch()
 
         def on_step_begin(self, args, state, control, **kwargs):
             if state.global_step == warmup:
-                Timer.start = time.perf_counter()
+                Timer.watch.start()
 
     student = copy.deepcopy(student).module  # the transformers model under bench/overhead.py's adapter
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
@@ -84,4 +85,4 @@ def run_gkd_trainer(student, teacher, batches: list[dict], warmup: int) -> tuple
                           processing_class=_tokenizer(), optimizers=(optimizer, None), callbacks=[Timer()])
         with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its summary; stdout is the bench's JSON
             trainer.train()
-    return time.perf_counter() - Timer.start, InOrder.last_loss, {}
+    return Timer.watch.read(), InOrder.last_loss, {}

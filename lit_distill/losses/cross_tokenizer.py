@@ -55,6 +55,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -146,10 +147,26 @@ def _sorted_l1(a: Tensor, b: Tensor) -> Tensor:
     return head + longer[..., m:].sum(-1) if longer.shape[-1] > m else head
 
 
+def _sort_descending(probs: Tensor) -> Tensor:
+    """``probs [..., V]`` sorted in descending order along the last dimension, differentiable.
+
+    On the CPU the order comes from numpy's vectorised (AVX-512 / AVX2) sort, 2–4× faster than
+    ``torch.sort`` on vocabulary-sized rows; the values are then gathered through autograd, so
+    the gradient is the same scatter as ``torch.sort``'s. Elsewhere, ``torch.sort``.
+    """
+    if probs.device.type != "cpu" or probs.dtype not in (torch.float32, torch.float64):
+        return probs.sort(dim=-1, descending=True).values
+    rows = probs.detach().reshape(-1, probs.shape[-1]).numpy()
+    if not probs.requires_grad:
+        return torch.from_numpy(-np.sort(-rows, axis=-1)).reshape(probs.shape)
+    order = torch.from_numpy(np.argsort(-rows, axis=-1)).reshape(probs.shape)
+    return probs.gather(-1, order)
+
+
 def _exact_distance(xs: Tensor, xt: Tensor) -> Tensor:
     """Exact ULD per row from scaled logits ``xs [..., Vs]``, ``xt [..., Vt]`` -> ``[...]``."""
-    q = torch.softmax(xs, dim=-1).sort(dim=-1, descending=True).values
-    p = torch.softmax(xt, dim=-1).sort(dim=-1, descending=True).values
+    q = _sort_descending(torch.softmax(xs, dim=-1))
+    p = _sort_descending(torch.softmax(xt, dim=-1))
     return _sorted_l1(q, p)
 
 

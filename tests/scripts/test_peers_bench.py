@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["--steps", "2", "--warmup", "1", "--repeats", "1", "--batch", "2", "--seq", "16", "--vocab", "256",
          "--hidden", "32"]
-KEYS = {"s_per_step", "peak_mb", "time_ratio_to_hand", "peak_ratio_to_hand", "final_loss", "loss_rel_diff_to_hand"}
+KEYS = {"s_per_step", "cpu_s_per_step", "cpu_time_ratio_to_hand", "peak_mb", "time_ratio_to_hand", "peak_ratio_to_hand", "final_loss", "loss_rel_diff_to_hand"}
 
 
 def _run(*extra: str) -> dict:
@@ -30,7 +30,7 @@ def test_peers_bench_lit_distill_and_hand_agree():
     for objective in ("fkl_ce", "jsd"):
         assert set(result[objective]) == {"hand", "lit_distill"}
         for entry in result[objective].values():
-            assert KEYS <= set(entry) and entry["s_per_step"] > 0
+            assert KEYS <= set(entry) and entry["s_per_step"] > 0 and entry["cpu_s_per_step"] > 0
             assert entry["loss_rel_diff_to_hand"] <= 1e-4
     assert result["losses_agree"]
 

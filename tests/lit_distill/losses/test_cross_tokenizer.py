@@ -512,3 +512,27 @@ def test_skip_student_eos_drops_each_rows_last_answer_position():
                                  [False, False, False, False, False]])
     skipping = ULD(skip_student_eos=True)(s, t, mask, teacher_mask)
     assert torch.allclose(skipping, ULD()(s, t, expected, teacher_mask))
+
+
+# --------------------------------------------------------------------------- the CPU sort path
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("grad", [True, False])
+def test_numpy_sort_equals_torch_sort(dtype, grad):
+    """The CPU path's numpy order gives torch.sort's values and, through gather, its gradient."""
+    from lit_distill.losses.cross_tokenizer import _sort_descending
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 257, generator=gen, dtype=dtype) * 4
+    weights = torch.randn(3, 5, 257, generator=gen, dtype=dtype)
+    ours_in = logits.clone().requires_grad_(grad)
+    ref_in = logits.clone().requires_grad_(grad)
+    ours = _sort_descending(torch.softmax(ours_in, -1))
+    ref = torch.softmax(ref_in, -1).sort(dim=-1, descending=True).values
+    assert ours.dtype == dtype and ours.shape == ref.shape and ours.requires_grad == grad
+    assert torch.equal(ours, ref)
+    if grad:
+        (ours * weights).sum().backward()
+        (ref * weights).sum().backward()
+        assert torch.equal(ours_in.grad, ref_in.grad)
