@@ -139,10 +139,10 @@ class HFModel(ModelAdapter):
         if (path is None) == (config is None):
             raise ConfigError(f"{name}: give exactly one of 'path' (hub id or local directory) or 'config' "
                               "(a dict with model_type, to build a fresh model)")
-        check_task_fields(name, task, _TASK_FIELDS, compute_logits=compute_logits, normalize=normalize, sample_rate=sample_rate,
-                          vocab_size=vocab_size, pad_token_id=pad_token_id, num_classes=num_classes,
-                          trust_remote_code=trust_remote_code, attn_implementation=attn_implementation,
-                          output_attentions=output_attentions, lora=lora)
+        check_task_fields(name, task, _TASK_FIELDS, compute_logits=compute_logits, normalize=normalize,
+                          sample_rate=sample_rate, vocab_size=vocab_size, pad_token_id=pad_token_id,
+                          num_classes=num_classes, trust_remote_code=trust_remote_code,
+                          attn_implementation=attn_implementation, output_attentions=output_attentions, lora=lora)
         self.task, self.path, self.compute_logits = task, path, compute_logits
         self.lora = None  # set after loading: the checks read the plain model
         self.output_hidden_states, self.output_attentions = output_hidden_states, output_attentions
