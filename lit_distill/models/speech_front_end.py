@@ -60,7 +60,7 @@ def mono(waveform: Tensor, name: str) -> Tensor:
 
 
 class SpeechEncoderFrontEnd(nn.Module):
-    """Waveform in, every layer's hidden states out, for a ``transformers`` speech encoder.
+    """Waveform in, the last hidden state (and, when asked, every layer's) out, for a speech encoder.
 
     Args:
         module: the ``AutoModel`` speech encoder (its config gives the strides).
@@ -80,6 +80,9 @@ class SpeechEncoderFrontEnd(nn.Module):
                               "feature extractor (valid: hubert, wavlm, wav2vec2, ...)")
         self.name, self.normalize = name, normalize
         self.total_stride = math.prod(int(s) for s in strides)  # input samples per frame
+
+    def extra_repr(self) -> str:
+        return f"normalize={self.normalize}, total_stride={self.total_stride}"
 
     @staticmethod
     def load(path: str, field: str, dtype: torch.dtype | None, revision: str | None) -> nn.Module:

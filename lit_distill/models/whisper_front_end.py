@@ -103,6 +103,9 @@ class WhisperFrontEnd(nn.Module):
         self.num_frames = int(module.config.max_source_positions)  # encoder frames per window
         self.register_buffer("mel_filters", whisper_mel_filters(self.num_mel_bins), persistent=False)
 
+    def extra_repr(self) -> str:
+        return f"sample_rate={self.sample_rate}, num_mel_bins={self.num_mel_bins}, num_frames={self.num_frames}"
+
     @property
     def num_samples(self) -> int:
         """The window in 16 kHz samples: ``2 * num_frames * 160``."""
