@@ -1,5 +1,6 @@
 """Loading ``transformers`` models safely: hub ids or ``save_pretrained`` directories, fresh models
-from architecture fields, tokenizers beside exports, and the LM-head check of fused losses."""
+from architecture fields, tokenizers beside exports, the LM-head check of fused losses, and the
+check that a field is set only on the tasks that take it."""
 
 from __future__ import annotations
 
@@ -30,6 +31,23 @@ def check_plain_head(module: Any, field: str) -> None:
             raise ConfigError(f"{field}: {type(module).__name__} transforms its logits "
                               f"after the head ({name}={value}); fused losses would compute other "
                               "logits, keep compute_logits: true")
+
+
+def check_task_fields(name: str, task: str, table: dict[str, tuple[tuple[str, ...], str, Any]],
+                      **values: Any) -> None:
+    """A one-line ConfigError for a field set (not at its unset value) on a task that does not take it.
+
+    Args:
+        name: the adapter's class name, for messages.
+        task: the task the adapter was given.
+        table: field -> (the tasks that take it, what they are called in messages, its unset value).
+        values: the fields' values.
+    """
+    for field, value in values.items():
+        tasks, label, unset = table[field]
+        if task not in tasks and value != unset:
+            shown = str(value).lower() if isinstance(value, bool) else value
+            raise ConfigError(f"{name}.{field}: {shown} is for {label}, not {task}; leave it out")
 
 
 # "name" or "org/name": what the hub accepts; anything else is taken as a local path.

@@ -11,6 +11,8 @@ task                       auto class                            logits
 ``sequence-classification`` ``AutoModelForSequenceClassification`` ``[B, C]``
 ``token-classification``   ``AutoModelForTokenClassification``   ``[B, L, C]``
 ``feature-extraction``     ``AutoModel`` (a bare encoder)        none
+``speech-encoder``         ``AutoModel`` on waveforms            none
+``whisper-encoder``        Whisper's encoder on waveforms        none
 ========================== ===================================== ==============================
 
 Features: ``last_hidden_state`` ``[B, L, D]`` (the last layer's output),
@@ -22,7 +24,15 @@ mean over ``attention_mask``, sentence-embedding style) and, with ``output_atten
 forward just to pool the last one), and with ``compute_logits: false`` it skips its LM head for fused
 losses (see :class:`HFModel`).
 
-``lit_distill.models.HFCausalLM`` is this adapter with ``task: causal-lm`` under its historic name.
+The speech tasks read ``waveform`` ``[B, 1, T]`` (or ``[B, T]``) and an optional bool
+``waveform_mask`` ``[B, T]`` through a front end of their own (``FRONT_ENDS``: HuBERT / WavLM /
+wav2vec 2.0 in :mod:`~lit_distill.models.speech_front_end`; Whisper's log-mel and ``frame_mask`` in
+:mod:`~lit_distill.models.whisper_front_end`) and return ``last_hidden_state`` ``[B, F, D]``; what a
+front end adds (Whisper's ``prepare``, ``num_samples``, ...) is reachable on the adapter by name.
+Fields that only some tasks take are refused for the others unless left unset.
+
+Thin names: ``lit_distill.models.HFCausalLM`` (``causal-lm``), ``HFSpeechEncoder``
+(``speech-encoder``, hidden states always on) and ``HFWhisperEncoder`` (``whisper-encoder``).
 """
 
 from __future__ import annotations
@@ -38,16 +48,32 @@ from lit_distill.models.base import ModelAdapter, parse_dtype
 from lit_distill.models.hf_loading import (
     build_from_config,
     check_plain_head,
+    check_task_fields,
     copy_tokenizer,
     load_pretrained_checked,
 )
+from lit_distill.models.speech_front_end import SpeechEncoderFrontEnd
+from lit_distill.models.whisper_front_end import WHISPER_SAMPLE_RATE, WhisperFrontEnd
 from lit_distill.sources import OutputSpec
 
-Task = Literal["causal-lm", "masked-lm", "sequence-classification", "token-classification", "feature-extraction"]
+Task = Literal["causal-lm", "masked-lm", "sequence-classification", "token-classification", "feature-extraction",
+               "speech-encoder", "whisper-encoder"]
 AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "masked-lm": "AutoModelForMaskedLM",
                 "sequence-classification": "AutoModelForSequenceClassification",
                 "token-classification": "AutoModelForTokenClassification", "feature-extraction": "AutoModel"}
+# tasks whose inputs go through a front end of their own (loading, inputs, outputs)
+FRONT_ENDS = {"speech-encoder": SpeechEncoderFrontEnd, "whisper-encoder": WhisperFrontEnd}
 _CLASSIFIERS = ("sequence-classification", "token-classification")
+_TEXT = tuple(AUTO_CLASSES)
+# field -> (the tasks that take it, what they are called in messages, its value when left unset)
+_TASK_FIELDS = {
+    "compute_logits": (("causal-lm",), "task causal-lm", True),
+    "normalize": (("speech-encoder",), "task speech-encoder", False),
+    "sample_rate": (("whisper-encoder",), "task whisper-encoder", WHISPER_SAMPLE_RATE),
+    **{field: (_TEXT, "the text tasks", unset) for field, unset in (
+        ("vocab_size", None), ("pad_token_id", None), ("num_classes", None), ("trust_remote_code", False),
+        ("attn_implementation", None), ("output_attentions", False), ("lora", None))},
+}
 
 
 class HFModel(ModelAdapter):
@@ -58,10 +84,16 @@ class HFModel(ModelAdapter):
 
     Args:
         task: ``causal-lm``, ``masked-lm``, ``sequence-classification``,
-            ``token-classification`` or ``feature-extraction`` (see the module docstring).
-        path: hub id (e.g. ``bert-base-uncased``) or local directory.
+            ``token-classification``, ``feature-extraction``, ``speech-encoder`` or
+            ``whisper-encoder`` (see the module docstring).
+        path: hub id (e.g. ``bert-base-uncased``, ``facebook/hubert-base-ls960``,
+            ``openai/whisper-large-v3``) or local directory. ``whisper-encoder`` keeps the encoder
+            of a ``WhisperModel`` / ``WhisperForConditionalGeneration`` (or of an exported encoder).
         config: architecture fields for a model built from scratch, e.g.
-            ``{model_type: bert, hidden_size: 64, num_hidden_layers: 2, ...}``.
+            ``{model_type: bert, hidden_size: 64, num_hidden_layers: 2, ...}``; for
+            ``speech-encoder`` e.g. ``{model_type: hubert, ..., conv_dim: [32, 32], conv_stride:
+            [5, 4], conv_kernel: [10, 4]}``; for ``whisper-encoder`` Whisper config fields
+            (``d_model``, ``encoder_layers``, ``num_mel_bins``, ``max_source_positions``, ...).
         vocab_size: the data's tokenizer size (linked from the datamodule by the CLI): sets the
             vocabulary of a fresh model; checked against a loaded one's embeddings.
         pad_token_id: the data's pad id (linked from the datamodule).
@@ -71,7 +103,8 @@ class HFModel(ModelAdapter):
         trust_remote_code: allow code shipped with the checkpoint to run. Off unless you trust it.
         revision: hub revision (branch, tag or commit).
         attn_implementation: e.g. ``sdpa`` or ``eager`` (``output_attentions`` needs ``eager``).
-        output_hidden_states: also return every layer's hidden states.
+        output_hidden_states: also return every layer's hidden states (speech: the CNN /
+            convolution-and-position features first).
         output_attentions: also return every layer's attention maps as features.
         hooks: module paths whose outputs are recorded as features.
         compute_logits: ``causal-lm`` only. False skips the LM head: ``logits`` is None and the
@@ -85,6 +118,11 @@ class HFModel(ModelAdapter):
             :mod:`lit_distill.models.lora`), on the model loaded from ``path``; the base stays
             frozen and, for classification tasks, the new head trains in full. Export writes the
             merged model and the adapter in ``adapter/``.
+        normalize: ``speech-encoder`` only. Normalise every utterance to zero mean and unit
+            variance before the model (as the checkpoint's ``preprocessor_config.json``
+            ``do_normalize`` says).
+        sample_rate: ``whisper-encoder`` only. Rate of the waveforms (Hz); other rates than
+            16 kHz are resampled (differentiably).
     """
 
     def __init__(self, task: Task = "causal-lm", path: str | None = None, config: dict[str, Any] | None = None,
@@ -92,26 +130,38 @@ class HFModel(ModelAdapter):
                  dtype: str | None = None, trust_remote_code: bool = False, revision: str | None = None,
                  attn_implementation: str | None = None, output_hidden_states: bool = False,
                  output_attentions: bool = False, hooks: list[str] | None = None, compute_logits: bool = True,
-                 lora: dict[str, Any] | None = None) -> None:
+                 lora: dict[str, Any] | None = None, normalize: bool = False,
+                 sample_rate: int = WHISPER_SAMPLE_RATE) -> None:
         super().__init__(hooks)
-        name = type(self).__name__  # HFCausalLM's messages name its own fields
-        if task not in AUTO_CLASSES:
-            raise ConfigError(f"{name}.task: '{task}' is not one of {sorted(AUTO_CLASSES)}")
+        name = type(self).__name__  # the thin names' messages name their own fields
+        if task not in (*AUTO_CLASSES, *FRONT_ENDS):
+            raise ConfigError(f"{name}.task: '{task}' is not one of {sorted((*AUTO_CLASSES, *FRONT_ENDS))}")
         if (path is None) == (config is None):
             raise ConfigError(f"{name}: give exactly one of 'path' (hub id or local directory) or 'config' "
                               "(a dict with model_type, to build a fresh model)")
-        if not compute_logits and task != "causal-lm":
-            raise ConfigError(f"{name}.compute_logits: false is for task causal-lm (fused LM losses), "
-                              f"not {task}")
+        check_task_fields(name, task, _TASK_FIELDS, compute_logits=compute_logits, normalize=normalize,
+                          sample_rate=sample_rate, vocab_size=vocab_size, pad_token_id=pad_token_id,
+                          num_classes=num_classes, trust_remote_code=trust_remote_code,
+                          attn_implementation=attn_implementation, output_attentions=output_attentions, lora=lora)
         self.task, self.path, self.compute_logits = task, path, compute_logits
         self.lora = None  # set after loading: the checks read the plain model
         self.output_hidden_states, self.output_attentions = output_hidden_states, output_attentions
+        torch_dtype = parse_dtype(dtype, f"{name}.dtype")
+        self.front_end = None
+        if task in FRONT_ENDS:  # loading, inputs and outputs of its own
+            front_end = FRONT_ENDS[task]
+            # .train(): as for the text tasks below
+            self.module = (front_end.load(path, f"{name}.path", torch_dtype, revision).train() if path is not None
+                           else front_end.build(dict(config), f"{name}.config", torch_dtype))
+            options = {"normalize": normalize, "sample_rate": sample_rate}
+            self.front_end = front_end(self.module, name, **{field: options[field] for field in front_end.fields})
+            self._install_hooks()
+            return
         if output_attentions and attn_implementation is None:
             attn_implementation = "eager"  # sdpa and flash kernels do not return attention maps
         import transformers
 
         auto_class = getattr(transformers, AUTO_CLASSES[task])
-        torch_dtype = parse_dtype(dtype, f"{name}.dtype")
         labels = {"num_labels": num_classes} if task in _CLASSIFIERS and num_classes is not None else {}
         if path is not None:
             example = "Qwen/Qwen2.5-0.5B" if task == "causal-lm" else "bert-base-uncased"
@@ -141,6 +191,16 @@ class HFModel(ModelAdapter):
         """The ``transformers`` model (under a LoRA student's ``peft`` wrapper, with its adapters)."""
         return self.module.get_base_model() if self.lora else self.module
 
+    def __getattr__(self, name: str) -> Any:
+        # what a speech task's front end adds (Whisper's prepare, num_samples, ...), by name
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            front_end = self.__dict__.get("_modules", {}).get("front_end")
+            if front_end is None or name not in front_end.exports:
+                raise
+            return getattr(front_end, name)
+
     def _check_loaded(self, vocab_size: int | None, name: str) -> None:
         """A loaded model must cover the data's tokenizer: a causal LM's head, other models' embeddings."""
         if vocab_size is None:
@@ -158,7 +218,7 @@ class HFModel(ModelAdapter):
     def output_size(self) -> int | None:
         if self.task in _CLASSIFIERS:
             return int(self.model.config.num_labels)
-        if self.task == "feature-extraction":
+        if self.task == "feature-extraction" or self.front_end is not None:
             return None
         head = self.model.get_output_embeddings()
         return head.weight.shape[0] if head is not None else int(self.model.config.vocab_size)
@@ -176,6 +236,8 @@ class HFModel(ModelAdapter):
     def declared_outputs(self) -> OutputSpec:
         """Logits (not for ``feature-extraction`` or ``compute_logits: false``), the pooled features
         or the LM head, and, when asked, hidden states and attention maps (see the module docstring)."""
+        if self.front_end is not None:
+            return self.front_end.declared_outputs(self.model.config, self.output_hidden_states)
         layers = int(getattr(self.model.config, "num_hidden_layers", 0)) or None
         features = {"last_hidden_state", "cls_pooled", "mean_pooled"} if self._pools else set()
         if not self.compute_logits:
@@ -189,6 +251,8 @@ class HFModel(ModelAdapter):
                           features=frozenset(features), closed=layers is not None or not self.output_attentions)
 
     def run(self, **inputs: Any) -> ModelOutput:
+        if self.front_end is not None:
+            return self.front_end.run(self.module, self.output_hidden_states, **inputs)
         features: dict[str, Tensor] = {}
         if self.compute_logits:
             extra = {"use_cache": False} if self.task == "causal-lm" else {}
@@ -229,7 +293,7 @@ class HFModel(ModelAdapter):
             export_lora(self.module, out_dir, self.path)
         else:
             self.module.save_pretrained(out_dir)
-        if self.path is not None and os.path.isdir(self.path):
+        if self.path is not None and os.path.isdir(self.path) and self.front_end is None:
             for target in export_dirs(out_dir):
                 copy_tokenizer(self.path, target)
 

@@ -1,91 +1,40 @@
-"""Whisper's encoder on waveforms, with a differentiable log-mel front end (for LM-SPT's loss).
+"""``HFWhisperEncoder``: :class:`~lit_distill.models.hf_model.HFModel` for Whisper's encoder on
+waveforms (``task: whisper-encoder``, for LM-SPT's loss), under its historic name.
 
-Whisper reads 16 kHz audio as an 80- (or, from large-v3, 128-) band log-mel spectrogram with a
-400-sample Hann window and a 160-sample hop (100 mel frames/s), always padded to the encoder's
-fixed window (30 s: 3000 mel frames, 1500 encoder frames; its two convolutions halve the rate).
-:func:`whisper_log_mel` computes that spectrogram in torch, so that gradients flow from the
-encoder back into the waveform (LM-SPT's indirect distillation trains a decoder through it).
+The log-mel front end (:func:`whisper_log_mel`, :func:`whisper_mel_filters`) lives in
+:mod:`~lit_distill.models.whisper_front_end`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import Tensor
-
-from lit_distill.contracts import ModelOutput
-from lit_distill.errors import ConfigError
-from lit_distill.models.base import ModelAdapter, parse_dtype
-from lit_distill.models.hf_loading import load_pretrained_checked
-from lit_distill.sources import OutputSpec
-
-WHISPER_SAMPLE_RATE = 16000
-N_FFT = 400
-HOP_LENGTH = 160
+from lit_distill.models.hf_model import HFModel
+from lit_distill.models.whisper_front_end import (
+    WHISPER_SAMPLE_RATE,
+    whisper_log_mel,
+    whisper_mel_filters,
+)
 
 
-def whisper_mel_filters(n_mels: int = 80, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Whisper's Slaney mel filter bank ``[1 + N_FFT // 2, n_mels]`` (0 to 8 kHz at 16 kHz)."""
-    from transformers.audio_utils import mel_filter_bank
+class HFWhisperEncoder(HFModel):
+    """The encoder of a ``transformers`` Whisper model on waveforms: ``HFModel(task="whisper-encoder",
+    ...)`` under its historic name.
 
-    filters = mel_filter_bank(num_frequency_bins=1 + N_FFT // 2, num_mel_filters=n_mels, min_frequency=0.0,
-                              max_frequency=8000.0, sampling_rate=WHISPER_SAMPLE_RATE, norm="slaney",
-                              mel_scale="slaney")
-    return torch.from_numpy(filters).to(dtype)
-
-
-def whisper_log_mel(waveform: Tensor, num_samples: int, mel_filters: Tensor) -> Tensor:
-    """Whisper's log-mel spectrogram of ``waveform`` zero-padded to ``num_samples``, differentiable.
-
-    The same values as ``transformers.WhisperFeatureExtractor`` with ``padding="max_length"``:
-    power STFT (Hann 400, hop 160, centred, reflect padding), mel filters, the last frame
-    dropped, ``log10(max(mel, 1e-10))``, floored at its per-utterance maximum minus 8, then
-    ``(x + 4) / 4``.
-
-    Args:
-        waveform: ``[B, T]`` or ``[B, 1, T]`` at 16 kHz, ``T <= num_samples`` (samples past the
-            real audio should be zero, as the feature extractor pads).
-        num_samples: the encoder's input length in samples (``2 * max_source_positions * 160``).
-        mel_filters: ``[201, M]`` from :func:`whisper_mel_filters`.
-
-    Returns:
-        ``[B, M, num_samples // 160]`` in the waveform's dtype (computed in at least float32).
-    """
-    if waveform.dim() == 3:
-        if waveform.shape[1] != 1:
-            raise ConfigError(f"whisper_log_mel: waveform must be mono [B, 1, T], got {list(waveform.shape)}")
-        waveform = waveform[:, 0]
-    if waveform.dim() != 2:
-        raise ConfigError(f"whisper_log_mel: waveform must be [B, T] or [B, 1, T], got {list(waveform.shape)}")
-    if waveform.shape[-1] > num_samples:
-        raise ConfigError(f"whisper_log_mel: {waveform.shape[-1]} samples exceed the encoder's window of "
-                          f"{num_samples} samples")
-    dtype = torch.promote_types(waveform.dtype, torch.float32)
-    x = torch.nn.functional.pad(waveform.to(dtype), (0, num_samples - waveform.shape[-1]))
-    window = torch.hann_window(N_FFT, dtype=dtype, device=x.device)
-    spec = torch.stft(x, N_FFT, HOP_LENGTH, window=window, center=True, pad_mode="reflect", return_complex=True)
-    power = spec.real.pow(2) + spec.imag.pow(2)  # [B, 201, frames + 1]; no abs(): smooth at 0
-    mel = torch.einsum("bfn,fm->bmn", power[..., :-1], mel_filters.to(dtype=dtype, device=x.device))
-    log_mel = mel.clamp_min(1e-10).log10()
-    peak = log_mel.amax(dim=(1, 2), keepdim=True)
-    log_mel = torch.maximum(log_mel, peak - 8.0)
-    return ((log_mel + 4.0) / 4.0).to(waveform.dtype)
-
-
-class HFWhisperEncoder(ModelAdapter):
-    """The encoder of a ``transformers`` Whisper model, called on waveforms.
-
-    Give exactly one of ``path`` (a hub id such as ``openai/whisper-large-v3`` or a directory
-    written by ``save_pretrained`` of a ``WhisperModel`` or ``WhisperForConditionalGeneration``)
-    or ``config`` (Whisper config fields for a fresh random encoder, e.g. ``{d_model: 64,
-    encoder_layers: 2, encoder_attention_heads: 2, encoder_ffn_dim: 128, num_mel_bins: 80,
-    max_source_positions: 150}``). Only the encoder is kept (the decoder is dropped).
+    Give exactly one of ``path`` (a hub id such as ``openai/whisper-large-v3``, a directory written
+    by ``save_pretrained`` of a ``WhisperModel`` or ``WhisperForConditionalGeneration``, or this
+    adapter's export) or ``config`` (Whisper config fields for a fresh random encoder, e.g.
+    ``{d_model: 64, encoder_layers: 2, encoder_attention_heads: 2, encoder_ffn_dim: 128,
+    num_mel_bins: 80, max_source_positions: 150}``). Only the encoder is kept (the decoder is
+    dropped). Every field means what it means in :class:`~lit_distill.models.hf_model.HFModel`;
+    errors name ``HFWhisperEncoder.<field>``.
 
     The encoder's window is fixed: ``max_source_positions`` encoder frames = twice as many mel
     frames = ``2 * max_source_positions * 160`` samples at 16 kHz (1500 → 30 s for the released
     models). Shorter waveforms are zero-padded to it, as Whisper always does; the ``frame_mask``
-    output marks the encoder frames that cover real audio.
+    output marks the encoder frames that cover real audio. ``prepare``, ``encode_mel``,
+    ``num_frames``, ``num_samples``, ``window_seconds`` and ``num_mel_bins`` come from
+    :class:`~lit_distill.models.whisper_front_end.WhisperFrontEnd`.
 
     Args:
         path: hub id or local directory.
@@ -106,133 +55,11 @@ class HFWhisperEncoder(ModelAdapter):
     the convolutions and positions, ..., ``h_L``) when asked.
     """
 
-    def __init__(self, path: str | None = None, config: dict[str, Any] | None = None, sample_rate: int = 16000,
-                 dtype: str | None = None, revision: str | None = None, output_hidden_states: bool = False,
-                 hooks: list[str] | None = None) -> None:
-        super().__init__(hooks)
-        if (path is None) == (config is None):
-            raise ConfigError("HFWhisperEncoder: give exactly one of 'path' (hub id or local directory, e.g. "
-                              "openai/whisper-large-v3) or 'config' (Whisper config fields, for a fresh encoder)")
-        if sample_rate < 1:
-            raise ConfigError(f"HFWhisperEncoder.sample_rate must be positive, got {sample_rate}")
-        self.path, self.sample_rate, self.output_hidden_states = path, int(sample_rate), output_hidden_states
-        torch_dtype = parse_dtype(dtype, "HFWhisperEncoder.dtype")
-        if path is not None:
-            self.module = _load_encoder(path, torch_dtype, revision)
-        else:
-            self.module = _build_encoder(dict(config), torch_dtype)
-        self.register_buffer("mel_filters", whisper_mel_filters(self.num_mel_bins), persistent=False)
-        self._install_hooks()
-
-    @property
-    def num_mel_bins(self) -> int:
-        """Mel bands of the input (80, or 128 from large-v3)."""
-        return int(self.module.config.num_mel_bins)
-
-    @property
-    def hidden_size(self) -> int:
-        """Width ``D`` of the encoder's outputs."""
-        return int(self.module.config.d_model)
-
-    @property
-    def num_frames(self) -> int:
-        """Encoder frames per window: ``max_source_positions``."""
-        return int(self.module.config.max_source_positions)
-
-    @property
-    def num_samples(self) -> int:
-        """The window in 16 kHz samples: ``2 * num_frames * 160``."""
-        return 2 * self.num_frames * HOP_LENGTH
-
-    @property
-    def window_seconds(self) -> float:
-        """The window in seconds."""
-        return self.num_samples / WHISPER_SAMPLE_RATE
-
-    def prepare(self, waveform: Tensor, waveform_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Waveform at ``sample_rate`` → (log-mel ``[B, M, 2 * T_enc]``, frame_mask bool ``[B, T_enc]``).
-
-        Samples outside ``waveform_mask`` are zeroed; the audio is resampled to 16 kHz if needed,
-        and padding past the window is cut (real audio past it is a ConfigError).
-        """
-        if waveform.dim() == 3:
-            if waveform.shape[1] != 1:
-                raise ConfigError(f"HFWhisperEncoder: waveform must be mono [B, 1, T], got {list(waveform.shape)}")
-            waveform = waveform[:, 0]
-        if waveform.dim() != 2:
-            raise ConfigError(f"HFWhisperEncoder: waveform must be [B, 1, T] or [B, T], got {list(waveform.shape)}")
-        b, t = waveform.shape
-        if waveform_mask is None:
-            lengths = torch.full((b,), t, dtype=torch.long, device=waveform.device)
-        else:
-            waveform = waveform * waveform_mask.to(waveform.dtype)
-            lengths = waveform_mask.sum(-1)
-        if self.sample_rate != WHISPER_SAMPLE_RATE:
-            import torchaudio
-
-            waveform = torchaudio.functional.resample(waveform, self.sample_rate, WHISPER_SAMPLE_RATE)
-            lengths = torch.ceil(lengths.double() * WHISPER_SAMPLE_RATE / self.sample_rate).long()
-        if waveform.shape[-1] > self.num_samples:
-            longest = int(lengths.max())  # host sync only on this rare path
-            if longest > self.num_samples:
-                raise ConfigError(
-                    f"HFWhisperEncoder: a waveform of {longest / WHISPER_SAMPLE_RATE:.2f} s exceeds the encoder's "
-                    f"window of {self.window_seconds:.2f} s (max_source_positions={self.num_frames}); use shorter "
-                    "crops (data.init_args.crop_seconds) or an encoder with a longer window")
-            waveform = waveform[:, : self.num_samples]
-        mel = whisper_log_mel(waveform, self.num_samples, self.mel_filters)
-        mel_lengths = torch.div(lengths + HOP_LENGTH - 1, HOP_LENGTH, rounding_mode="floor")  # ceil(len / hop)
-        enc = torch.arange(self.num_frames, device=waveform.device)
-        # conv2 (stride 2) centres encoder frame e on mel frame 2e.
-        frame_mask = 2 * enc[None] < mel_lengths[:, None]
-        return mel, frame_mask
-
-    def encode_mel(self, mel: Tensor) -> Tensor:
-        """Log-mel ``[B, M, 2 * T_enc]`` → last hidden state ``[B, T_enc, D]`` (in float32 or the mel's dtype)."""
-        dtype = next(self.module.parameters()).dtype
-        return self.module(input_features=mel.to(dtype)).last_hidden_state
-
-    def declared_outputs(self) -> OutputSpec:
-        """``features.last_hidden_state`` and ``features.frame_mask``; every layer's hidden
-        states when ``output_hidden_states``."""
-        layers = getattr(self.module.config, "encoder_layers", None)
-        hidden = (None if layers is None else int(layers) + 1) if self.output_hidden_states else 0
-        return OutputSpec(logits=False, hidden_states=hidden,
-                          features=frozenset({"last_hidden_state", "frame_mask"}), closed=True)
-
-    def run(self, waveform: Tensor, waveform_mask: Tensor | None = None, **_: Any) -> ModelOutput:
-        mel, frame_mask = self.prepare(waveform, waveform_mask)
-        dtype = next(self.module.parameters()).dtype
-        out = self.module(input_features=mel.to(dtype), output_hidden_states=self.output_hidden_states)
-        return ModelOutput(hidden_states=tuple(out.hidden_states) if self.output_hidden_states else None,
-                           features={"last_hidden_state": out.last_hidden_state, "frame_mask": frame_mask})
-
-
-def _load_encoder(path: str, dtype: torch.dtype | None, revision: str | None):
-    from transformers import WhisperModel
-
-    model = load_pretrained_checked(WhisperModel, path, "HFWhisperEncoder.path", "openai/whisper-large-v3",
-                                    dtype=dtype, revision=revision)
-    encoder = model.get_encoder()
-    del model  # the decoder goes with it
-    return encoder
-
-
-def _build_encoder(config: dict[str, Any], dtype: torch.dtype | None):
-    from transformers import WhisperConfig
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-    config.pop("model_type", None)
-    try:
-        hf_config = WhisperConfig(**config)
-    except (ValueError, TypeError) as err:
-        raise ConfigError("HFWhisperEncoder.config: " + " ".join(str(err).split())) from err
-    if hf_config.max_source_positions < 1 or hf_config.d_model % hf_config.encoder_attention_heads:
-        raise ConfigError("HFWhisperEncoder.config: max_source_positions must be >= 1 and d_model divisible by "
-                          f"encoder_attention_heads (got {hf_config.max_source_positions}, {hf_config.d_model}, "
-                          f"{hf_config.encoder_attention_heads})")
-    encoder = WhisperEncoder(hf_config)
-    return encoder.to(dtype) if dtype is not None else encoder
+    def __init__(self, path: str | None = None, config: dict[str, Any] | None = None,
+                 sample_rate: int = WHISPER_SAMPLE_RATE, dtype: str | None = None, revision: str | None = None,
+                 output_hidden_states: bool = False, hooks: list[str] | None = None) -> None:
+        super().__init__("whisper-encoder", path=path, config=config, sample_rate=sample_rate, dtype=dtype,
+                         revision=revision, output_hidden_states=output_hidden_states, hooks=hooks)
 
 
 __all__ = ["HFWhisperEncoder", "whisper_log_mel", "whisper_mel_filters"]

@@ -101,3 +101,32 @@ def test_config_errors(tmp_path):
     enc = HFSpeechEncoder(config={"model_type": "hubert", **TINY})
     with pytest.raises(ConfigError, match="mono"):
         enc(waveform=torch.randn(1, 2, 400))
+
+
+def test_hfspeechencoder_is_hfmodel_for_speech_encoders_with_the_same_fields(tmp_path):
+    import inspect
+
+    from lit_distill.models import HFModel
+
+    own = inspect.signature(HFSpeechEncoder).parameters
+    general = inspect.signature(HFModel).parameters
+    assert issubclass(HFSpeechEncoder, HFModel)
+    # every HFSpeechEncoder field is an HFModel field with the same default; what it leaves out is fixed
+    # (task; hidden states always on) or refused for speech encoders (the text and Whisper fields)
+    left_out = {"task", "output_hidden_states", "vocab_size", "pad_token_id", "num_classes", "trust_remote_code",
+                "attn_implementation", "output_attentions", "compute_logits", "lora", "sample_rate"}
+    assert {name: p.default for name, p in own.items()} == {
+        name: p.default for name, p in general.items() if name not in left_out}
+    torch.manual_seed(0)
+    HFSpeechEncoder(config={"model_type": "wavlm", **TINY}).export(str(tmp_path))
+    named = HFSpeechEncoder(path=str(tmp_path), normalize=True).eval()
+    general_model = HFModel(task="speech-encoder", path=str(tmp_path), normalize=True,
+                            output_hidden_states=True).eval()
+    assert named.task == "speech-encoder" and named.normalize and named.output_hidden_states
+    wave = torch.randn(2, 1, 1000)
+    with torch.no_grad():
+        a, b = named(waveform=wave), general_model(waveform=wave)
+    assert all(torch.equal(x, y) for x, y in zip(a.hidden_states, b.hidden_states, strict=True))
+    assert named.output_spec() == general_model.output_spec()
+    with pytest.raises(ConfigError, match="HFSpeechEncoder.dtype: 'int8'"):
+        HFSpeechEncoder(path=str(tmp_path), dtype="int8")

@@ -117,3 +117,35 @@ def test_resamples_other_rates_to_16k():
     mel_16k, _ = at_16k.prepare(torchaudio.functional.resample(x, 24000, 16000))
     torch.testing.assert_close(mel, mel_16k)
     assert int(frame_mask.sum()) == 25  # 8000 samples at 16 kHz: 50 mel frames, 25 encoder frames
+
+
+def test_hfwhisperencoder_is_hfmodel_for_whisper_with_the_same_fields(tmp_path):
+    import inspect
+
+    from lit_distill.models import HFModel
+
+    own = inspect.signature(HFWhisperEncoder).parameters
+    general = inspect.signature(HFModel).parameters
+    assert issubclass(HFWhisperEncoder, HFModel)
+    # every HFWhisperEncoder field is an HFModel field with the same default; what it leaves out is
+    # fixed (task) or refused for Whisper's encoder (the text and speech-encoder fields)
+    left_out = {"task", "vocab_size", "pad_token_id", "num_classes", "trust_remote_code", "attn_implementation",
+                "output_attentions", "compute_logits", "lora", "normalize"}
+    assert {name: p.default for name, p in own.items()} == {
+        name: p.default for name, p in general.items() if name not in left_out}
+    config = {k: TINY[k] for k in ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim",
+                                   "num_mel_bins", "max_source_positions")}
+    torch.manual_seed(0)
+    HFWhisperEncoder(config=config).export(str(tmp_path))  # the encoder alone, loadable through path
+    named = HFWhisperEncoder(path=str(tmp_path), sample_rate=24000, output_hidden_states=True).eval()
+    general_model = HFModel(task="whisper-encoder", path=str(tmp_path), sample_rate=24000,
+                            output_hidden_states=True).eval()
+    assert named.task == "whisper-encoder" and named.sample_rate == 24000
+    x = torch.randn(1, 1, 12000) * 0.1
+    with torch.no_grad():
+        a, b = named(waveform=x), general_model(waveform=x)
+    assert all(torch.equal(u, v) for u, v in zip(a.hidden_states, b.hidden_states, strict=True))
+    assert torch.equal(a.features["frame_mask"], b.features["frame_mask"])
+    assert named.output_spec() == general_model.output_spec()
+    with pytest.raises(ConfigError, match="HFWhisperEncoder.sample_rate must be positive"):
+        HFWhisperEncoder(config=config, sample_rate=0)

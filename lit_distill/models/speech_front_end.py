@@ -1,0 +1,131 @@
+"""The ``speech-encoder`` task of :class:`~lit_distill.models.hf_model.HFModel`: waveform encoders
+with a convolutional feature extractor (HuBERT, WavLM, wav2vec 2.0, ... through ``AutoModel``).
+
+Its frame rate is ``sample_rate / prod(conv_stride)`` (320 for HuBERT/WavLM base: 50 Hz at
+16 kHz); a waveform of ``T`` samples gives ``F`` frames with ``L ← floor((L - k) / s) + 1``
+over the feature extractor's (kernel ``k``, stride ``s``) layers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from lit_distill.contracts import ModelOutput
+from lit_distill.errors import ConfigError
+from lit_distill.models.hf_loading import load_pretrained_checked
+from lit_distill.sources import OutputSpec
+
+try:  # newer transformers validate configs through huggingface_hub's strict dataclasses
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    _CONFIG_VALIDATION_ERRORS: tuple[type[Exception], ...] = (StrictDataclassClassValidationError,)
+except ImportError:  # pragma: no cover - older huggingface_hub
+    _CONFIG_VALIDATION_ERRORS = ()
+
+
+def normalize_waveform(waveform: Tensor, waveform_mask: Tensor | None = None, eps: float = 1e-7) -> Tensor:
+    """Zero mean, unit variance per utterance over its real samples (``do_normalize`` of the
+    ``Wav2Vec2FeatureExtractor``): ``(x - mean) / sqrt(var + eps)``, population variance,
+    padding samples set to 0.
+
+    Args:
+        waveform: ``[B, T]``.
+        waveform_mask: bool ``[B, T]``, True on real samples (None: all real).
+        eps: added to the variance.
+
+    Returns:
+        ``[B, T]`` in the input's dtype.
+    """
+    x = waveform.double()
+    m = torch.ones_like(x) if waveform_mask is None else waveform_mask.to(x.dtype)
+    count = m.sum(-1, keepdim=True).clamp_min(1)
+    mean = (x * m).sum(-1, keepdim=True) / count
+    var = ((x - mean).pow(2) * m).sum(-1, keepdim=True) / count
+    return ((x - mean) / torch.sqrt(var + eps) * m).to(waveform.dtype)
+
+
+def mono(waveform: Tensor, name: str) -> Tensor:
+    """``[B, 1, T]`` or ``[B, T]`` → ``[B, T]``; anything else is a ConfigError naming ``name``."""
+    if waveform.dim() == 3:
+        if waveform.shape[1] != 1:
+            raise ConfigError(f"{name}: waveform must be mono [B, 1, T], got {list(waveform.shape)}")
+        waveform = waveform[:, 0]
+    if waveform.dim() != 2:
+        raise ConfigError(f"{name}: waveform must be [B, 1, T] or [B, T], got {list(waveform.shape)}")
+    return waveform
+
+
+class SpeechEncoderFrontEnd(nn.Module):
+    """Waveform in, the last hidden state (and, when asked, every layer's) out, for a speech encoder.
+
+    Args:
+        module: the ``AutoModel`` speech encoder (its config gives the strides).
+        name: the adapter's class name, for messages.
+        normalize: normalise every utterance to zero mean and unit variance before the model.
+    """
+
+    example: ClassVar[str] = "facebook/hubert-base-ls960"  # shown when a path does not load
+    fields: ClassVar[tuple[str, ...]] = ("normalize",)  # the HFModel fields it takes
+    exports: ClassVar[tuple[str, ...]] = ("normalize", "total_stride")  # reachable on the adapter
+
+    def __init__(self, module: nn.Module, name: str, normalize: bool = False) -> None:
+        super().__init__()
+        strides = getattr(module.config, "conv_stride", None)
+        if strides is None:  # a loaded checkpoint of another kind (a fresh one is checked in build)
+            raise ConfigError(f"{name}.path: {type(module).__name__} is not a waveform encoder with a convolutional "
+                              "feature extractor (valid: hubert, wavlm, wav2vec2, ...)")
+        self.name, self.normalize = name, normalize
+        self.total_stride = math.prod(int(s) for s in strides)  # input samples per frame
+
+    def extra_repr(self) -> str:
+        return f"normalize={self.normalize}, total_stride={self.total_stride}"
+
+    @staticmethod
+    def load(path: str, field: str, dtype: torch.dtype | None, revision: str | None) -> nn.Module:
+        """The ``AutoModel`` saved at ``path`` (hub id or local directory)."""
+        from transformers import AutoModel
+
+        return load_pretrained_checked(AutoModel, path, field, SpeechEncoderFrontEnd.example, dtype=dtype,
+                                       revision=revision)
+
+    @staticmethod
+    def build(config: dict[str, Any], field: str, dtype: torch.dtype | None) -> nn.Module:
+        """A fresh ``AutoModel`` from ``model_type`` and the architecture's fields (``config`` is consumed)."""
+        from transformers import AutoConfig, AutoModel
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        model_type = config.pop("model_type", None)
+        if model_type is None:
+            raise ConfigError(f"{field}: needs 'model_type' (e.g. hubert, wavlm, wav2vec2)")
+        if model_type not in CONFIG_MAPPING:
+            raise ConfigError(f"{field}.model_type: '{model_type}' is not a transformers model type "
+                              "(e.g. hubert, wavlm, wav2vec2)")
+        try:
+            hf_config = AutoConfig.for_model(model_type, **config)
+        except (ValueError, TypeError, *_CONFIG_VALIDATION_ERRORS) as err:
+            raise ConfigError(f"{field}: " + " ".join(line.strip() for line in str(err).splitlines())) from err
+        if not hasattr(hf_config, "conv_stride"):
+            raise ConfigError(f"{field}.model_type: '{model_type}' is not a waveform encoder with a "
+                              "convolutional feature extractor (valid: hubert, wavlm, wav2vec2, ...)")
+        return AutoModel.from_config(hf_config, **({} if dtype is None else {"dtype": dtype}))
+
+    def declared_outputs(self, config: Any, output_hidden_states: bool) -> OutputSpec:
+        """``features.last_hidden_state`` and, when asked, every layer's hidden states (CNN features first)."""
+        layers = getattr(config, "num_hidden_layers", None)
+        hidden = (None if layers is None else int(layers) + 1) if output_hidden_states else 0
+        return OutputSpec(logits=False, hidden_states=hidden, features=frozenset({"last_hidden_state"}), closed=True)
+
+    def run(self, module: nn.Module, output_hidden_states: bool, waveform: Tensor,
+            waveform_mask: Tensor | None = None, **_: Any) -> ModelOutput:
+        """``waveform`` ``[B, 1, T]`` or ``[B, T]``, ``waveform_mask`` bool ``[B, T]`` (for the
+        normalisation statistics only) → ``last_hidden_state`` ``[B, F, D]`` and hidden states."""
+        waveform = mono(waveform, self.name)
+        if self.normalize:
+            waveform = normalize_waveform(waveform, waveform_mask)
+        out = module(input_values=waveform, output_hidden_states=output_hidden_states)
+        return ModelOutput(hidden_states=tuple(out.hidden_states) if output_hidden_states else None,
+                           features={"last_hidden_state": out.last_hidden_state})
