@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from lit_distill.contracts import LossTerm
 from lit_distill.errors import ConfigError
 from lit_distill.losses.speech_distill import indirect_semantic_loss
-from lit_distill.models.hf_whisper import HFWhisperEncoder
+from lit_distill.models.hf_model import HFModel
 
 
 class IndirectSemanticDistillation(LossTerm):
@@ -34,7 +34,8 @@ class IndirectSemanticDistillation(LossTerm):
 
     Args:
         encoder: the frozen ASR encoder, e.g. ``{class_path: lit_distill.models.HFWhisperEncoder,
-            init_args: {path: openai/whisper-large-v3}}``; its ``sample_rate`` must be the data's.
+            init_args: {path: openai/whisper-large-v3}}`` (or ``HFModel`` with ``task:
+            whisper-encoder``); its ``sample_rate`` must be the data's.
         in_checkpoint: also save the encoder's weights in checkpoints (needed only when it cannot
             be rebuilt from its config, e.g. a random encoder without a fixed seed).
         weight: multiplier of this term in the total loss (LM-SPT: 500).
@@ -51,9 +52,10 @@ class IndirectSemanticDistillation(LossTerm):
     def __init__(self, encoder: nn.Module, in_checkpoint: bool = False, weight: float = 1.0,
                  sources: dict[str, str] | None = None) -> None:
         super().__init__(weight, sources)
-        if not isinstance(encoder, HFWhisperEncoder):
+        if not (isinstance(encoder, HFModel) and encoder.task == "whisper-encoder"):
             raise ConfigError(f"IndirectSemanticDistillation.encoder: got a {type(encoder).__name__}; valid: "
-                              "lit_distill.models.HFWhisperEncoder (path: openai/whisper-... or config: {...})")
+                              "lit_distill.models.HFWhisperEncoder (path: openai/whisper-... or config: {...}), "
+                              "i.e. HFModel with task: whisper-encoder")
         self.encoder = encoder.requires_grad_(False).eval()
         self.in_checkpoint = in_checkpoint
         if not in_checkpoint:

@@ -142,3 +142,18 @@ def test_bad_inputs_name_the_problem():
     with pytest.raises(ConfigError, match="exceeds the encoder's window"):
         term(torch.zeros(1, 1, WINDOW + 1), torch.zeros(1, 1, WINDOW + 1))
     assert np.isfinite(term(torch.zeros(1, 1, 320), torch.zeros(1, 1, 320)).item())
+
+
+def test_hfmodel_with_the_whisper_task_is_accepted_like_its_thin_name():
+    from lit_distill.models.hf_model import HFModel
+
+    torch.manual_seed(0)
+    plain = IndirectSemanticDistillation(HFModel(task="whisper-encoder", config=WHISPER))
+    named = make_term()
+    gen = torch.Generator().manual_seed(1)
+    wave, recon = torch.randn(2, 1, WINDOW, generator=gen), torch.randn(2, 1, WINDOW, generator=gen)
+    assert torch.equal(plain(recon, wave), named(recon, wave))
+    with pytest.raises(ConfigError, match="task: whisper-encoder"):
+        IndirectSemanticDistillation(HFModel(task="speech-encoder", config={
+            "model_type": "hubert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 32, "conv_dim": [16], "conv_stride": [5], "conv_kernel": [10]}))
