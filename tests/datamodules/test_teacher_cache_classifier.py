@@ -221,3 +221,42 @@ def test_live_plus_cached_classifiers_under_a_bfloat16_teacher(full_caches, data
     full = teacher(None)(**side_inputs(batch, "teacher")).features
     got, want = (term(student, f, None, batch["labels"]) for f in (low, full))
     torch.testing.assert_close(got, want, rtol=1e-2, atol=0.0)  # measured over every train batch: 6.1e-3 at most
+
+
+def test_teacher_null_trains_from_a_classifier_cache_with_sparse_forward_kl(full_caches, data_dir, tokenizer_dir,
+                                                                            teachers, tmp_path):
+    """The unnamed cache_dir: top-level [B, k] rows, SparseForwardKL at k = C equals the live ForwardKL."""
+    from lit_distill.losses import SparseForwardKL
+
+    batch = _val_batch(CachedTeacherDataModule(_data(data_dir, tokenizer_dir), str(full_caches["a"])))
+    assert batch["teacher_topk_ids"].shape == (len(batch["labels"]), 3) and "teacher_inputs" not in batch
+    live = HFModel(task="sequence-classification", path=str(teachers["a"])).eval()
+    student = torch.randn(len(batch["labels"]), 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = ForwardKL()(student, live(**batch["inputs"]).logits)
+    got = SparseForwardKL()(student, batch["teacher_topk_ids"], batch["teacher_topk_logprobs"],
+                            batch["teacher_tail_mass"])
+    torch.testing.assert_close(got, want, rtol=5e-4, atol=1e-6)
+    overlay = tmp_path / "teacher_null.yaml"
+    overlay.write_text(f"""
+model:
+  init_args:
+    teacher: null
+    losses:
+      ce: {{class_path: lit_distill.losses.CrossEntropy}}
+      kd: {{class_path: lit_distill.losses.SparseForwardKL}}
+data:
+  class_path: datamodules.CachedTeacherDataModule
+  init_args:
+    cache_dir: {full_caches["a"]}
+    data:
+      class_path: datamodules.TextClassificationDataModule
+      init_args: {{train_path: {data_dir / "train.csv"}, val_path: {data_dir / "val.csv"}, tokenizer: {tokenizer_dir},
+                  max_length: 32, batch_size: 4}}
+""")
+    cli = run_cli(["fit", "--config", str(REPO / "configs/text/encoder/tiny-bert-student_from_tiny-bert-teacher_local.yaml"),
+                   "--config", str(overlay), "--trainer.max_steps=2", "--trainer.val_check_interval=2",
+                   "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", "--trainer.logger=false",
+                   "--checkpoint.save_top_k=0", "--checkpoint.save_last=false", f"--trainer.default_root_dir={tmp_path}"])
+    assert cli.trainer.global_step == 2 and cli.model.teacher is None and cli.model.student.output_size == 3
+    assert math.isfinite(float(cli.trainer.callback_metrics["val/kd"])) and float(cli.trainer.callback_metrics["val/kd"]) > 0

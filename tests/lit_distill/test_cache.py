@@ -358,3 +358,23 @@ def test_records_without_token_ids_are_fingerprinted_by_content():
         assert samples_fingerprint(changed) != samples_fingerprint(rows)
     with pytest.raises(ConfigError, match="cannot be fingerprinted"):
         samples_fingerprint([{"text": object()}])
+
+
+def test_a_token_classifier_on_token_data_is_cached_per_position(tmp_path, text_dir, tokenizer_dir, vocab_size):
+    """[B, L, C] logits on samples with token ids: the per-position path, V = C classes."""
+    from lit_distill.models import HFModel
+
+    torch.manual_seed(0)
+    HFModel(task="token-classification", config=BERT, vocab_size=vocab_size, num_classes=5).export(str(tmp_path / "tc"))
+    model = json.dumps({"class_path": "lit_distill.models.HFModel",
+                        "init_args": {"task": "token-classification", "path": str(tmp_path / "tc")}})
+    args = [a for a in cache_args(tmp_path / "cache", text_dir, tokenizer_dir, tmp_path / "unused", "--splits", "val")
+            if ".teacher.init_args.model.init_args.path=" not in a]
+    assert cache_teacher([*args, f"--model.init_args.teacher.init_args.model={model}", "--top-k", "5",
+                          '--model.init_args.losses={"ce": {"class_path": "lit_distill.losses.CrossEntropy"}}']) \
+        == {"val": True}
+    cache = TeacherCache(tmp_path / "cache" / "val")
+    assert cache.manifest["rows"] == "position" and cache.manifest["vocab_size"] == 5 and not cache.per_sample
+    data = _text_data(text_dir, tokenizer_dir)
+    assert cache[0][0].shape == (len(data.val_dataset[0]["input_ids"]), 5)
+    assert torch.equal(cache[0][2], torch.zeros(len(data.val_dataset[0]["input_ids"])))  # k = C: no tail
