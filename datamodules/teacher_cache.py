@@ -159,7 +159,9 @@ class CachedTeacherDataModule(LightningDataModule):
     and ``teacher: null``: the teacher never runs. Or, with named ``caches``, mix cached and
     live teachers in one ensemble: the named rows go to ``CachedTopK`` members of a
     ``MultiModel`` teacher (``EnsembleKD`` reads them as ``teachers.<name>.logits``; config:
-    ``configs/text/multi_teacher/tiny-llama-student_from_live+cached-teachers_local.yaml``).
+    ``configs/text/multi_teacher/tiny-llama-student_from_live+cached-teachers_local.yaml``; sequence
+    classifiers, cached one row per sample:
+    ``configs/text/multi_teacher/tiny-bert-student_from_live+cached-bert-teachers_local.yaml``).
     Batch keys: see the module docstring.
 
     Args:
@@ -173,7 +175,8 @@ class CachedTeacherDataModule(LightningDataModule):
     Raises:
         MissingPathError: a cache directory does not exist.
         ConfigError: neither ``cache_dir`` nor ``caches``; at setup, a cache that is incomplete
-            or does not match the data (sample count, token ids and lengths, tokenizer, vocabulary).
+            or does not match the data (sample count, token ids and lengths, tokenizer, vocabulary;
+            for a classifier's sample rows: the records' content and the number of classes).
     """
 
     def __init__(self, data: LightningDataModule, cache_dir: str | None = None,
@@ -262,9 +265,9 @@ class CachedTeacherDataModule(LightningDataModule):
         """A cache of sample rows: its class count against the data's, its samples by content."""
         classes = getattr(self.data, "num_classes", None)
         if classes is not None and classes != cache.manifest["vocab_size"]:
-            raise ConfigError(f"{field}: a classifier cache of {cache.manifest['vocab_size']} classes, but the data has "
-                              f"{classes} (labels {getattr(self.data, 'label_names', '?')}); write the cache from a "
-                              "teacher of the data's classes")
+            raise ConfigError(f"{field}: a classifier cache of {cache.manifest['vocab_size']} classes, but the "
+                              f"data has {classes} (labels {getattr(self.data, 'label_names', '?')}); write the "
+                              "cache from a teacher of the data's classes")
         if fingerprint != cache.manifest["samples_fingerprint"]:
             raise ConfigError(f"{field}: the {split} samples (texts, labels, order) differ from the ones the "
                               "cache was written for (other files, labels or split?)")

@@ -18,14 +18,15 @@ module needs neither: per split, ``DIR/<split>/`` holds
     ``exp(logsumexp)`` of the other log-probs (keeps a tiny tail accurate; 0 at k = V);
   - ``lengths`` ``[n]`` int32 and ``sample_index`` ``[n]`` int64 of the shard's samples.
 
-``rows`` says what a row is. ``position`` (a token-level teacher, logits ``[B, L, V]``; manifests
-of versions 1 and 2, which lack the field): one row per token position of a sample, ``V`` the
-vocabulary. ``sample`` (a sequence-level teacher such as a sequence classifier, logits ``[B, C]``;
-version 3): one row per sample, i.e. every ``lengths`` entry is 1, ``vocab_size`` is the number
-of classes ``C``, ``data_vocab_size`` is null, and the samples are fingerprinted by their content
-(a text-classification record: its text fields and label) rather than by token ids, because the
-rows line up with samples, not with any tokenizer's positions. Version 3 is written only for
-``sample`` rows, so a reader of versions 1 and 2 refuses such a cache instead of misreading it.
+``rows`` says what a row is. ``position`` (a token-level teacher, logits ``[B, L, V]``; versions
+1 and 2, and the default of manifests written before the field existed): one row per token
+position of a sample, ``V`` the vocabulary. ``sample`` (a sequence-level teacher such as a
+sequence classifier, logits ``[B, C]``; version 3): one row per sample, i.e. every ``lengths``
+entry is 1, ``vocab_size`` is the number of classes ``C``, ``data_vocab_size`` is null, and the
+samples are fingerprinted by their content (a text-classification record: its text fields and
+label) rather than by token ids, because the rows line up with samples, not with any
+tokenizer's positions. Version 3 is written only for ``sample`` rows, so a reader of versions 1
+and 2 refuses such a cache instead of misreading it.
 
 Resumable: every shard is written to a temporary file and renamed into place, so a shard
 file either is complete or does not exist. A rerun with the same settings skips finished

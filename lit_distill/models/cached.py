@@ -3,10 +3,11 @@
 ``CachedTopK`` turns one cached row per position (``lit_distill.cache``: the teacher's top-k ids,
 their log-probabilities at the cache's temperature ``T_c`` and the tail mass) back into dense
 logits ``[..., V]`` — ``[B, L, V]`` for a token-level teacher, ``[B, C]`` for a sequence
-classifier cached one row per sample (its rows come without the position axis), so a ``MultiModel`` teacher can mix live and cached members and every loss
-that reads ``teachers.<name>.logits`` (``EnsembleKD``: mixture or logit average, uniform, entropy
-or gold weights) works on them unchanged. ``datamodules.CachedTeacherDataModule(caches: {b: DIR})``
-writes the rows into the batch's teacher inputs as ``b_topk_ids``, ``b_topk_logprobs``,
+classifier cached one row per sample (its rows come without the position axis) — so a
+``MultiModel`` teacher can mix live and cached members and every loss that reads
+``teachers.<name>.logits`` (``EnsembleKD``: mixture or logit average, uniform, entropy or gold
+weights; ``ForwardKL`` with that source) works on them unchanged.
+``datamodules.CachedTeacherDataModule(caches: {b: DIR})`` writes the rows into the batch's teacher inputs as ``b_topk_ids``, ``b_topk_logprobs``,
 ``b_tail_mass`` and ``b_temperature``; the ``MultiModel`` routes them to the member::
 
     teacher:
@@ -100,9 +101,9 @@ class CachedTopK(ModelAdapter):
     V, checked against the argument), as ``datamodules.CachedTeacherDataModule`` writes them for
     a named cache.
 
-    Outputs: ``ModelOutput(logits=T_c · ℓ [B, L, V] (or [B, C]) float32, features={cache_temperature: T_c,
-    cache_top_k: k})`` (in a ``MultiModel``: ``<member>.logits``, ``<member>.cache_temperature``,
-    ``<member>.cache_top_k``).
+    Outputs: ``ModelOutput(logits=T_c · ℓ [B, L, V] (or [B, C]) float32,
+    features={cache_temperature: T_c, cache_top_k: k})`` (in a ``MultiModel``: ``<member>.logits``,
+    ``<member>.cache_temperature``, ``<member>.cache_top_k``).
     """
 
     def __init__(self, vocab_size: int) -> None:

@@ -339,6 +339,15 @@ def test_a_version_1_cache_without_rows_still_resumes_and_other_rows_are_refused
     want_ids, want_lp, want_tail = sparse_teacher(first_position(_collate([dataset[4]])), 3, 1.0)
     assert torch.equal(ids, want_ids) and torch.equal(tail, want_tail)
     torch.testing.assert_close(logprobs.float(), want_lp, rtol=1e-3, atol=1e-3)
+    # the compact encoding holds sample rows too: exact top-1, the rest within half a step
+    assert _write(tmp_path / "compact", dataset, first_position, data_vocab_size=None, rows="sample",
+                  logprob_dtype="compact")
+    compact = TeacherCache(tmp_path / "compact")
+    assert compact.manifest["version"] == 3 and compact.manifest["logprob_dtype"] == "compact"
+    ids, logprobs, tail = compact[4]
+    assert torch.equal(ids, want_ids) and torch.equal(tail, want_tail) and logprobs[0, 0] == want_lp[0, 0]
+    half_step = 1.01 * (want_lp[0, 0] - want_lp[0, -1]) / 255 / 2
+    assert ((logprobs - want_lp).abs() <= half_step + 1e-6).all()
 
 
 def test_an_unknown_kind_of_rows_is_refused(one_shot, tmp_path):
