@@ -18,15 +18,12 @@ module needs neither: per split, ``DIR/<split>/`` holds
     ``exp(logsumexp)`` of the other log-probs (keeps a tiny tail accurate; 0 at k = V);
   - ``lengths`` ``[n]`` int32 and ``sample_index`` ``[n]`` int64 of the shard's samples.
 
-``rows`` says what a row is. ``position`` (a token-level teacher, logits ``[B, L, V]``; versions
-1 and 2, and the default of manifests written before the field existed): one row per token
-position of a sample, ``V`` the vocabulary. ``sample`` (a sequence-level teacher such as a
-sequence classifier, logits ``[B, C]``; version 3): one row per sample, i.e. every ``lengths``
-entry is 1, ``vocab_size`` is the number of classes ``C``, ``data_vocab_size`` is null, and the
-samples are fingerprinted by their content (a text-classification record: its text fields and
-label) rather than by token ids, because the rows line up with samples, not with any
-tokenizer's positions. Version 3 is written only for ``sample`` rows, so a reader of versions 1
-and 2 refuses such a cache instead of misreading it.
+``rows`` says what a row is: ``position`` (a token-level teacher, logits ``[B, L, V]``; the
+default, as in manifests written before the field): one row per token position, ``V`` the
+vocabulary; or ``sample`` (a sequence classifier, logits ``[B, C]``; version 3, so that readers
+of versions 1-2 refuse it): one row per sample (``lengths`` all 1), ``vocab_size`` = ``C`` classes,
+``data_vocab_size`` null, and the samples fingerprinted by content (a text-classification
+record's text and label), as the rows line up with samples, not with any tokenizer's positions.
 
 Resumable: every shard is written to a temporary file and renamed into place, so a shard
 file either is complete or does not exist. A rerun with the same settings skips finished
@@ -244,11 +241,9 @@ def write_split(run_teacher: Callable[[dict[str, Any]], Tensor], dataset: Sequen
     split_dir = Path(split_dir)
     if logprob_dtype not in ENCODINGS:
         raise ConfigError(f"cache-teacher --logprob-dtype: '{logprob_dtype}' is not one of {sorted(ENCODINGS)}")
-    if rows not in ROWS:
-        raise ValueError(f"write_split: rows must be one of {ROWS}, got {rows!r}")
     per_sample = rows == SAMPLE_ROWS
-    if per_sample and data_vocab_size is not None:
-        raise ValueError("write_split: sample rows hold classes, not tokens; pass data_vocab_size=None")
+    if rows not in ROWS or (per_sample and data_vocab_size is not None):  # sample rows hold classes, not tokens
+        raise ValueError(f"write_split: rows {rows!r} with data_vocab_size {data_vocab_size!r}")
     kept_vocab = min(vocab_size, data_vocab_size or vocab_size)
     if not 0 < top_k <= kept_vocab:
         what = "the number of classes" if per_sample else "the vocabulary"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -14,6 +15,7 @@ from lit_distill.cache import (
     MANIFEST,
     TeacherCache,
     id_dtype,
+    sample_ids,
     samples_fingerprint,
     shard_name,
     sparse_teacher,
@@ -359,14 +361,29 @@ def test_an_unknown_kind_of_rows_is_refused(one_shot, tmp_path):
         TeacherCache(split)
 
 
+def test_token_samples_keep_the_fingerprint_existing_caches_were_written_with():
+    samples = [{"input_ids": torch.tensor([5, 1, 9])}, {"teacher": {"input_ids": torch.tensor([2])}},
+               {"inputs": {"input_ids": torch.tensor([7, 7])}}]
+    digest = hashlib.sha256()  # the formula of version-1/2 caches: length, then int64 ids, per sample
+    for ids in ([5, 1, 9], [2], [7, 7]):
+        digest.update(len(ids).to_bytes(8, "little") + torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
+    assert samples_fingerprint(samples) == digest.hexdigest()
+
+
 def test_records_without_token_ids_are_fingerprinted_by_content():
     rows = [{"text": "a b", "label": "pos", "_label": 1}, {"text": "c", "label": "neg", "_label": 0}]
     same = [{"_label": 1, "label": "pos", "text": "a b"}, dict(rows[1])]
     assert samples_fingerprint(rows) == samples_fingerprint(same)  # key order is no content
     for changed in ([rows[1], rows[0]], [{**rows[0], "text": "a  b"}, rows[1]], [{**rows[0], "_label": 2}, rows[1]]):
         assert samples_fingerprint(changed) != samples_fingerprint(rows)
+    assert samples_fingerprint([{"text": "x", "ids": torch.arange(3)}]) \
+        == samples_fingerprint([{"text": "x", "ids": [0, 1, 2]}])  # tensors by value, never a truncated repr
     with pytest.raises(ConfigError, match="cannot be fingerprinted"):
         samples_fingerprint([{"text": object()}])
+    with pytest.raises(ConfigError, match="must be dicts with 'input_ids'"):
+        samples_fingerprint(["a plain string"])
+    with pytest.raises(ConfigError, match=r"with keys \['label', 'text'\]"):
+        sample_ids({"text": "a", "label": "pos"})
 
 
 def test_a_token_classifier_on_token_data_is_cached_per_position(tmp_path, text_dir, tokenizer_dir, vocab_size):
