@@ -144,17 +144,8 @@ class EpochLoaders:
         return self.val_dataloader()
 
 
-class RecordsDataModule(EpochLoaders, LightningDataModule):
-    """Base of datamodules that turn text records (documents or prompt/response pairs) into samples.
-
-    A subclass calls ``save_hyperparameters()`` (the arguments ``train_path``,
-    ``val_path``, ``val_fraction``, ``format``, ``text_field``, ``prompt_field``,
-    ``response_field``, ``max_length``, ``batch_size``, ``num_workers``, ``seed`` and
-    ``shuffle`` are read from there), then :meth:`check_paths`, and implements
-    :meth:`_build` (records → samples) and :meth:`collate_fn`.
-    """
-
-    skip_reason = "whose response does not fit in max_length tokens"
+class NestableHyperparameters:
+    """Mixin (before ``LightningDataModule``): ``save_hyperparameters`` that also works nested."""
 
     def save_hyperparameters(self, *args: Any, **kwargs: Any) -> None:
         """Lightning's, but a datamodule nested in another one (``CachedTeacherDataModule.data``)
@@ -171,6 +162,19 @@ class RecordsDataModule(EpochLoaders, LightningDataModule):
         finally:
             if token is not None:
                 _given_hyperparameters.reset(token)
+
+
+class RecordsDataModule(NestableHyperparameters, EpochLoaders, LightningDataModule):
+    """Base of datamodules that turn text records (documents or prompt/response pairs) into samples.
+
+    A subclass calls ``save_hyperparameters()`` (the arguments ``train_path``,
+    ``val_path``, ``val_fraction``, ``format``, ``text_field``, ``prompt_field``,
+    ``response_field``, ``max_length``, ``batch_size``, ``num_workers``, ``seed`` and
+    ``shuffle`` are read from there), then :meth:`check_paths`, and implements
+    :meth:`_build` (records → samples) and :meth:`collate_fn`.
+    """
+
+    skip_reason = "whose response does not fit in max_length tokens"
 
     def check_paths(self) -> None:
         """Fail early on arguments that cannot work (before any tokenizer is loaded)."""

@@ -24,15 +24,23 @@ member::
     teacher_inputs["b_topk_logprobs"]  Tensor[B, L, k_b]
     teacher_inputs["b_tail_mass"]      FloatTensor[B, L]
     teacher_inputs["b_temperature"]    float                # the temperature the cache was written at
+    teacher_inputs["b_vocab_size"]     int                  # the cache's V (C for a classifier)
 
-The cache format holds one row per token position, so named caches serve token-level (causal
-LM) teachers; a sequence classifier's ``[B, C]`` logits cannot be cached in it. Cross-tokenizer
+A cache of a sequence-level teacher (a sequence classifier, logits ``[B, C]``; one row per
+sample, see ``lit_distill.cache``) is served per sample, without the position axis: ids and
+log-probs ``[B, k]``, tail ``[B]``, so a ``CachedTopK`` member returns logits ``[B, C]`` like the
+live classifier. Its samples are matched by content (e.g. ``datamodules.TextClassificationDataModule``
+records: text and label) and its class count against the data's ``num_classes``; the
+tokenizer is not compared, because per-sample rows line up with no tokenizer's positions (the
+student and the live teachers may tokenise the texts their own way). Cross-tokenizer
 batches (``datamodules.CrossTokenizerDataModule``) get rows per TEACHER position, padded to the
 teacher's length (the cache is written in the teacher's own tokens), which ALM and ULD read
 through a ``CachedTopK`` member beside the batch's byte alignment.
 
 The wrapped datamodule must have map-style ``train_dataset`` / ``val_dataset`` whose
-samples carry ``input_ids`` (e.g. :class:`datamodules.TextDataModule`). Its own
+samples carry ``input_ids`` (e.g. :class:`datamodules.TextDataModule`), or, for caches of
+sample rows, any samples of plain values (e.g. :class:`datamodules.TextClassificationDataModule`'s
+records). Its own
 loader class, sampler, batch size and collate function are kept (so a resumable loader
 stays resumable): each sample is paired with its index before collation, which is how
 the batch finds its cached rows.
@@ -86,9 +94,9 @@ class _CacheCollator:
     def __call__(self, pairs: list[tuple[int, Any]]) -> dict[str, Any]:
         indices = [i for i, _ in pairs]
         batch = self.collate([sample for _, sample in pairs])
-        length = _batch_length(batch)
         for name, cache in self.caches.items():
-            ids, logprobs, tail = _rows(cache, pairs, length)
+            ids, logprobs, tail = _sample_rows(cache, pairs) if cache.per_sample \
+                else _rows(cache, pairs, _batch_length(batch))
             if name is None:
                 batch.update(teacher_topk_ids=ids, teacher_topk_logprobs=logprobs, teacher_tail_mass=tail)
                 continue
@@ -99,7 +107,8 @@ class _CacheCollator:
                 batch["teacher_inputs"] = dict(batch["inputs"])
             batch["teacher_inputs"].update({f"{name}_topk_ids": ids, f"{name}_topk_logprobs": logprobs,
                                             f"{name}_tail_mass": tail,
-                                            f"{name}_temperature": float(cache.manifest["temperature"])})
+                                            f"{name}_temperature": float(cache.manifest["temperature"]),
+                                            f"{name}_vocab_size": int(cache.manifest["vocab_size"])})
         batch["sample_index"] = torch.tensor(indices, dtype=torch.long)
         return batch
 
@@ -120,6 +129,12 @@ def _rows(cache: TeacherCache, pairs: list[tuple[int, Any]], length: int) -> tup
                               "written for other data")
         ids[b, :n], logprobs[b, :n], tail[b, :n] = c_ids, c_lp, c_tail
     return ids, logprobs, tail
+
+
+def _sample_rows(cache: TeacherCache, pairs: list[tuple[int, Any]]) -> tuple[Tensor, Tensor, Tensor]:
+    """The rows of a cache of sample rows (one per sample): ids ``[B, k]``, log-probs ``[B, k]``, tail ``[B]``."""
+    rows = [cache[i] for i, _ in pairs]
+    return tuple(torch.cat(parts) for parts in zip(*rows, strict=True))
 
 
 def _batch_length(batch: dict[str, Any]) -> int:
@@ -144,7 +159,9 @@ class CachedTeacherDataModule(LightningDataModule):
     and ``teacher: null``: the teacher never runs. Or, with named ``caches``, mix cached and
     live teachers in one ensemble: the named rows go to ``CachedTopK`` members of a
     ``MultiModel`` teacher (``EnsembleKD`` reads them as ``teachers.<name>.logits``; config:
-    ``configs/text/multi_teacher/tiny-llama-student_from_live+cached-teachers_local.yaml``).
+    ``configs/text/multi_teacher/tiny-llama-student_from_live+cached-teachers_local.yaml``; sequence
+    classifiers, cached one row per sample:
+    ``configs/text/multi_teacher/tiny-bert-student_from_live+cached-bert-teachers_local.yaml``).
     Batch keys: see the module docstring.
 
     Args:
@@ -158,7 +175,8 @@ class CachedTeacherDataModule(LightningDataModule):
     Raises:
         MissingPathError: a cache directory does not exist.
         ConfigError: neither ``cache_dir`` nor ``caches``; at setup, a cache that is incomplete
-            or does not match the data (sample count, token ids and lengths, tokenizer, vocabulary).
+            or does not match the data (sample count, token ids and lengths, tokenizer, vocabulary;
+            for a classifier's sample rows: the records' content and the number of classes).
     """
 
     def __init__(self, data: LightningDataModule, cache_dir: str | None = None,
@@ -197,6 +215,12 @@ class CachedTeacherDataModule(LightningDataModule):
         """The wrapped datamodule's pad id."""
         return self.data.pad_token_id
 
+    @property
+    def num_classes(self) -> int | None:
+        """The wrapped datamodule's number of classes (linked into a classifier student); an
+        AttributeError when it has none, so the CLI skips that link for token data."""
+        return self.data.num_classes
+
     def prepare_data(self) -> None:
         self.data.prepare_data()
 
@@ -222,6 +246,9 @@ class CachedTeacherDataModule(LightningDataModule):
         if manifest["num_samples"] != len(dataset):
             raise ConfigError(f"{field}: the cache holds {manifest['num_samples']} {split} samples but the data "
                               f"has {len(dataset)}; it was written for other data or settings")
+        if cache.per_sample:
+            self._check_sample_rows(cache, split, fingerprint, field)
+            return
         vocab = teacher_vocab_size(self.data)
         if vocab is not None and manifest.get("data_vocab_size") not in (None, vocab):
             raise ConfigError(f"{field}: written with a {manifest['data_vocab_size']}-token vocabulary but "
@@ -233,6 +260,17 @@ class CachedTeacherDataModule(LightningDataModule):
         if fingerprint != manifest["samples_fingerprint"]:
             raise ConfigError(f"{field}: the {split} samples' token ids or lengths differ from the ones the "
                               "cache was written for (other files, max_length, packing or seed?)")
+
+    def _check_sample_rows(self, cache: TeacherCache, split: str, fingerprint: str, field: str) -> None:
+        """A cache of sample rows: its class count against the data's, its samples by content."""
+        classes = getattr(self.data, "num_classes", None)
+        if classes is not None and classes != cache.manifest["vocab_size"]:
+            raise ConfigError(f"{field}: a classifier cache of {cache.manifest['vocab_size']} classes, but the "
+                              f"data has {classes} (labels {getattr(self.data, 'label_names', '?')}); write the "
+                              "cache from a teacher of the data's classes")
+        if fingerprint != cache.manifest["samples_fingerprint"]:
+            raise ConfigError(f"{field}: the {split} samples (texts, labels, order) differ from the ones the "
+                              "cache was written for (other files, labels or split?)")
 
     def _wrap(self, loader: DataLoader, split: str) -> DataLoader:
         if split not in self.caches:

@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 
 from datamodules.checks import check_loader_arguments, read_utf8
-from datamodules.records import EpochLoaders, epoch_loader
+from datamodules.records import EpochLoaders, NestableHyperparameters, epoch_loader
 from lit_distill.errors import ConfigError, MissingPathError
 
 
@@ -54,7 +54,7 @@ def read_labelled_records(path: str, field: str) -> list[dict[str, Any]]:
     return rows
 
 
-class TextClassificationDataModule(EpochLoaders, LightningDataModule):
+class TextClassificationDataModule(NestableHyperparameters, EpochLoaders, LightningDataModule):
     """Labelled texts or sentence pairs (or unlabelled texts), tokenised for the student and each teacher.
 
     Args:

@@ -7,7 +7,7 @@ module needs neither: per split, ``DIR/<split>/`` holds
 
 - ``manifest.json``: what the cache holds and what it was made from (sample count, token
   positions, k, vocabulary, dtypes, temperature, fingerprints of the tokenizer and of the
-  samples' token ids, the teacher), and ``complete`` once every shard exists.
+  samples, the teacher, ``rows``), and ``complete`` once every shard exists.
 - ``shard-00000.safetensors``, ...: ``samples_per_shard`` consecutive samples each, with
   every position of every sample, concatenated (``T`` = the shard's positions):
 
@@ -17,6 +17,13 @@ module needs neither: per split, ``DIR/<split>/`` holds
   - ``tail_mass`` ``[T]`` float32: 1 − Σ top-k probabilities, computed as
     ``exp(logsumexp)`` of the other log-probs (keeps a tiny tail accurate; 0 at k = V);
   - ``lengths`` ``[n]`` int32 and ``sample_index`` ``[n]`` int64 of the shard's samples.
+
+``rows`` says what a row is: ``position`` (a token-level teacher, logits ``[B, L, V]``; the
+default, as in manifests written before the field): one row per token position, ``V`` the
+vocabulary; or ``sample`` (a sequence classifier, logits ``[B, C]``; version 3, so that readers
+of versions 1-2 refuse it): one row per sample (``lengths`` all 1), ``vocab_size`` = ``C`` classes,
+``data_vocab_size`` null, and the samples fingerprinted by content (a text-classification
+record's text and label), as the rows line up with samples, not with any tokenizer's positions.
 
 Resumable: every shard is written to a temporary file and renamed into place, so a shard
 file either is complete or does not exist. A rerun with the same settings skips finished
@@ -43,16 +50,24 @@ from lit_distill.errors import ConfigError
 
 FORMAT = "lit_distill.teacher_cache"
 VERSION = 2  # written for the compact encoding; version-1 caches still read
-READABLE_VERSIONS = (1, 2)
+SAMPLE_ROWS_VERSION = 3  # written for one row per sample (either encoding)
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
 # Manifest fields that identify the content; a resumed run must agree on all of them.
-_IDENTITY = ("format", "version", "split", "num_samples", "num_positions", "samples_per_shard",
+_IDENTITY = ("format", "version", "rows", "split", "num_samples", "num_positions", "samples_per_shard",
              "num_shards", "top_k", "vocab_size", "data_vocab_size", "id_dtype", "logprob_dtype",
              "temperature", "tokenizer_fingerprint", "samples_fingerprint", "teacher")
 LOGPROB_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 COMPACT = "compact"  # lit_distill.cache_codec: bit-packed ids + uint8 log-probs (version 2)
 ENCODINGS = (*LOGPROB_DTYPES, COMPACT)
+POSITION_ROWS, SAMPLE_ROWS = "position", "sample"  # the manifest's ``rows``: per token position / per sample
+ROWS = (POSITION_ROWS, SAMPLE_ROWS)
+
+
+def manifest_rows(manifest: dict[str, Any]) -> str:
+    """``rows`` of a manifest: ``position`` or ``sample`` (versions 1 and 2 have no field: positions)."""
+    return manifest.get("rows", POSITION_ROWS)
 
 
 def id_dtype(vocab_size: int) -> torch.dtype:
@@ -78,10 +93,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def sample_ids(sample: Any) -> Tensor:
-    """The teacher's token ids ``[n]`` of one dataset sample: ``input_ids`` (one tokenizer), its
-    ``inputs``, or the ``teacher`` side of a cross-tokenizer sample (``datamodules.cross_tokenizer``:
-    the cache is written in the teacher's own tokens)."""
+def _token_ids(sample: Any) -> Tensor | None:
     if isinstance(sample, dict):
         if "input_ids" in sample:
             return sample["input_ids"]
@@ -89,8 +101,26 @@ def sample_ids(sample: Any) -> Tensor:
             return sample["teacher"]["input_ids"]
         if isinstance(sample.get("inputs"), dict) and "input_ids" in sample["inputs"]:
             return sample["inputs"]["input_ids"]
-    raise ConfigError("teacher cache: dataset samples must be dicts with 'input_ids' (token ids [n]); "
-                      f"got {type(sample).__name__}")
+    return None
+
+
+def sample_ids(sample: Any) -> Tensor:
+    """The teacher's token ids ``[n]`` of one dataset sample: ``input_ids`` (one tokenizer), its
+    ``inputs``, or the ``teacher`` side of a cross-tokenizer sample (``datamodules.cross_tokenizer``:
+    the cache is written in the teacher's own tokens)."""
+    ids = _token_ids(sample)
+    if ids is None:
+        raise ConfigError("teacher cache: dataset samples must be dicts with 'input_ids' (token ids [n]); "
+                          f"got {type(sample).__name__}"
+                          + (f" with keys {sorted(sample)}" if isinstance(sample, dict) else ""))
+    return ids
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.tolist()
+    raise ConfigError(f"teacher cache: a dataset sample holds a {type(value).__name__}, which cannot be "
+                      "fingerprinted; samples must be token ids or records of plain values (texts, labels)")
 
 
 def teacher_vocab_size(data: Any) -> int | None:
@@ -100,10 +130,19 @@ def teacher_vocab_size(data: Any) -> int | None:
 
 
 def samples_fingerprint(dataset: Sequence[Any]) -> str:
-    """SHA-256 over every sample's length and token ids, in index order."""
+    """SHA-256 over every sample in index order: its length and token ids when it has some, else (a
+    record tokenised only when batched, e.g. ``datamodules.TextClassificationDataModule``'s text,
+    label and class index) its canonical JSON."""
     digest = hashlib.sha256()
     for sample in dataset:
-        ids = sample_ids(sample).to(torch.int64).contiguous()
+        ids = _token_ids(sample)
+        if ids is None:
+            if not isinstance(sample, dict):
+                sample_ids(sample)  # raises: neither token ids nor a record
+            record = json.dumps(sample, sort_keys=True, default=_json_value).encode()
+            digest.update(b"record" + len(record).to_bytes(8, "little") + record)
+            continue
+        ids = ids.to(torch.int64).contiguous()
         digest.update(len(ids).to_bytes(8, "little"))
         digest.update(ids.numpy().tobytes())
     return digest.hexdigest()
@@ -125,6 +164,8 @@ def read_manifest(split_dir: str | Path) -> dict[str, Any]:
     if manifest.get("format") != FORMAT or manifest.get("version") not in READABLE_VERSIONS:
         raise ConfigError(f"teacher cache: '{path}' is version {manifest.get('version')!r} of "
                           f"{manifest.get('format')!r}; this reader reads {FORMAT} versions {READABLE_VERSIONS}")
+    if manifest_rows(manifest) not in ROWS:
+        raise ConfigError(f"teacher cache: '{path}' has rows {manifest['rows']!r}; this reader reads {ROWS}")
     return manifest
 
 
@@ -172,19 +213,22 @@ def write_split(run_teacher: Callable[[dict[str, Any]], Tensor], dataset: Sequen
                 samples_per_shard: int, batch_size: int, vocab_size: int, data_vocab_size: int | None,
                 tokenizer_fp: str | None, teacher: str, temperature: float = 1.0,
                 logprob_dtype: str = "float16", max_new_shards: int | None = None,
-                progress: bool = True) -> bool:
+                progress: bool = True, rows: str = POSITION_ROWS) -> bool:
     """Write (or finish) the cache of one split; True once every shard exists.
 
     Args:
-        run_teacher: batch -> teacher logits ``[B, L, V]``.
-        dataset: map-style dataset of samples with ``input_ids`` ``[n]``, in index order.
+        run_teacher: batch -> teacher logits ``[B, L, V]`` (``rows="position"``) or ``[B, C]``
+            (``rows="sample"``).
+        dataset: map-style dataset in index order: samples with ``input_ids`` ``[n]`` (position
+            rows), or any samples :func:`samples_fingerprint` reads (sample rows).
         collate: the datamodule's collate function (right-padding, ``inputs`` etc.).
         split_dir: output directory of this split.
-        top_k: entries kept per position.
+        top_k: entries kept per row.
         samples_per_shard: samples per shard file.
         batch_size: samples per teacher forward (batches never cross a shard).
-        vocab_size: the teacher's logit dimension.
-        data_vocab_size: the tokenizer's size (the teacher's logits are cut to it if larger).
+        vocab_size: the teacher's logit dimension (V, or C classes for sample rows).
+        data_vocab_size: the tokenizer's size (the teacher's logits are cut to it if larger);
+            None for sample rows, whose classes are no tokenizer's.
         tokenizer_fp: fingerprint of the data's tokenizer (see :func:`tokenizer_fingerprint`).
         teacher: a description of the teacher (its path or class), recorded in the manifest.
         temperature: the teacher's log-probs are those of ``softmax(logits / temperature)``.
@@ -192,31 +236,38 @@ def write_split(run_teacher: Callable[[dict[str, Any]], Tensor], dataset: Sequen
         max_new_shards: stop after writing this many shards (an interruption on purpose);
             None writes them all.
         progress: show a progress bar.
+        rows: ``position`` (one row per token position) or ``sample`` (one row per sample).
     """
     split_dir = Path(split_dir)
     if logprob_dtype not in ENCODINGS:
         raise ConfigError(f"cache-teacher --logprob-dtype: '{logprob_dtype}' is not one of {sorted(ENCODINGS)}")
+    per_sample = rows == SAMPLE_ROWS
+    if rows not in ROWS or (per_sample and data_vocab_size is not None):  # sample rows hold classes, not tokens
+        raise ValueError(f"write_split: rows {rows!r} with data_vocab_size {data_vocab_size!r}")
     kept_vocab = min(vocab_size, data_vocab_size or vocab_size)
     if not 0 < top_k <= kept_vocab:
-        raise ConfigError(f"cache-teacher --top-k: must be in [1, {kept_vocab}] (the vocabulary), got {top_k}")
+        what = "the number of classes" if per_sample else "the vocabulary"
+        raise ConfigError(f"cache-teacher --top-k: must be in [1, {kept_vocab}] ({what}), got {top_k}")
     if samples_per_shard <= 0 or batch_size <= 0:
         raise ConfigError("cache-teacher: --samples-per-shard and --batch-size must be positive")
     if not len(dataset):
         raise ConfigError(f"cache-teacher: the {split_dir.name} split has no samples")
-    lengths = [len(sample_ids(s)) for s in dataset]
+    lengths = [1] * len(dataset) if per_sample else [len(sample_ids(s)) for s in dataset]
+    version = SAMPLE_ROWS_VERSION if per_sample else VERSION if logprob_dtype == COMPACT else 1
     manifest = {
-        "format": FORMAT, "version": VERSION if logprob_dtype == COMPACT else 1, "split": split_dir.name, "num_samples": len(dataset),
+        "format": FORMAT, "version": version, "split": split_dir.name, "num_samples": len(dataset),
         "num_positions": sum(lengths), "samples_per_shard": samples_per_shard,
         "num_shards": math.ceil(len(dataset) / samples_per_shard), "top_k": top_k,
         "vocab_size": kept_vocab, "data_vocab_size": data_vocab_size,
         "id_dtype": str(id_dtype(kept_vocab)).removeprefix("torch."), "logprob_dtype": logprob_dtype,
         "tail_dtype": "float32", "temperature": float(temperature),
         "tokenizer_fingerprint": tokenizer_fp, "samples_fingerprint": samples_fingerprint(dataset),
-        "teacher": teacher, "complete": False,
+        "teacher": teacher, "rows": rows, "complete": False,
     }
     split_dir.mkdir(parents=True, exist_ok=True)
     if (split_dir / MANIFEST).exists():
         old = read_manifest(split_dir)
+        old = {**old, "rows": manifest_rows(old)}  # a version-1/2 cache (no field) resumes as position rows
         diff = [f"{key}: {old.get(key)!r} in the cache vs {manifest[key]!r} now"
                 for key in _IDENTITY if old.get(key) != manifest[key]]
         if diff:
@@ -240,7 +291,10 @@ def write_split(run_teacher: Callable[[dict[str, Any]], Tensor], dataset: Sequen
             for start in range(first, stop, batch_size):
                 indices = range(start, min(start + batch_size, stop))
                 logits = run_teacher(collate([dataset[i] for i in indices]))
+                _check_logits(logits, len(indices), per_sample)
                 ids, log_p, tail = sparse_teacher(logits, top_k, temperature, kept_vocab)
+                if per_sample:  # [B, k] -> one row per sample
+                    ids, log_p, tail = ids[:, None], log_p[:, None], tail[:, None]
                 for row, i in enumerate(indices):
                     n = lengths[i]
                     ids_parts.append(ids[row, :n])
@@ -263,6 +317,15 @@ def write_split(run_teacher: Callable[[dict[str, Any]], Tensor], dataset: Sequen
     if complete:
         _write_json(split_dir / MANIFEST, {**manifest, "complete": True})
     return complete
+
+
+def _check_logits(logits: Tensor, batch: int, per_sample: bool) -> None:
+    """Refuse teacher logits whose shape is not the cache's rows: ``[B, C]`` or ``[B, L, V]``."""
+    want = 2 if per_sample else 3
+    if logits.dim() != want or logits.shape[0] != batch:
+        shape = "[B, C] (one row per sample)" if per_sample else "[B, L, V] (one row per position)"
+        raise ConfigError(f"cache-teacher: the teacher returned logits of shape {tuple(logits.shape)} for a batch "
+                          f"of {batch} samples; this cache holds {shape}")
 
 
 def _encode(ids: Tensor, log_p: Tensor, encoding: str, vocab_size: int) -> dict[str, Tensor]:
@@ -295,6 +358,7 @@ class TeacherCache:
                               "`python -m lit_distill cache-teacher` command to finish it")
         self.samples_per_shard = self.manifest["samples_per_shard"]
         self.top_k = self.manifest["top_k"]
+        self.per_sample = manifest_rows(self.manifest) == SAMPLE_ROWS  # rows [1, k] per sample
         self._offsets: dict[int, list[int]] = {}
         self._handles: dict[int, Any] = {}
 
@@ -315,7 +379,8 @@ class TeacherCache:
         return self._handles[shard], self._offsets[shard]
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
-        """``(topk_ids [n, k] int64, topk_logprobs [n, k] stored dtype, tail_mass [n] float32)``."""
+        """``(topk_ids [n, k] int64, topk_logprobs [n, k] stored dtype, tail_mass [n] float32)``, ``n``
+        the sample's positions (1 for a cache of sample rows)."""
         if not 0 <= index < len(self):
             raise IndexError(f"sample {index} outside the cache's {len(self)} samples")
         shard, local = divmod(index, self.samples_per_shard)

@@ -5,6 +5,13 @@ config's teacher and data (the same fit config that distils online, through
 :func:`lit_distill.build.build`), runs the teacher once over every sample of the train and
 validation splits in index order, and writes ``DIR/train`` and ``DIR/val`` in the format of
 :mod:`lit_distill.cache`. A rerun of the same command finishes an interrupted cache.
+
+What a row is follows from the teacher's logits on the first sample: ``[B, L, V]`` (a causal LM,
+or a token classifier on token data such as ``datamodules.TextDataModule``) gives one row per
+token position; ``[B, C]`` (a sequence classifier, ``HFModel(task: sequence-classification)``,
+e.g. on ``datamodules.TextClassificationDataModule``) one row per sample, with ``--top-k``
+defaulting to ``C`` (exact). Per-token logits on data without token ids (a token classifier
+on text-classification records) are refused: their rows would line up with nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ from datamodules.teacher_cache import CachedTeacherDataModule
 from lit_distill.build import build
 from lit_distill.cache import (
     ENCODINGS,
+    POSITION_ROWS,
+    SAMPLE_ROWS,
     SPLITS,
+    sample_ids,
     teacher_vocab_size,
     tokenizer_fingerprint,
     write_split,
@@ -39,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", action="append", required=True,
                         help="fit config YAML (model.init_args.teacher and data are used); repeatable")
     parser.add_argument("--out", required=True, help="cache directory (one subdirectory per split)")
-    parser.add_argument("--top-k", type=int, default=128, help="entries kept per position (default 128)")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="entries kept per row (default 128 per position; all C classes per sample)")
     parser.add_argument("--samples-per-shard", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="samples per teacher forward (default: the data's batch_size)")
@@ -87,21 +98,37 @@ def cache_teacher(args: Sequence[str]) -> dict[str, bool]:
 
     datasets = {"train": data.train_dataset, "val": data.val_dataset}
     model_cfg = getattr(teacher.model, "path", None) or type(teacher.model).__name__
+    rows, vocab = _rows(run_teacher(data.collate_fn()([datasets[splits[0]][0]])), datasets[splits[0]][0], vocab)
+    per_sample = rows == SAMPLE_ROWS
     done = {}
     for split in splits:
-        dataset = datasets[split]
-        if vocab is None:
-            probe = run_teacher(data.collate_fn()([dataset[0]]))
-            vocab = probe.shape[-1]
         done[split] = write_split(
-            run_teacher, dataset, data.collate_fn(), Path(ns.out) / split, top_k=ns.top_k,
-            samples_per_shard=ns.samples_per_shard,
+            run_teacher, datasets[split], data.collate_fn(), Path(ns.out) / split,
+            top_k=ns.top_k or (vocab if per_sample else 128), samples_per_shard=ns.samples_per_shard,
             batch_size=ns.batch_size or getattr(getattr(data, "hparams", {}), "batch_size", None) or 8,
-            vocab_size=vocab, data_vocab_size=data_vocab,
+            vocab_size=vocab, data_vocab_size=None if per_sample else data_vocab,
             tokenizer_fp=tokenizer_fingerprint(getattr(data, "tokenizer", None)), teacher=str(model_cfg),
             temperature=ns.temperature, logprob_dtype=ns.logprob_dtype, max_new_shards=ns.max_new_shards,
-            progress=not ns.no_progress)
+            progress=not ns.no_progress, rows=rows)
     return done
+
+
+def _rows(probe: Tensor, sample: Any, vocab: int | None) -> tuple[str, int]:
+    """The cache's rows and label space from the teacher's logits on one sample: ``[1, C]`` gives
+    ``("sample", C)``, ``[1, L, V]`` ``("position", V)`` (V: the teacher's ``output_size`` if known)."""
+    if probe.dim() == 2:
+        return SAMPLE_ROWS, probe.shape[-1]
+    if probe.dim() != 3:
+        raise ConfigError(f"model.init_args.teacher: returned logits of shape {tuple(probe.shape)}; cache-teacher "
+                          "caches [B, L, V] (one row per token position) or [B, C] (one row per sample)")
+    try:
+        sample_ids(sample)
+    except ConfigError:
+        raise ConfigError(f"model.init_args.teacher: returns per-token logits {tuple(probe.shape)} (e.g. "
+                          "token-classification), but the data's samples carry no token ids to line the rows up "
+                          "with; cache a token-level teacher on token data (e.g. datamodules.TextDataModule), or "
+                          "a sequence classifier ([B, C], one row per sample)") from None
+    return POSITION_ROWS, vocab or probe.shape[-1]
 
 
 def main(args: Sequence[str]) -> None:

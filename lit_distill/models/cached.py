@@ -2,10 +2,12 @@
 
 ``CachedTopK`` turns one cached row per position (``lit_distill.cache``: the teacher's top-k ids,
 their log-probabilities at the cache's temperature ``T_c`` and the tail mass) back into dense
-logits ``[..., V]``, so a ``MultiModel`` teacher can mix live and cached members and every loss
-that reads ``teachers.<name>.logits`` (``EnsembleKD``: mixture or logit average, uniform, entropy
-or gold weights) works on them unchanged. ``datamodules.CachedTeacherDataModule(caches: {b: DIR})``
-writes the rows into the batch's teacher inputs as ``b_topk_ids``, ``b_topk_logprobs``,
+logits ``[..., V]`` — ``[B, L, V]`` for a token-level teacher, ``[B, C]`` for a sequence
+classifier cached one row per sample (its rows come without the position axis) — so a
+``MultiModel`` teacher can mix live and cached members and every loss that reads
+``teachers.<name>.logits`` (``EnsembleKD``: mixture or logit average, uniform, entropy or gold
+weights; ``ForwardKL`` with that source) works on them unchanged.
+``datamodules.CachedTeacherDataModule(caches: {b: DIR})`` writes the rows into the batch's teacher inputs as ``b_topk_ids``, ``b_topk_logprobs``,
 ``b_tail_mass`` and ``b_temperature``; the ``MultiModel`` routes them to the member::
 
     teacher:
@@ -20,7 +22,12 @@ writes the rows into the batch's teacher inputs as ``b_topk_ids``, ``b_topk_logp
             inputs:
               a: [input_ids, attention_mask]
               b: {topk_ids: b_topk_ids, topk_logprobs: b_topk_logprobs, tail_mass: b_tail_mass,
-                  temperature: b_temperature}
+                  temperature: b_temperature, vocab_size: b_vocab_size}
+
+(``vocab_size: b_vocab_size`` is optional: mapped, the cache's own ``V`` is checked against the
+member's, which catches a classifier cache of 2 classes read as 3, whose missing class would
+otherwise silently get probability 0. Classifier ensembles:
+``configs/text/multi_teacher/tiny-bert-student_from_live+cached-bert-teachers_local.yaml``.)
 
 The dense log-probabilities ``ℓ`` are the cached log-probs at the top-k ids and the tail mass
 spread uniformly over the ``V − k`` other ids, ``log(p_tail / (V − k))``, so ``softmax(ℓ)`` is the
@@ -85,15 +92,18 @@ class CachedTopK(ModelAdapter):
 
     Args:
         vocab_size: V, the label space the other teachers and the student share (the data's
-            tokenizer size). The cached ids must be below it.
+            tokenizer size; for a sequence classifier, its number of classes C). The cached ids
+            must be below it.
 
     Inputs (``run``): ``topk_ids`` ``[B, L, k]``, ``topk_logprobs`` ``[B, L, k]``, ``tail_mass``
-    ``[B, L]`` and ``temperature`` (float, the cache's ``T_c``), as
-    ``datamodules.CachedTeacherDataModule`` writes them for a named cache.
+    ``[B, L]`` (a classifier's cache of sample rows: ``[B, k]``, ``[B, k]``, ``[B]``),
+    ``temperature`` (float, the cache's ``T_c``) and optionally ``vocab_size`` (int, the cache's
+    V, checked against the argument), as ``datamodules.CachedTeacherDataModule`` writes them for
+    a named cache.
 
-    Outputs: ``ModelOutput(logits=T_c · ℓ [B, L, V] float32, features={cache_temperature: T_c,
-    cache_top_k: k})`` (in a ``MultiModel``: ``<member>.logits``, ``<member>.cache_temperature``,
-    ``<member>.cache_top_k``).
+    Outputs: ``ModelOutput(logits=T_c · ℓ [B, L, V] (or [B, C]) float32,
+    features={cache_temperature: T_c, cache_top_k: k})`` (in a ``MultiModel``: ``<member>.logits``,
+    ``<member>.cache_temperature``, ``<member>.cache_top_k``).
     """
 
     def __init__(self, vocab_size: int) -> None:
@@ -114,7 +124,8 @@ class CachedTopK(ModelAdapter):
         return OutputSpec(logits=True, hidden_states=0, features=FEATURES, closed=True)
 
     def run(self, topk_ids: Tensor | None = None, topk_logprobs: Tensor | None = None,
-            tail_mass: Tensor | None = None, temperature: float | None = None, **unmapped: Any) -> ModelOutput:
+            tail_mass: Tensor | None = None, temperature: float | None = None, vocab_size: int | None = None,
+            **unmapped: Any) -> ModelOutput:
         if any(x is None for x in (topk_ids, topk_logprobs, tail_mass, temperature)) or unmapped:
             given = sorted(k for k, v in {"topk_ids": topk_ids, "topk_logprobs": topk_logprobs, "tail_mass": tail_mass,
                                           "temperature": temperature, **unmapped}.items() if v is not None)
@@ -124,13 +135,17 @@ class CachedTopK(ModelAdapter):
                               "CachedTeacherDataModule.caches.b writes")
         if not isinstance(temperature, int | float) or not (temperature > 0 and math.isfinite(temperature)):
             raise ConfigError(f"CachedTopK: the cache's temperature must be a number > 0, got {temperature!r}")
+        if vocab_size is not None and int(vocab_size) != self.vocab_size:
+            raise ConfigError(f"CachedTopK.vocab_size: {self.vocab_size}, but the cache was written with V = "
+                              f"{int(vocab_size)} (its manifest's vocab_size; for a classifier, its classes); set "
+                              f"vocab_size: {int(vocab_size)} or read the cache of a teacher of {self.vocab_size}")
         k = topk_ids.shape[-1]
         if topk_logprobs.shape != topk_ids.shape or tail_mass.shape != topk_ids.shape[:-1]:
             raise ConfigError(f"CachedTopK: topk_ids {tuple(topk_ids.shape)}, topk_logprobs "
                               f"{tuple(topk_logprobs.shape)} and tail_mass {tuple(tail_mass.shape)} must be "
                               "[..., k], [..., k] and [...]")
         if k > self.vocab_size:
-            raise ConfigError(f"CachedTopK.vocab_size: the cache holds k = {k} entries per position, more than "
+            raise ConfigError(f"CachedTopK.vocab_size: the cache holds k = {k} entries per row, more than "
                               f"vocab_size = {self.vocab_size}; set the vocabulary the cache was written with")
         if not self._ids_checked:  # once: an id beyond vocab_size would fail inside scatter, without a message
             largest = int(topk_ids.max()) if topk_ids.numel() else -1

@@ -54,3 +54,22 @@ def test_multi_teacher_config_trains(assets, tokenizer_dir, tmp_path):
                  f"{members}.a.init_args.path={assets / 'teacher'}", f"{members}.b.init_args.path={assets / 'teacher_b'}",
                  f"--data.init_args.teacher_tokenizers={{a: {tokenizer_dir}, b: {tokenizer_dir}}}"])
     assert built.trainer.global_step == 2 and torch.isfinite(built.trainer.callback_metrics["val/ensemble"])
+
+
+def test_live_plus_cached_classifier_config_trains(assets, tokenizer_dir, tmp_path):
+    """Teacher b cached once (one row per sample, all C classes), then read beside the live teacher a."""
+    from lit_distill.cache_teacher import cache_teacher
+
+    cache = tmp_path / "teacher_b_cache"
+    assert cache_teacher([
+        "--config", str(REPO / "configs/text/encoder/tiny-bert-student_from_tiny-bert-teacher_local.yaml"),
+        "--out", str(cache), "--no-progress", *common(assets, tokenizer_dir, tmp_path)[:3],
+        f"--model.init_args.teacher.init_args.model.init_args.path={assets / 'teacher_b'}"]) == {"train": True,
+                                                                                               "val": True}
+    inner = "--data.init_args.data.init_args"
+    members = "--model.init_args.teacher.init_args.model.init_args.members"
+    args = [arg.replace("--data.init_args", inner) for arg in common(assets, tokenizer_dir, tmp_path)]
+    built = fit(REPO / "configs/text/multi_teacher/tiny-bert-student_from_live+cached-bert-teachers_local.yaml",
+                [*args, f"--data.init_args.caches={{b: {cache}}}", f"{members}.a.init_args.path={assets / 'teacher'}",
+                 f"{inner}.teacher_tokenizers={{a: {tokenizer_dir}}}"])
+    assert built.trainer.global_step == 2 and torch.isfinite(built.trainer.callback_metrics["val/ensemble"])

@@ -94,7 +94,7 @@ def test_bad_inputs_are_one_line_config_errors(tmp_path):
         member(topk_ids=ids, topk_logprobs=logprobs, tail_mass=tail, temperature=0.0)
     with pytest.raises(ConfigError, match="must be"):
         member(topk_ids=ids, topk_logprobs=logprobs[:, :2], tail_mass=tail, temperature=1.0)
-    with pytest.raises(ConfigError, match="k = 3 entries per position, more than vocab_size = 2"):
+    with pytest.raises(ConfigError, match="k = 3 entries per row, more than vocab_size = 2"):
         CachedTopK(vocab_size=2)(topk_ids=ids, topk_logprobs=logprobs, tail_mass=tail, temperature=1.0)
     member.export(str(tmp_path / "b"))
     assert (tmp_path / "b" / "cached_teacher.json").exists()
@@ -105,3 +105,32 @@ def test_an_id_beyond_vocab_size_is_a_one_line_error():
     with pytest.raises(ConfigError, match="token id 7, beyond vocab_size = 5"):
         CachedTopK(5)(topk_ids=ids, topk_logprobs=torch.log(torch.tensor([[[0.5, 0.4]]])),
                       tail_mass=torch.tensor([[0.1]]), temperature=1.0)
+
+
+@pytest.mark.parametrize("k", [2, V])
+@pytest.mark.parametrize("t_cache", [1.0, 2.5])
+def test_a_classifiers_rows_per_sample_give_its_b_c_logits(k, t_cache):
+    """A sequence classifier's cache: one row per sample, no position axis ([B, k] -> logits [B, C], C = V)."""
+    from lit_distill.losses import ForwardKL
+
+    z = 3 * torch.randn(4, V, generator=torch.Generator().manual_seed(k))
+    ids, logprobs, tail = sparse_teacher(z, k, t_cache)
+    out = CachedTopK(vocab_size=V)(topk_ids=ids, topk_logprobs=logprobs, tail_mass=tail, temperature=t_cache,
+                                   vocab_size=V)
+    assert out.logits.shape == (4, V) and out.features == {"cache_temperature": t_cache, "cache_top_k": k}
+    torch.testing.assert_close(out.logits.double(), direct(z[None], k, t_cache)[0], rtol=1e-5, atol=1e-5)
+    if k == V:  # every class cached: the loss is the live classifier's at any temperature
+        student = torch.randn(4, V, generator=torch.Generator().manual_seed(9))
+        for t in (0.5, 1.0, t_cache, 3.0):
+            kd = ForwardKL(temperature=t)
+            torch.testing.assert_close(kd(student, out.logits), kd(student, z), rtol=1e-5, atol=1e-6)
+
+
+def test_the_caches_own_class_count_is_checked_when_given():
+    ids, logprobs, tail = sparse_teacher(torch.randn(3, 2), 2, 1.0)  # a 2-class classifier's cache
+    rows = {"topk_ids": ids, "topk_logprobs": logprobs, "tail_mass": tail, "temperature": 1.0}
+    assert CachedTopK(vocab_size=2)(**rows, vocab_size=2).logits.shape == (3, 2)
+    # read as 3 classes, the third would silently get probability 0: refused when the cache's V is mapped
+    assert torch.equal(CachedTopK(vocab_size=3)(**rows).logits[:, 2], torch.full((3,), LOG_ZERO))
+    with pytest.raises(ConfigError, match=r"^CachedTopK.vocab_size: 3, but the cache was written with V = 2 [^\n]*$"):
+        CachedTopK(vocab_size=3)(**rows, vocab_size=2)
