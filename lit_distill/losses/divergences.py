@@ -93,8 +93,11 @@ ValueAndGrad = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 def _kl_value_grad(lp: Tensor, lq: Tensor, out: Tensor) -> Tensor:
-    p = lp.exp()
-    per_row = torch.einsum("nv,nv->n", p, lp - lq)
+    # No new [n, V] buffer where ``out`` can hold log p − log q until the gradient overwrites it
+    # (on the CPU each fresh buffer costs a pass of page faults).
+    diff = torch.sub(lp, lq, out=out) if out.dtype == lp.dtype else lp - lq
+    p = lp.exp_()
+    per_row = torch.einsum("nv,nv->n", p, diff)
     torch.sub(lq.exp_(), p, out=out)  # g = −p / q: q ⊙ g − q Σ q g = q − p
     return per_row
 
@@ -153,15 +156,20 @@ _EXACT_ON_EQUAL_ROWS = (_kl_value_grad, _reverse_kl_value_grad, _tvd_value_grad)
 
 
 def _fast_log_probs(logits: Tensor, mask: Tensor | None, temperature: float, dtype: torch.dtype) -> Tensor:
-    """:func:`_log_probs` without autograd, in place on one copy (two ``[n, V]`` buffers, not four)."""
-    if mask is not None:
-        x = torch.where(mask.unsqueeze(-1), logits.to(dtype), 0.0)
-    else:
-        x = logits.to(dtype, copy=True)
-    x.clamp_min_(_LOGIT_FLOOR * min(temperature, 1.0))
+    """:func:`_log_probs` without autograd, allocating only its ``[n, V]`` output (plus ``logits / T``
+    when ``T != 1``): the floor and the mask are applied to the log-probs in place.
+
+    Same values where it matters: a ``-inf`` logit's log-prob becomes the floor (its probability is
+    exactly 0 either way), and a masked-out row becomes ``-log V``, the log-probs of the zero row
+    :func:`_log_probs` gives it, whatever it held (NaN, inf).
+    """
+    x = logits.to(dtype)
     if temperature != 1.0:
-        x.div_(temperature)
-    return torch.log_softmax(x, dim=-1)
+        x = x / temperature
+    out = torch.log_softmax(x, dim=-1).clamp_min_(_LOGIT_FLOOR)
+    if mask is not None:
+        out.masked_fill_(~mask.unsqueeze(-1), -math.log(out.shape[-1]))
+    return out
 
 
 def _log_probs(logits: Tensor, mask: Tensor | None, temperature: float,
