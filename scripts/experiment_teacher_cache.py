@@ -92,16 +92,19 @@ def cache_name(k: int, encoding: str) -> str:
 
 def write_cache(k: int, encoding: str) -> dict:
     out = WORK / f"cache_{cache_name(k, encoding)}"
+    timing = out / "seconds.json"  # the wall time of the call that wrote the cache (a rerun only checks it)
     start = time.perf_counter()
     done = cache_teacher(["--config", ONLINE, "--out", str(out), "--top-k", str(k), "--no-progress",
                           "--logprob-dtype", encoding, f"--trainer.default_root_dir={WORK / 'runs/cache'}"])
     assert all(done.values()), done
+    if not timing.exists():
+        timing.write_text(json.dumps({"seconds": round(time.perf_counter() - start, 1)}) + "\n")
     manifest = json.loads((out / "train/manifest.json").read_text())
     size = sum(p.stat().st_size for p in (out / "train").glob("shard-*.safetensors"))
     tails = torch.cat([load_file(p)["tail_mass"] for p in sorted((out / "val").glob("shard-*.safetensors"))])
     return {"val_tail_mass_mean": round(float(tails.mean()), 5),
             "val_tail_mass_median": round(float(tails.median()), 5),
-            "k": k, "name": cache_name(k, encoding), "dir": str(out.relative_to(REPO)), "seconds": round(time.perf_counter() - start, 1),
+            "k": k, "name": cache_name(k, encoding), "dir": str(out.relative_to(REPO)), "seconds": json.loads(timing.read_text())["seconds"],
             "bytes": size, "positions": manifest["num_positions"],
             "bytes_per_position": round(size / manifest["num_positions"], 1),
             "id_dtype": manifest["id_dtype"], "logprob_dtype": manifest["logprob_dtype"]}
