@@ -15,7 +15,7 @@ stored float16 top-1) only at ``K`` knot ranks spaced geometrically from 2 to k
 (:func:`knot_ranks`; ``K = min(k - 1, max(16, ceil(k / 6)))``, 22 at k = 128). The log-probs of
 the other ranks are linear in ``log(rank)`` between their two neighbouring knots. Sorted
 log-probs of a language model fall roughly linearly in log-rank (Zipf), and the head ranks,
-which carry most of the mass, are knots themselves (ranks 2-8 at k = 128). Per position:
+which carry most of the mass, are knots themselves (ranks 2-12 at k = 128). Per position:
 ``ceil(k * b / 8) + 2 + 2 + 2 + K`` bytes: 300 at k = 128, V = 128,256; 188 at V = 1,024.
 
 Error bound of ``knots`` (derived; tested): with ``t`` the stored top-1 (``|t - lp_1| ≤
