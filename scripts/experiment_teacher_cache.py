@@ -4,7 +4,7 @@
    (``artifacts/quickstart``, as ``python -m lit_distill quickstart`` does).
 2. Caches the teacher with ``cache-teacher`` for each cache spec ``k`` or ``k:encoding``
    (default 16, 128, 1024 = the whole vocabulary, a control without truncation, 128:compact,
-   the version-2 encoding, and 128:knots, version 3; a bare ``k`` stores float16 log-probs) and
+   the version-2 encoding, and 128:knots, version 4; a bare ``k`` stores float16 log-probs) and
    measures the bytes on disk per cached position and the teacher's tail mass. Each encoding is
    also written for random LLM-shaped logits at V = 128,256 (Llama-3's vocabulary; bytes on disk),
    and, given the k = V cache, its decoding error is measured on the teacher's held-out
