@@ -15,7 +15,8 @@ module needs neither: per split, ``DIR/<split>/`` holds
     first, in the smallest integer dtype holding the vocabulary (uint8/uint16/int32);
   - ``topk_logprobs`` ``[T, k]``: their log-probabilities (float16 or bfloat16);
   - ``tail_mass`` ``[T]`` float32: 1 − Σ top-k probabilities, computed as
-    ``exp(logsumexp)`` of the other log-probs (keeps a tiny tail accurate; 0 at k = V);
+    ``exp(logsumexp)`` of the other log-probs (keeps a tiny tail accurate; 0 at k = V); with
+    ``--logprob-dtype compact``/``knots`` the tensors of :mod:`lit_distill.cache_codec` instead;
   - ``lengths`` ``[n]`` int32 and ``sample_index`` ``[n]`` int64 of the shard's samples.
 
 ``rows`` says what a row is: ``position`` (a token-level teacher, logits ``[B, L, V]``; the
@@ -50,8 +51,9 @@ from lit_distill.errors import ConfigError
 
 FORMAT = "lit_distill.teacher_cache"
 VERSION = 2  # written for the compact encoding; version-1 caches still read
-SAMPLE_ROWS_VERSION = 3  # written for one row per sample (either encoding)
-READABLE_VERSIONS = (1, 2, 3)
+SAMPLE_ROWS_VERSION = 3  # written for one row per sample (float16, bfloat16 or compact)
+KNOTS_VERSION = 4  # written for the knots encoding (either rows), so that readers of versions 1-3 refuse it
+READABLE_VERSIONS = (1, 2, 3, 4)
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
 # Manifest fields that identify the content; a resumed run must agree on all of them.
@@ -60,7 +62,8 @@ _IDENTITY = ("format", "version", "rows", "split", "num_samples", "num_positions
              "temperature", "tokenizer_fingerprint", "samples_fingerprint", "teacher")
 LOGPROB_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 COMPACT = "compact"  # lit_distill.cache_codec: bit-packed ids + uint8 log-probs (version 2)
-ENCODINGS = (*LOGPROB_DTYPES, COMPACT)
+KNOTS = "knots"  # lit_distill.cache_codec: bit-packed ids + uint8 codes at knot ranks (version 4)
+ENCODINGS = (*LOGPROB_DTYPES, COMPACT, KNOTS)
 POSITION_ROWS, SAMPLE_ROWS = "position", "sample"  # the manifest's ``rows``: per token position / per sample
 ROWS = (POSITION_ROWS, SAMPLE_ROWS)
 
@@ -232,7 +235,7 @@ def write_split(run_teacher: Callable[[dict[str, Any]], Tensor], dataset: Sequen
         tokenizer_fp: fingerprint of the data's tokenizer (see :func:`tokenizer_fingerprint`).
         teacher: a description of the teacher (its path or class), recorded in the manifest.
         temperature: the teacher's log-probs are those of ``softmax(logits / temperature)``.
-        logprob_dtype: ``float16`` or ``bfloat16``.
+        logprob_dtype: ``float16``, ``bfloat16``, ``compact`` or ``knots`` (:mod:`lit_distill.cache_codec`).
         max_new_shards: stop after writing this many shards (an interruption on purpose);
             None writes them all.
         progress: show a progress bar.
@@ -253,14 +256,15 @@ def write_split(run_teacher: Callable[[dict[str, Any]], Tensor], dataset: Sequen
     if not len(dataset):
         raise ConfigError(f"cache-teacher: the {split_dir.name} split has no samples")
     lengths = [1] * len(dataset) if per_sample else [len(sample_ids(s)) for s in dataset]
-    version = SAMPLE_ROWS_VERSION if per_sample else VERSION if logprob_dtype == COMPACT else 1
+    version = (KNOTS_VERSION if logprob_dtype == KNOTS else SAMPLE_ROWS_VERSION if per_sample
+               else VERSION if logprob_dtype == COMPACT else 1)
     manifest = {
         "format": FORMAT, "version": version, "split": split_dir.name, "num_samples": len(dataset),
         "num_positions": sum(lengths), "samples_per_shard": samples_per_shard,
         "num_shards": math.ceil(len(dataset) / samples_per_shard), "top_k": top_k,
         "vocab_size": kept_vocab, "data_vocab_size": data_vocab_size,
         "id_dtype": str(id_dtype(kept_vocab)).removeprefix("torch."), "logprob_dtype": logprob_dtype,
-        "tail_dtype": "float32", "temperature": float(temperature),
+        "tail_dtype": "float16" if logprob_dtype == KNOTS else "float32", "temperature": float(temperature),
         "tokenizer_fingerprint": tokenizer_fp, "samples_fingerprint": samples_fingerprint(dataset),
         "teacher": teacher, "rows": rows, "complete": False,
     }
@@ -301,9 +305,9 @@ def write_split(run_teacher: Callable[[dict[str, Any]], Tensor], dataset: Sequen
                     lp_parts.append(log_p[row, :n])
                     tail_parts.append(tail[row, :n])
                 bar.update(len(indices))
-            tensors = _encode(torch.cat(ids_parts), torch.cat(lp_parts), logprob_dtype, kept_vocab)
+            tensors = _encode(torch.cat(ids_parts), torch.cat(lp_parts), torch.cat(tail_parts), logprob_dtype,
+                              kept_vocab)
             tensors.update({
-                "tail_mass": torch.cat(tail_parts).float().contiguous(),
                 "lengths": torch.tensor(lengths[first:stop], dtype=torch.int32),
                 "sample_index": torch.arange(first, stop, dtype=torch.int64),
             })
@@ -328,16 +332,14 @@ def _check_logits(logits: Tensor, batch: int, per_sample: bool) -> None:
                           f"of {batch} samples; this cache holds {shape}")
 
 
-def _encode(ids: Tensor, log_p: Tensor, encoding: str, vocab_size: int) -> dict[str, Tensor]:
-    """One shard's top-k tensors (ids ``[T, k]``, log-probs ``[T, k]``) in ``encoding``."""
-    if encoding != COMPACT:
-        return {"topk_ids": ids.to(id_dtype(vocab_size)).contiguous(),
-                "topk_logprobs": log_p.to(LOGPROB_DTYPES[encoding]).contiguous()}
-    from lit_distill import cache_codec
+def _encode(ids: Tensor, log_p: Tensor, tail: Tensor, encoding: str, vocab_size: int) -> dict[str, Tensor]:
+    """One shard's top-k tensors and tail (ids, log-probs ``[T, k]``, tail ``[T]``) in ``encoding``."""
+    if encoding in (COMPACT, KNOTS):
+        from lit_distill import cache_codec
 
-    top1, step, codes = cache_codec.encode_logprobs(log_p)
-    return {"packed_ids": cache_codec.pack_ids(ids, vocab_size).contiguous(), "top1_logprob": top1.contiguous(),
-            "logprob_step": step.contiguous(), "logprob_codes": codes.contiguous()}
+        return cache_codec.encode_shard(ids, log_p, tail, encoding, vocab_size)
+    return {"topk_ids": ids.to(id_dtype(vocab_size)).contiguous(),
+            "topk_logprobs": log_p.to(LOGPROB_DTYPES[encoding]).contiguous(), "tail_mass": tail.float().contiguous()}
 
 
 class TeacherCache:
@@ -386,14 +388,10 @@ class TeacherCache:
         shard, local = divmod(index, self.samples_per_shard)
         handle, offsets = self._open(shard)
         rows = slice(offsets[local], offsets[local + 1])
-        tail = handle.get_slice("tail_mass")[rows]
-        if self.manifest.get("logprob_dtype") == COMPACT:
+        tail = handle.get_slice("tail_mass")[rows].float()
+        if self.manifest.get("logprob_dtype") in (COMPACT, KNOTS):
             from lit_distill import cache_codec
 
-            ids = cache_codec.unpack_ids(handle.get_slice("packed_ids")[rows], self.top_k,
-                                         self.manifest["vocab_size"])
-            log_p = cache_codec.decode_logprobs(handle.get_slice("top1_logprob")[rows],
-                                                handle.get_slice("logprob_step")[rows],
-                                                handle.get_slice("logprob_codes")[rows])
-            return ids, log_p, tail
+            return (*cache_codec.decode_rows(handle, rows, self.manifest["logprob_dtype"], self.top_k,
+                                             self.manifest["vocab_size"]), tail)
         return handle.get_slice("topk_ids")[rows].long(), handle.get_slice("topk_logprobs")[rows], tail

@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="cache log_softmax(logits / T); train with the same temperature")
     parser.add_argument("--logprob-dtype", default="float16", choices=sorted(ENCODINGS),
-                        help="float16/bfloat16 (version 1) or compact (version 2: ~297 B/position at k=128, V=1024)")
+                        help="float16/bfloat16 (version 1), compact (version 2: 297 B/position at k=128, "
+                             "V=1024; 409 at V=128,256) or knots (version 4: uint8 codes at 22 knot ranks, "
+                             "188 B at V=1024, 300 at V=128,256; see lit_distill/cache_codec.py)")
     parser.add_argument("--splits", default=",".join(SPLITS), help="comma-separated, of: train,val")
     parser.add_argument("--max-new-shards", type=int, default=None,
                         help="stop after this many new shards per split (resume later)")
