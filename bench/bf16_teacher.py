@@ -23,7 +23,12 @@ import time
 
 import lightning as L
 import torch
-from overhead import llama, make_batches  # bench/ is on sys.path when run as a script
+from overhead import (  # bench/ is on sys.path when run as a script
+    Seconds,
+    Stopwatch,
+    llama,
+    make_batches,
+)
 from torch.utils.data import DataLoader
 
 from lit_distill import DistillationModule, Teacher
@@ -31,34 +36,37 @@ from lit_distill.losses import CrossEntropy, ForwardKL, forward_kl
 
 
 class StepTimer(L.Callback):
+    """Wall and process CPU time from the start of batch ``warmup`` to the end of training."""
+
     def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.seconds = warmup, 0.0, 0.0
+        self.warmup, self.watch, self.elapsed = warmup, Stopwatch(), Seconds(0.0, 0.0)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if batch_idx == self.warmup:
-            self.start = time.perf_counter()
+            self.watch.start()
 
     def on_train_end(self, trainer, module):
-        self.seconds = time.perf_counter() - self.start
+        self.elapsed = self.watch.read()
 
 
-def run(student, teacher, dtype: str | None, batches, warmup: int, root: str) -> float:
+def run(student, teacher, dtype: str | None, batches, warmup: int, root: str) -> Seconds:
     module = DistillationModule(copy.deepcopy(student), {"kd": ForwardKL(weight=0.5), "ce": CrossEntropy(weight=0.5)},
                                 teacher=Teacher(copy.deepcopy(teacher), dtype=dtype),
                                 optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
     return timed_fit(module, batches, warmup, root)
 
 
-def timed_fit(module: DistillationModule, batches: list[dict], warmup: int, root: str) -> float:
-    """Fit ``module`` on ``batches`` (one step each) through a quiet ``lightning.Trainer``; seconds per
-    step after ``warmup`` steps."""
+def timed_fit(module: DistillationModule, batches: list[dict], warmup: int, root: str) -> Seconds:
+    """Fit ``module`` on ``batches`` (one step each) through a quiet ``lightning.Trainer``; wall and
+    process CPU seconds per step after ``warmup`` steps."""
     timer = StepTimer(warmup)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), enable_checkpointing=False,
                         enable_model_summary=False, enable_progress_bar=False, logger=False, default_root_dir=root,
                         callbacks=[timer])
     with contextlib.redirect_stdout(sys.stderr):
         trainer.fit(module, DataLoader(batches, batch_size=None))
-    return timer.seconds / (len(batches) - warmup)
+    steps = len(batches) - warmup
+    return Seconds(timer.elapsed.wall / steps, timer.elapsed.cpu / steps)
 
 
 def main() -> None:
@@ -73,7 +81,7 @@ def main() -> None:
     torch.manual_seed(0)
     student, teacher = llama(128, 2, ns.vocab), llama(256, 4, ns.vocab)
     batches = make_batches(ns.warmup + ns.steps, ns.batch, ns.seq, ns.vocab)
-    times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    times: dict[str, list[Seconds]] = {"float32": [], "bfloat16": []}
     with tempfile.TemporaryDirectory() as root:
         for repeat in range(ns.repeats):
             order = ["float32", "bfloat16"] if repeat % 2 == 0 else ["bfloat16", "float32"]
@@ -94,14 +102,17 @@ def main() -> None:
     result = {
         "bench": "bf16_teacher", "device": "cpu", "threads": torch.get_num_threads(),
         "cpu_bf16_flags": sorted({f for f in open("/proc/cpuinfo").read().split() if f in ("avx512_bf16", "amx_bf16")}),
-        "s_per_step": {k: statistics.median(v) for k, v in times.items()},
-        "step_ratio_bf16_over_fp32": statistics.median(b / f for b, f in zip(times["bfloat16"], times["float32"],
-                                                                             strict=True)),
+        "s_per_step": {k: statistics.median(t.wall for t in v) for k, v in times.items()},
+        "step_ratio_bf16_over_fp32": statistics.median(b.wall / f.wall for b, f in zip(
+            times["bfloat16"], times["float32"], strict=True)),
+        "cpu_step_ratio_bf16_over_fp32": statistics.median(b.cpu / f.cpu for b, f in zip(
+            times["bfloat16"], times["float32"], strict=True)),
         "teacher_forward_ms": {k: 1000 * statistics.median(v) for k, v in forward.items()},
         "kl_fp32_teacher_to_bf16_teacher": float(forward_kl(logits16, logits32, mask)),
         "kd_loss": {"fp32_teacher": float(forward_kl(student_logits, logits32, mask)),
                     "bf16_teacher": float(forward_kl(student_logits, logits16, mask))},
-        "repeats": times,
+        "repeats": {k: [t.wall for t in v] for k, v in times.items()},
+        "cpu_repeats": {k: [t.cpu for t in v] for k, v in times.items()},
     }
     print(json.dumps(result, indent=2))
 

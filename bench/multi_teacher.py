@@ -55,7 +55,7 @@ def make_batches(n: int, batch: int, seq: int, vocab: int, classes: int) -> list
     return out
 
 
-def run(student, teachers: dict, batches: list[dict], warmup: int, root: str) -> float:
+def run(student, teachers: dict, batches: list[dict], warmup: int, root: str):
     """Seconds per steady-state step of a fit with ``teachers`` as the ensemble's members."""
     members = {name: copy.deepcopy(model) for name, model in teachers.items()}
     routes = {name: {"input_ids": f"{name}_input_ids", "attention_mask": f"{name}_attention_mask"} for name in members}
@@ -82,7 +82,7 @@ def main() -> None:
     teacher_a, teacher_b = bert(256, 4, ns.vocab, ns.classes), bert(256, 4, ns.vocab, ns.classes)
     batches = make_batches(ns.warmup + ns.steps, ns.batch, ns.seq, ns.vocab, ns.classes)
     arms = {"one_teacher": {"a": teacher_a}, "two_teachers": {"a": teacher_a, "b": teacher_b}}
-    times: dict[str, list[float]] = {name: [] for name in arms}
+    times: dict[str, list] = {name: [] for name in arms}
     with tempfile.TemporaryDirectory() as root:
         for repeat in range(ns.repeats):
             for name in (list(arms) if repeat % 2 == 0 else list(reversed(arms))):
@@ -99,10 +99,13 @@ def main() -> None:
     print(json.dumps({
         "bench": "multi_teacher", "device": "cpu", "threads": torch.get_num_threads(),
         "shape": {"batch": ns.batch, "seq": ns.seq, "vocab": ns.vocab, "classes": ns.classes},
-        "s_per_step": {name: statistics.median(v) for name, v in times.items()},
-        "step_ratio_two_over_one": statistics.median(t / o for t, o in zip(two, one, strict=True)),
+        "s_per_step": {name: statistics.median(t.wall for t in v) for name, v in times.items()},
+        "step_ratio_two_over_one": statistics.median(t.wall / o.wall for t, o in zip(two, one, strict=True)),
+        # process CPU time: a neighbour on a shared machine inflates it far less than wall time
+        "cpu_step_ratio_two_over_one": statistics.median(t.cpu / o.cpu for t, o in zip(two, one, strict=True)),
         "one_teacher_forward_s": statistics.median(forward[1:]),
-        "repeats": times,
+        "repeats": {name: [t.wall for t in v] for name, v in times.items()},
+        "cpu_repeats": {name: [t.cpu for t in v] for name, v in times.items()},
     }, indent=2))
 
 
