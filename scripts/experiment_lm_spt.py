@@ -26,7 +26,7 @@ Two stages:
 Both write their tables between markers in ``docs/experiments/lm_spt.md`` (hand-written text outside
 the markers stays) and their numbers under their stage's key in ``lm_spt.json``.
 
-    python scripts/experiment_lm_spt.py --stage diagnose [--seeds 0] [--steps 150] [--workers 1]
+    python scripts/experiment_lm_spt.py --stage diagnose [--seeds 0] [--steps 120] [--workers 1]
     python scripts/experiment_lm_spt.py [--seeds 0 1 2] [--steps 300] [--workers 2]
 """
 
@@ -63,11 +63,11 @@ AUTHORS = (f"{STUDENT}codebook=learned", f"{STUDENT}cosine=true", f"{STUDENT}qua
            f"{STUDENT}zero_bias_init=false")
 EMA = (f"{STUDENT}codebook=ema", f"{STUDENT}cosine=false")
 DIAGNOSIS = (("authors' setting (learned, cosine, dropout 0.5)", ()),
-             ("quantiser dropout 0", (f"{STUDENT}quantizer_dropout=0.0",)),
-             ("semantic commitment weight 0", ("--model.init_args.losses.semantic_commit.init_args.weight=0.0",)),
+             ("zero-bias init (DAC's)", (f"{STUDENT}zero_bias_init=true",)),
              ("EMA codebooks (dead-code replacement)", EMA),
              ("EMA codebooks + k-means init", (*EMA, f"{STUDENT}kmeans_init=true")),
-             ("zero-bias init (DAC's)", (f"{STUDENT}zero_bias_init=true",)))
+             ("quantiser dropout 0", (f"{STUDENT}quantizer_dropout=0.0",)),
+             ("semantic commitment weight 0", ("--model.init_args.losses.semantic_commit.init_args.weight=0.0",)))
 MARKERS = {stage: (f"<!-- experiment_lm_spt {stage}: begin -->", f"<!-- experiment_lm_spt {stage}: end -->")
            for stage in ("diagnose", "compare")}
 
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage", choices=("diagnose", "compare"), default="compare")
     parser.add_argument("--work-dir", default=None, help="default artifacts/speech/dm_codec (its corpus is reused)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 (diagnose), 0 1 2 (compare)")
-    parser.add_argument("--steps", type=int, default=None, help="default: 150 (diagnose), 300 (compare)")
+    parser.add_argument("--steps", type=int, default=None, help="default: 120 (diagnose), 300 (compare)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
@@ -216,17 +216,17 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     diagnose = args.stage == "diagnose"
     seeds = args.seeds or ([0] if diagnose else [0, 1, 2])
-    steps = 4 if args.smoke else args.steps or (150 if diagnose else 300)
+    steps = 4 if args.smoke else args.steps or (120 if diagnose else 300)
     every = {"val_every": 2, "usage_every": 1, "share_every": 2} if args.smoke else \
-        {"val_every": 25, "usage_every": 5, "share_every": 10} if diagnose else \
+        {"val_every": 20, "usage_every": 5, "share_every": 10} if diagnose else \
         {"val_every": 50, "usage_every": 10, "share_every": 50}
     size = {**dm.sizes(args.smoke), "steps": steps, **every}
     work = Path(args.work_dir or REPO / "artifacts" / "speech" / ("dm_codec_smoke" if args.smoke else "dm_codec"))
     work.mkdir(parents=True, exist_ok=True)
     start = time.time()
     speech.stage_corpus(work, args.smoke)
-    speech.stage_teachers(work, args.smoke, args.workers, names=["hubert_ctc", "whisper_ctc"])  # hubert: the R²
-    print(f"[lm_spt] corpus and teachers ready after {time.time() - start:.0f} s", flush=True)
+    speech.stage_teachers(work, args.smoke, 1, names=["whisper_ctc"])
+    print(f"[lm_spt] corpus and Whisper-CTC teacher ready after {time.time() - start:.0f} s", flush=True)
     whisper = Path(json.loads((work / "teachers" / "whisper_ctc" / "result.json").read_text())["path"])
     config = config_with_teacher(work, whisper)
     chosen = diagnosis_arms(work, size, config) if diagnose else arms(work, size, config)
@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
                  for name, zero in (("PyTorch default", False), ("zero biases (DAC's)", True))}
         text, numbers = diagnose_report(results, step0, size, command.strip())
     else:
+        speech.stage_teachers(work, args.smoke, 1, names=["hubert_ctc"])  # only the probes' R² reads it
         evals = dm.evaluate(results, work, args.smoke, args.workers)
         text, numbers = compare_report(results, evals, size, command.strip())
     write_docs(out, args.stage, text, numbers)
