@@ -25,13 +25,14 @@ is exactly zero: ``s + a`` has the gradient of ``z_a`` alone and ``s`` learns on
 semantic losses (and the acoustic commitment).
 
 Initialisation: PyTorch's default gives every convolution and projection a random bias. On
-speech of RMS ~0.1 those biases dominate the latents: at 12.5 Hz, 8 channels, the semantic
-quantiser's input is ~99 % a time-constant vector (``|mean_t u|^2 / mean_t |u_t|^2``), so a
-cosine lookup sends every frame to 1-3 codes before the first step, and a learned codebook
-only moves the entries it selects (docs/experiments/lm_spt.md measures the consequence). ``zero_bias_init: true`` starts those
-biases at 0, as DAC's ``init_weights`` leaves its weight-normalised convolutions (it zeroes
-their biases; its truncated-normal weights are overwritten by weight norm at the first forward);
-silence then maps to the origin and the input varies with the speech.
+speech of RMS ~0.1 those biases dominate the latents: at 12.5 Hz with 8 channels, the semantic
+quantiser's input is ~99 % one time-constant vector (``|mean_t u|^2 / mean_t |u_t|^2``), so the
+cosine lookup sends every frame to 1-3 codes before the first step, and a learned codebook only
+moves the entries it selects (``docs/experiments/lm_spt.md`` measures what follows).
+``zero_bias_init: true`` starts those biases at 0, as DAC's ``init_weights`` leaves its
+weight-normalised convolutions (it zeroes their biases; its truncated-normal weights are
+overwritten by weight norm at the first forward): silence maps to the origin and the quantiser's
+input varies with the speech.
 
 Codes are ``[B, 1 + Q, F]``: the semantic code first, then the acoustic ones; ``F =
 ceil(T / hop)``, ``hop = prod(strides)``, frame rate ``sample_rate / hop`` (16 kHz with strides
