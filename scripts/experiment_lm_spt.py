@@ -26,7 +26,7 @@ Two stages:
 Both write their tables between markers in ``docs/experiments/lm_spt.md`` (hand-written text outside
 the markers stays) and their numbers under their stage's key in ``lm_spt.json``.
 
-    python scripts/experiment_lm_spt.py --stage diagnose [--seeds 0] [--steps 120] [--workers 1]
+    python scripts/experiment_lm_spt.py --stage diagnose [--seeds 0] [--steps 100] [--workers 2]
     python scripts/experiment_lm_spt.py [--seeds 0 1 2] [--steps 300] [--workers 2]
 """
 
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage", choices=("diagnose", "compare"), default="compare")
     parser.add_argument("--work-dir", default=None, help="default artifacts/speech/dm_codec (its corpus is reused)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 (diagnose), 0 1 2 (compare)")
-    parser.add_argument("--steps", type=int, default=None, help="default: 120 (diagnose), 300 (compare)")
+    parser.add_argument("--steps", type=int, default=None, help="default: 100 (diagnose), 300 (compare)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     diagnose = args.stage == "diagnose"
     seeds = args.seeds or ([0] if diagnose else [0, 1, 2])
-    steps = 4 if args.smoke else args.steps or (120 if diagnose else 300)
+    steps = 4 if args.smoke else args.steps or (100 if diagnose else 300)
     every = {"val_every": 2, "usage_every": 1, "share_every": 2} if args.smoke else \
         {"val_every": 20, "usage_every": 5, "share_every": 10} if diagnose else \
         {"val_every": 50, "usage_every": 10, "share_every": 50}
