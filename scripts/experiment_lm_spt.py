@@ -97,9 +97,13 @@ def callbacks(size: dict) -> str:
     return "--trainer.callbacks=" + json.dumps(calls)
 
 
-def arms(work: Path, size: dict, config: Path) -> list[Run]:
-    """LM-SPT and its control: the same config, budget and data; only the semantic weight differs."""
-    base = [*dm.common(work, size, size["steps"], size["val_every"]), callbacks(size)]
+def arms(work: Path, size: dict, config: Path, student: tuple[str, ...] = ()) -> list[Run]:
+    """LM-SPT and its control: the same config, budget and data; only the semantic weight differs.
+
+    ``student``: ``name=value`` settings of the codec for both arms (e.g. ``codebook=ema``).
+    """
+    base = [*dm.common(work, size, size["steps"], size["val_every"]), callbacks(size),
+            *(f"{STUDENT}{setting}" for setting in student)]
     return [Run("LM-SPT (semantic distillation, weight 500)", [str(config)], base, group="lm_spt"),
             Run("same codec, semantic weight 0", [str(config)], [*base, f"{SEMANTIC}weight=0.0"], group="lm_spt")]
 
@@ -110,16 +114,33 @@ def diagnosis_arms(work: Path, size: dict, config: Path) -> list[Run]:
     return [Run(name, [str(config)], [*base, *extra], group="diagnose") for name, extra in DIAGNOSIS]
 
 
-def step0_state(work: Path, config: Path, size: dict, zero_bias: bool, seeds: list[int]) -> dict:
-    """Without training: the semantic quantiser's input ``u [F, d]`` on every held-out utterance.
+def semantic_input(codec, waves: list) -> dict:
+    """The semantic quantiser's input ``u [F, d]`` on each waveform ``[T]``: its time-constant share
+    ``|mean_t u|^2 / mean_t |u_t|^2`` (1 = the same vector in every frame; mean over utterances), its
+    RMS and the RMS of its frame-to-frame part (pooled), and codebook 0's usage and perplexity (pooled)."""
+    from lit_distill.callbacks.codec_metrics import code_counts, codebook_stats
 
-    Returns the mean over seeds of its time-constant share ``|mean_t u|^2 / mean_t |u_t|^2`` (1 = the
-    same vector in every frame; averaged over utterances), of the codes used (share of the codebook)
-    and of their perplexity, pooled over the held-out frames.
-    """
+    codec = codec.eval()
+    shares, us, varying = [], [], []
+    counts = torch.zeros(1, codec.semantic_quantizer.codebook_size, dtype=torch.long)
+    with torch.no_grad():
+        for wave in waves:
+            x = wave[None, None]
+            u = codec.semantic_quantizer.project_in(codec.semantic_encoder(codec._pad(x)).transpose(1, 2))[0]
+            shares.append(float(u.mean(0).pow(2).sum() / u.pow(2).sum(-1).mean()))
+            us.append(u)
+            varying.append(u - u.mean(0))
+            counts += code_counts(codec.encode(x)[:, :1], counts.shape[1])
+    usage, perplexity = codebook_stats(counts)
+    return {"u_offset_share": statistics.fmean(shares), "u_rms": float(torch.cat(us).pow(2).mean().sqrt()),
+            "u_varying_rms": float(torch.cat(varying).pow(2).mean().sqrt()),
+            "cb0_usage": float(usage[0]), "cb0_perplexity": float(perplexity[0])}
+
+
+def step0_state(work: Path, config: Path, size: dict, zero_bias: bool, seeds: list[int]) -> dict:
+    """:func:`semantic_input` on the held-out utterances without training, mean over ``seeds``."""
     import yaml
 
-    from lit_distill.callbacks.codec_metrics import code_counts, codebook_stats
     from lit_distill.models import LMSPTCodec
 
     args = yaml.safe_load(config.read_text())["model"]["init_args"]["student"]["init_args"]
@@ -128,18 +149,17 @@ def step0_state(work: Path, config: Path, size: dict, zero_bias: bool, seeds: li
     rows = []
     for seed in seeds:
         torch.manual_seed(seed)
-        codec = LMSPTCodec(**args).eval()
-        shares, counts = [], torch.zeros(1, codec.semantic_quantizer.codebook_size, dtype=torch.long)
-        with torch.no_grad():
-            for wave in waves:
-                x = wave[None, None]
-                u = codec.semantic_quantizer.project_in(codec.semantic_encoder(codec._pad(x)).transpose(1, 2))[0]
-                shares.append(float(u.mean(0).pow(2).sum() / u.pow(2).sum(-1).mean()))
-                counts += code_counts(codec.encode(x)[:, :1], counts.shape[1])
-        usage, perplexity = codebook_stats(counts)
-        rows.append({"u_offset_share": statistics.fmean(shares), "cb0_usage": float(usage[0]),
-                     "cb0_perplexity": float(perplexity[0])})
+        rows.append(semantic_input(LMSPTCodec(**args), waves))
     return {key: statistics.fmean(r[key] for r in rows) for key in rows[0]} | {"seeds": seeds}
+
+
+def end_state(directory: Path, work: Path) -> dict:
+    """:func:`semantic_input` of a finished run's last checkpoint on the held-out utterances."""
+    from lit_distill.experiment import last_checkpoint
+    from lit_distill.export import build_student, load_checkpoint_file
+
+    codec = build_student(load_checkpoint_file(str(last_checkpoint(directory)), "checkpoint"))
+    return semantic_input(codec, speech.load_waveforms(speech.load_split(work)["heldout"]))
 
 
 def trajectories(results, size: dict, keys) -> list[str]:
@@ -165,24 +185,28 @@ def compare_report(results, evals: list[dict], size: dict, command: str) -> tupl
     return "\n".join(parts), {"runs": evals, "steps": size["steps"]}
 
 
-def diagnose_report(results, step0: dict, size: dict, command: str) -> tuple[str, dict]:
+def diagnose_report(results, step0: dict, size: dict, command: str, work: Path) -> tuple[str, dict]:
     """The diagnosis's step-0 measurement, end table and trajectories as markdown, and the raw numbers."""
     ends = []
     for r in results:
         final = read_metrics(r.directory).final
         ends.append({"arm": r.run.name, "seed": r.run.seed, "fit_seconds": r.seconds,
                      **{k: final.get(k, float("nan")) for k in ("val/codebook_usage_q0", "val/codebook_perplexity_q0",
-                                                                 "val/mel_distance", "val/si_snr")}})
-    keys = ("val/codebook_usage_q0", "val/codebook_perplexity_q0", "val/mel_distance", "val/si_snr")
-    table = markdown_table(["arm", "seed", *keys], [[e["arm"], e["seed"], *(f"{e[k]:.3f}" for k in keys)] for e in ends])
-    start = markdown_table(["initialisation", "u time-constant share", "codebook-0 usage", "perplexity"], [
-        [name, f"{v['u_offset_share']:.3f}", f"{v['cb0_usage']:.3f}", f"{v['cb0_perplexity']:.1f}"]
-        for name, v in step0.items()])
+                                                                 "val/mel_distance", "val/si_snr")},
+                     **{f"end_{k}": v for k, v in end_state(r.directory, work).items()}})
+    keys = ("val/codebook_usage_q0", "val/codebook_perplexity_q0", "val/mel_distance", "val/si_snr",
+            "end_u_offset_share", "end_u_rms", "end_u_varying_rms")
+    table = markdown_table(["arm", "seed", *keys], [[e["arm"], e["seed"], *(f"{e[k]:.4g}" for k in keys)] for e in ends])
+    start = markdown_table(["initialisation", "u time-constant share", "u RMS", "u frame-varying RMS",
+                            "codebook-0 usage", "perplexity"], [
+        [name, f"{v['u_offset_share']:.3f}", f"{v['u_rms']:.4f}", f"{v['u_varying_rms']:.4f}", f"{v['cb0_usage']:.3f}",
+         f"{v['cb0_perplexity']:.1f}"] for name, v in step0.items()])
     parts = ["## Why the semantic codebook collapses: diagnosis runs", "",
              f"Reproduce: `{command}`. {size['steps']} steps from scratch, batch {size['batch']}, "
              f"{size['channels']} channels; one change per arm from the authors' quantiser setting.", "",
              "At step 0, without training (held-out utterances; mean over seeds "
-             f"{step0[next(iter(step0))]['seeds']}):", "", start, "", "At the last validation:", "", table, "",
+             f"{step0[next(iter(step0))]['seeds']}):", "", start, "", "At the last validation (usage, perplexity, mel distance, SI-SNR) and, on the held-out utterances "
+             "from the last checkpoint, the semantic quantiser's input u:", "", table, "",
              *trajectories(results, size, DIAGNOSIS_KEYS)]
     return "\n".join(parts), {"step0": step0, "runs": ends, "steps": size["steps"]}
 
@@ -210,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 (diagnose), 0 1 2 (compare)")
     parser.add_argument("--steps", type=int, default=None, help="default: 100 (diagnose), 300 (compare)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--student", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="compare: codec settings for both arms, e.g. codebook=ema cosine=false")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -229,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[lm_spt] corpus and Whisper-CTC teacher ready after {time.time() - start:.0f} s", flush=True)
     whisper = Path(json.loads((work / "teachers" / "whisper_ctc" / "result.json").read_text())["path"])
     config = config_with_teacher(work, whisper)
-    chosen = diagnosis_arms(work, size, config) if diagnose else arms(work, size, config)
+    chosen = diagnosis_arms(work, size, config) if diagnose else arms(work, size, config, tuple(args.student))
     runs = [Run(r.name, r.configs, r.overrides, seed, r.group) for seed in seeds for r in chosen]
     results = launch(runs, work / "runs", args.workers, cwd=REPO)
     out = work if args.smoke else REPO / "docs" / "experiments"
@@ -237,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     if diagnose:
         step0 = {name: step0_state(work, config, size, zero, [0, 1, 2])
                  for name, zero in (("PyTorch default", False), ("zero biases (DAC's)", True))}
-        text, numbers = diagnose_report(results, step0, size, command.strip())
+        text, numbers = diagnose_report(results, step0, size, command.strip(), work)
     else:
         speech.stage_teachers(work, args.smoke, 1, names=["hubert_ctc"])  # only the probes' R² reads it
         evals = dm.evaluate(results, work, args.smoke, args.workers)

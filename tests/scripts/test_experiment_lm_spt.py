@@ -69,3 +69,11 @@ def test_write_docs_replaces_only_its_own_stage(exp, tmp_path):
     assert "diagnosis v2" in text and "diagnosis v1" not in text
     assert text.index("diagnosis v2") < text.index("comparison v1")
     assert json.loads((tmp_path / "lm_spt.json").read_text()) == {"diagnose": {"a": 3}, "compare": {"b": 2}}
+
+
+def test_codec_settings_reach_both_arms_alike(exp, tmp_path):
+    size = {**exp.dm.sizes(False), "steps": 300, "val_every": 50, "usage_every": 10, "share_every": 50}
+    with_kd, without = exp.arms(tmp_path, size, tmp_path / "lm_spt.yaml", ("codebook=ema", "cosine=false"))
+    for run in (with_kd, without):
+        assert f"{exp.STUDENT}codebook=ema" in run.overrides and f"{exp.STUDENT}cosine=false" in run.overrides
+    assert [o for o in without.overrides if o not in with_kd.overrides] == [f"{exp.SEMANTIC}weight=0.0"]
