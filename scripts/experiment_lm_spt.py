@@ -117,7 +117,8 @@ def diagnosis_arms(work: Path, size: dict, config: Path) -> list[Run]:
 def semantic_input(codec, waves: list) -> dict:
     """The semantic quantiser's input ``u [F, d]`` on each waveform ``[T]``: its time-constant share
     ``|mean_t u|^2 / mean_t |u_t|^2`` (1 = the same vector in every frame; mean over utterances), its
-    RMS and the RMS of its frame-to-frame part (pooled), and codebook 0's usage and perplexity (pooled)."""
+    RMS and the RMS of its frame-to-frame part (pooled), codebook 0's usage and perplexity (pooled), and
+    ``silence_to_mean``: ``|u(silence)| / |mean u|`` with their cosine (the offset the biases alone make)."""
     from lit_distill.callbacks.codec_metrics import code_counts, codebook_stats
 
     codec = codec.eval()
@@ -131,8 +132,13 @@ def semantic_input(codec, waves: list) -> dict:
             us.append(u)
             varying.append(u - u.mean(0))
             counts += code_counts(codec.encode(x)[:, :1], counts.shape[1])
+        silence = codec.semantic_quantizer.project_in(
+            codec.semantic_encoder(torch.zeros(1, 1, codec.hop_length * 25)).transpose(1, 2))[0].mean(0)
     usage, perplexity = codebook_stats(counts)
-    return {"u_offset_share": statistics.fmean(shares), "u_rms": float(torch.cat(us).pow(2).mean().sqrt()),
+    mean = torch.cat(us).mean(0)
+    return {"silence_to_mean": float(silence.norm() / mean.norm()),
+            "silence_mean_cosine": float(torch.nn.functional.cosine_similarity(silence, mean, 0)),
+            "u_offset_share": statistics.fmean(shares), "u_rms": float(torch.cat(us).pow(2).mean().sqrt()),
             "u_varying_rms": float(torch.cat(varying).pow(2).mean().sqrt()),
             "cb0_usage": float(usage[0]), "cb0_perplexity": float(perplexity[0])}
 
@@ -195,7 +201,7 @@ def diagnose_report(results, step0: dict, size: dict, command: str, work: Path) 
                                                                  "val/mel_distance", "val/si_snr")},
                      **{f"end_{k}": v for k, v in end_state(r.directory, work).items()}})
     keys = ("val/codebook_usage_q0", "val/codebook_perplexity_q0", "val/mel_distance", "val/si_snr",
-            "end_u_offset_share", "end_u_rms", "end_u_varying_rms")
+            "end_u_offset_share", "end_u_rms", "end_u_varying_rms", "end_silence_to_mean", "end_silence_mean_cosine")
     table = markdown_table(["arm", "seed", *keys], [[e["arm"], e["seed"], *(f"{e[k]:.4g}" for k in keys)] for e in ends])
     start = markdown_table(["initialisation", "u time-constant share", "u RMS", "u frame-varying RMS",
                             "codebook-0 usage", "perplexity"], [
