@@ -10,10 +10,24 @@ runs, so both arms cost the same). The ASR encoder is the tiny Whisper-CTC teach
 called, not copied). Corpus, probes and report helpers are those of ``scripts/experiment_dm_codec.py``
 (same work directory by default, so its corpus is reused).
 
-Measured: codebook usage and validation metrics as trajectories (``CodecMetrics``), and at the end
-the held-out reconstruction and the probes on the FIRST codebook (LM-SPT's semantic one).
+Two stages:
 
-    python scripts/experiment_lm_spt.py [--seeds 0 1] [--steps 300] [--workers 2]
+- ``--stage diagnose``: why the semantic codebook (codebook 0) collapses. Short runs, one change each
+  from the authors' quantiser setting (pinned, whatever the config says): quantiser dropout 0,
+  semantic commitment 0, EMA codebooks (dead-code replacement), EMA + k-means init, zero-bias
+  initialisation (DAC's). Trajectories: training-batch usage of codebook 0 every few steps,
+  validation usage and perplexity, and ``GradientShare`` of the mel, semantic, semantic-commitment
+  and semantic-codebook terms on the semantic quantiser's input projection. Also measured without
+  training: the time-constant share of that projection's output and the codes it picks at step 0.
+- ``--stage compare`` (default): the two arms at the config's setting; codebook usage and
+  validation metrics as trajectories (``CodecMetrics``), and at the end the held-out
+  reconstruction and the probes on the FIRST codebook (LM-SPT's semantic one).
+
+Both write their tables between markers in ``docs/experiments/lm_spt.md`` (hand-written text outside
+the markers stays) and their numbers under their stage's key in ``lm_spt.json``.
+
+    python scripts/experiment_lm_spt.py --stage diagnose [--seeds 0] [--steps 100] [--workers 2]
+    python scripts/experiment_lm_spt.py [--seeds 0 1 2] [--steps 300] [--workers 2]
 """
 
 from __future__ import annotations
@@ -21,7 +35,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -31,13 +47,29 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 import experiment_dm_codec as dm  # noqa: E402
 import experiment_speech as speech  # noqa: E402
 
-from lit_distill.experiment import Run, launch, markdown_table, mean_std  # noqa: E402
+from lit_distill.experiment import Run, launch, markdown_table, mean_std, read_metrics  # noqa: E402
 
 LMSPT = "configs/speech/lm_spt/lm-spt-12.5hz_from_whisper-tiny_synth.yaml"
 SEMANTIC = "--model.init_args.losses.semantic.init_args."
+STUDENT = "--model.init_args.student.init_args."
 END_KEYS = (("log_mel_l1", 3), ("si_snr_db", 2), ("cb0_usage", 3), ("cb0_perplexity", 1), ("ctc_cer", 3),
             ("ctc_nats_per_char", 3), ("sm_r2", 3))
-TRAJECTORY_KEYS = ("val/codebook_usage_q0", "val/mel_distance", "train/semantic")
+TRAJECTORY_KEYS = ("train/codebook_usage_q0", "val/codebook_usage_q0", "val/codebook_perplexity_q0",
+                   "val/mel_distance", "train/semantic")
+SHARE_TERMS = ("mel", "semantic", "semantic_commit", "semantic_codebook")
+DIAGNOSIS_KEYS = (*TRAJECTORY_KEYS, *(f"grad_share/{t}" for t in SHARE_TERMS[:3]))
+# The authors' quantiser setting, pinned for the diagnosis whatever the config's choice is.
+AUTHORS = (f"{STUDENT}codebook=learned", f"{STUDENT}cosine=true", f"{STUDENT}quantizer_dropout=0.5",
+           f"{STUDENT}zero_bias_init=false")
+EMA = (f"{STUDENT}codebook=ema", f"{STUDENT}cosine=false")
+DIAGNOSIS = (("authors' setting (learned, cosine, dropout 0.5)", ()),
+             ("zero-bias init (DAC's)", (f"{STUDENT}zero_bias_init=true",)),
+             ("EMA codebooks (dead-code replacement)", EMA),
+             ("EMA codebooks + k-means init", (*EMA, f"{STUDENT}kmeans_init=true")),
+             ("quantiser dropout 0", (f"{STUDENT}quantizer_dropout=0.0",)),
+             ("semantic commitment weight 0", ("--model.init_args.losses.semantic_commit.init_args.weight=0.0",)))
+MARKERS = {stage: (f"<!-- experiment_lm_spt {stage}: begin -->", f"<!-- experiment_lm_spt {stage}: end -->")
+           for stage in ("diagnose", "compare")}
 
 
 def config_with_teacher(work: Path, whisper: Path) -> Path:
@@ -54,15 +86,99 @@ def config_with_teacher(work: Path, whisper: Path) -> Path:
     return out
 
 
-def arms(work: Path, size: dict, config: Path) -> list[Run]:
-    """LM-SPT and its control: the same config, budget and data; only the semantic weight differs."""
-    base = [*dm.common(work, size, size["steps"], size["val_every"]), dm.callbacks(size, teacher=False)]
+def callbacks(size: dict) -> str:
+    """``--trainer.callbacks``: codec metrics (+ training-batch usage) and the gradient shares of the
+    terms on the semantic quantiser's input projection (its codebook gets no gradient from them)."""
+    calls = [{"class_path": "lit_distill.callbacks.CodecMetrics",
+              "init_args": {"sample_rate": 16000, "train_every_n_steps": size["usage_every"], "spectrogram": False}},
+             {"class_path": "lit_distill.callbacks.GradientShare",
+              "init_args": {"parameters": ["student.semantic_quantizer.project_in.*"],
+                            "every_n_steps": size["share_every"], "terms": list(SHARE_TERMS)}}]
+    return "--trainer.callbacks=" + json.dumps(calls)
+
+
+def arms(work: Path, size: dict, config: Path, student: tuple[str, ...] = ()) -> list[Run]:
+    """LM-SPT and its control: the same config, budget and data; only the semantic weight differs.
+
+    ``student``: ``name=value`` settings of the codec for both arms (e.g. ``codebook=ema``).
+    """
+    base = [*dm.common(work, size, size["steps"], size["val_every"]), callbacks(size),
+            *(f"{STUDENT}{setting}" for setting in student)]
     return [Run("LM-SPT (semantic distillation, weight 500)", [str(config)], base, group="lm_spt"),
             Run("same codec, semantic weight 0", [str(config)], [*base, f"{SEMANTIC}weight=0.0"], group="lm_spt")]
 
 
-def report(results, evals: list[dict], size: dict, out: Path, command: str) -> str:
-    """The end-point table and trajectories as markdown (also written to ``lm_spt.json``)."""
+def diagnosis_arms(work: Path, size: dict, config: Path) -> list[Run]:
+    """One change each from the authors' quantiser setting; same budget, data and seed."""
+    base = [*dm.common(work, size, size["steps"], size["val_every"]), callbacks(size), *AUTHORS]
+    return [Run(name, [str(config)], [*base, *extra], group="diagnose") for name, extra in DIAGNOSIS]
+
+
+def semantic_input(codec, waves: list) -> dict:
+    """The semantic quantiser's input ``u [F, d]`` on each waveform ``[T]``: its time-constant share
+    ``|mean_t u|^2 / mean_t |u_t|^2`` (1 = the same vector in every frame; mean over utterances), its
+    RMS and the RMS of its frame-to-frame part (pooled), codebook 0's usage and perplexity (pooled), and
+    ``silence_to_mean``: ``|u(silence)| / |mean u|`` with their cosine (the offset the biases alone make)."""
+    from lit_distill.callbacks.codec_metrics import code_counts, codebook_stats
+
+    codec = codec.eval()
+    shares, us, varying = [], [], []
+    counts = torch.zeros(1, codec.semantic_quantizer.codebook_size, dtype=torch.long)
+    with torch.no_grad():
+        for wave in waves:
+            x = wave[None, None]
+            u = codec.semantic_quantizer.project_in(codec.semantic_encoder(codec._pad(x)).transpose(1, 2))[0]
+            shares.append(float(u.mean(0).pow(2).sum() / u.pow(2).sum(-1).mean()))
+            us.append(u)
+            varying.append(u - u.mean(0))
+            counts += code_counts(codec.encode(x)[:, :1], counts.shape[1])
+        silence = codec.semantic_quantizer.project_in(
+            codec.semantic_encoder(torch.zeros(1, 1, codec.hop_length * 25)).transpose(1, 2))[0].mean(0)
+    usage, perplexity = codebook_stats(counts)
+    mean = torch.cat(us).mean(0)
+    return {"silence_to_mean": float(silence.norm() / mean.norm()),
+            "silence_mean_cosine": float(torch.nn.functional.cosine_similarity(silence, mean, 0)),
+            "u_offset_share": statistics.fmean(shares), "u_rms": float(torch.cat(us).pow(2).mean().sqrt()),
+            "u_varying_rms": float(torch.cat(varying).pow(2).mean().sqrt()),
+            "cb0_usage": float(usage[0]), "cb0_perplexity": float(perplexity[0])}
+
+
+def step0_state(work: Path, config: Path, size: dict, zero_bias: bool, seeds: list[int]) -> dict:
+    """:func:`semantic_input` on the held-out utterances without training, mean over ``seeds``."""
+    import yaml
+
+    from lit_distill.models import LMSPTCodec
+
+    args = yaml.safe_load(config.read_text())["model"]["init_args"]["student"]["init_args"]
+    args = {**args, "channels": size["channels"], "zero_bias_init": zero_bias}
+    waves = speech.load_waveforms(speech.load_split(work)["heldout"])
+    rows = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        rows.append(semantic_input(LMSPTCodec(**args), waves))
+    return {key: statistics.fmean(r[key] for r in rows) for key in rows[0]} | {"seeds": seeds}
+
+
+def end_state(directory: Path, work: Path) -> dict:
+    """:func:`semantic_input` of a finished run's last checkpoint on the held-out utterances."""
+    from lit_distill.experiment import last_checkpoint
+    from lit_distill.export import build_student, load_checkpoint_file
+
+    codec = build_student(load_checkpoint_file(str(last_checkpoint(directory)), "checkpoint"))
+    return semantic_input(codec, speech.load_waveforms(speech.load_split(work)["heldout"]))
+
+
+def trajectories(results, size: dict, keys) -> list[str]:
+    parts = []
+    for key in keys:
+        rows = dm.trajectory_rows(results, key, size)
+        if rows:
+            parts += [f"Trajectory `{key}`:", "", markdown_table(rows[0], rows[1:]), ""]
+    return parts
+
+
+def compare_report(results, evals: list[dict], size: dict, command: str) -> tuple[str, dict]:
+    """The end-point table and trajectories as markdown, and the raw numbers."""
     by_arm: dict[str, list[dict]] = {}
     for row in evals:
         by_arm.setdefault(row["arm"], []).append(row)
@@ -70,39 +186,95 @@ def report(results, evals: list[dict], size: dict, out: Path, command: str) -> s
         [arm, len(rows), *(mean_std(r[k] for r in rows).cell(d) for k, d in END_KEYS)] for arm, rows in by_arm.items()])
     parts = ["## LM-SPT with and without its semantic distillation (issue 15)", "",
              f"Reproduce: `{command}`. Same config, {size['steps']} steps from scratch, seeds "
-             f"{sorted({r['seed'] for r in evals})}; only the semantic term's weight differs.", "", table, ""]
-    for key in TRAJECTORY_KEYS:
-        rows = dm.trajectory_rows(results, key, size)
-        if rows:
-            parts += [f"Trajectory `{key}`:", "", markdown_table(rows[0], rows[1:]), ""]
-    (out / "lm_spt.json").write_text(json.dumps({"runs": evals, "steps": size["steps"]}, indent=1) + "\n")
-    return "\n".join(parts)
+             f"{sorted({r['seed'] for r in evals})}; only the semantic term's weight differs.", "", table, "",
+             *trajectories(results, size, TRAJECTORY_KEYS)]
+    return "\n".join(parts), {"runs": evals, "steps": size["steps"]}
+
+
+def diagnose_report(results, step0: dict, size: dict, command: str, work: Path) -> tuple[str, dict]:
+    """The diagnosis's step-0 measurement, end table and trajectories as markdown, and the raw numbers."""
+    ends = []
+    for r in results:
+        final = read_metrics(r.directory).final
+        ends.append({"arm": r.run.name, "seed": r.run.seed, "fit_seconds": r.seconds,
+                     **{k: final.get(k, float("nan")) for k in ("val/codebook_usage_q0", "val/codebook_perplexity_q0",
+                                                                 "val/mel_distance", "val/si_snr")},
+                     **{f"end_{k}": v for k, v in end_state(r.directory, work).items()}})
+    keys = ("val/codebook_usage_q0", "val/codebook_perplexity_q0", "val/mel_distance", "val/si_snr",
+            "end_u_offset_share", "end_u_rms", "end_u_varying_rms", "end_silence_to_mean", "end_silence_mean_cosine")
+    table = markdown_table(["arm", "seed", *keys], [[e["arm"], e["seed"], *(f"{e[k]:.4g}" for k in keys)] for e in ends])
+    start = markdown_table(["initialisation", "u time-constant share", "u RMS", "u frame-varying RMS",
+                            "codebook-0 usage", "perplexity"], [
+        [name, f"{v['u_offset_share']:.3f}", f"{v['u_rms']:.4f}", f"{v['u_varying_rms']:.4f}", f"{v['cb0_usage']:.3f}",
+         f"{v['cb0_perplexity']:.1f}"] for name, v in step0.items()])
+    parts = ["## Why the semantic codebook collapses: diagnosis runs", "",
+             f"Reproduce: `{command}`. {size['steps']} steps from scratch, batch {size['batch']}, "
+             f"{size['channels']} channels; one change per arm from the authors' quantiser setting.", "",
+             "At step 0, without training (held-out utterances; mean over seeds "
+             f"{step0[next(iter(step0))]['seeds']}):", "", start, "", "At the last validation (usage, perplexity, mel distance, SI-SNR) and, on the held-out utterances "
+             "from the last checkpoint, the semantic quantiser's input u:", "", table, "",
+             *trajectories(results, size, DIAGNOSIS_KEYS)]
+    return "\n".join(parts), {"step0": step0, "runs": ends, "steps": size["steps"]}
+
+
+def write_docs(out: Path, stage: str, text: str, numbers: dict) -> None:
+    """Replace the stage's block between its markers in ``lm_spt.md`` (append it if absent) and its key in
+    ``lm_spt.json``; everything else in both files stays."""
+    begin, end = MARKERS[stage]
+    md, block = out / "lm_spt.md", f"{begin}\n{text}\n{end}"
+    old = md.read_text() if md.is_file() else "# LM-SPT\n"
+    new = old[:old.index(begin)] + block + old[old.index(end) + len(end):] if begin in old \
+        else old.rstrip("\n") + "\n\n" + block + "\n"
+    md.write_text(new)
+    path = out / "lm_spt.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data = data if stage in data or "runs" not in data else {}  # the old flat layout is replaced
+    data[stage] = numbers
+    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=("diagnose", "compare"), default="compare")
     parser.add_argument("--work-dir", default=None, help="default artifacts/speech/dm_codec (its corpus is reused)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 (diagnose), 0 1 2 (compare)")
+    parser.add_argument("--steps", type=int, default=None, help="default: 100 (diagnose), 300 (compare)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--student", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="compare: codec settings for both arms, e.g. codebook=ema cosine=false")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    size = {**dm.sizes(args.smoke), "steps": 4 if args.smoke else args.steps, "val_every": 2 if args.smoke else 50}
+    diagnose = args.stage == "diagnose"
+    seeds = args.seeds or ([0] if diagnose else [0, 1, 2])
+    steps = 4 if args.smoke else args.steps or (100 if diagnose else 300)
+    every = {"val_every": 2, "usage_every": 1, "share_every": 2} if args.smoke else \
+        {"val_every": 20, "usage_every": 5, "share_every": 10} if diagnose else \
+        {"val_every": 50, "usage_every": 10, "share_every": 50}
+    size = {**dm.sizes(args.smoke), "steps": steps, **every}
     work = Path(args.work_dir or REPO / "artifacts" / "speech" / ("dm_codec_smoke" if args.smoke else "dm_codec"))
     work.mkdir(parents=True, exist_ok=True)
+    start = time.time()
     speech.stage_corpus(work, args.smoke)
-    speech.stage_teachers(work, args.smoke, 1, names=["hubert_ctc", "whisper_ctc"])  # hubert: the probes' R²
+    speech.stage_teachers(work, args.smoke, 1, names=["whisper_ctc"])
+    print(f"[lm_spt] corpus and Whisper-CTC teacher ready after {time.time() - start:.0f} s", flush=True)
     whisper = Path(json.loads((work / "teachers" / "whisper_ctc" / "result.json").read_text())["path"])
     config = config_with_teacher(work, whisper)
-    runs = [Run(r.name, r.configs, r.overrides, seed, r.group) for seed in args.seeds for r in arms(work, size, config)]
+    chosen = diagnosis_arms(work, size, config) if diagnose else arms(work, size, config, tuple(args.student))
+    runs = [Run(r.name, r.configs, r.overrides, seed, r.group) for seed in seeds for r in chosen]
     results = launch(runs, work / "runs", args.workers, cwd=REPO)
-    evals = dm.evaluate(results, work, args.smoke, args.workers)
     out = work if args.smoke else REPO / "docs" / "experiments"
     command = "python scripts/experiment_lm_spt.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(results, evals, size, out, command.strip())
-    (out / "lm_spt.md").write_text("# LM-SPT\n\n" + text + "\n")
+    if diagnose:
+        step0 = {name: step0_state(work, config, size, zero, [0, 1, 2])
+                 for name, zero in (("PyTorch default", False), ("zero biases (DAC's)", True))}
+        text, numbers = diagnose_report(results, step0, size, command.strip(), work)
+    else:
+        speech.stage_teachers(work, args.smoke, 1, names=["hubert_ctc"])  # only the probes' R² reads it
+        evals = dm.evaluate(results, work, args.smoke, args.workers)
+        text, numbers = compare_report(results, evals, size, command.strip())
+    write_docs(out, args.stage, text, numbers)
     print(text)
 
 

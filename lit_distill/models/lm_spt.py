@@ -24,6 +24,16 @@ chain keeps its gradient. The decoder input ``s + RVQ(z_a − s)`` therefore has
 is exactly zero: ``s + a`` has the gradient of ``z_a`` alone and ``s`` learns only from the
 semantic losses (and the acoustic commitment).
 
+Initialisation: PyTorch's default gives every convolution and projection a random bias. On
+speech of RMS ~0.1 those biases dominate the latents: at 12.5 Hz with 8 channels, the semantic
+quantiser's input is ~99 % one time-constant vector (``|mean_t u|^2 / mean_t |u_t|^2``), so the
+cosine lookup sends every frame to 1-3 codes before the first step, and a learned codebook only
+moves the entries it selects (``docs/experiments/lm_spt.md`` measures what follows).
+``zero_bias_init: true`` starts those biases at 0, as DAC's ``init_weights`` leaves its
+weight-normalised convolutions (it zeroes their biases; its truncated-normal weights are
+overwritten by weight norm at the first forward): silence maps to the origin and the quantiser's
+input varies with the speech.
+
 Codes are ``[B, 1 + Q, F]``: the semantic code first, then the acoustic ones; ``F =
 ceil(T / hop)``, ``hop = prod(strides)``, frame rate ``sample_rate / hop`` (16 kHz with strides
 ``[4, 4, 5, 8, 2]``: hop 1280, 12.5 Hz).
@@ -161,6 +171,9 @@ class LMSPTCodec(FramedCodec):
             ``codebook: learned``.
         commitment: reduction of the acoustic commitment (see :class:`ResidualQuantizer`;
             ``sum_all``, the default, is the authors' DAC sum).
+        zero_bias_init: start the biases of every ``Conv1d`` (encoders, decoders) and of the
+            quantisers' projections (DAC's 1x1 convolutions) at 0, as DAC's ``init_weights``
+            does; weights keep PyTorch's default initialisation (see the module docstring).
     """
 
     def __init__(self, sample_rate: int = 16000, strides: Sequence[int] = (4, 4, 5, 8, 2), channels: int = 32,
@@ -170,7 +183,7 @@ class LMSPTCodec(FramedCodec):
                  quantizer_dropout: float = 0.5, ema_decay: float = 0.99, commitment_weight: float = 1.0,
                  kmeans_init: bool = False, threshold_ema_dead_code: float = 2.0,
                  acoustic_codebook_dim: int | None = 8, codebook: str = "ema", cosine: bool = False,
-                 commitment: str = "sum_all") -> None:
+                 commitment: str = "sum_all", zero_bias_init: bool = False) -> None:
         super().__init__()
         strides = [int(s) for s in strides]
         if not strides or any(s < 1 for s in strides):
@@ -195,6 +208,18 @@ class LMSPTCodec(FramedCodec):
                                                     cosine=cosine, commitment=commitment)
         self.decoder = build_decoder(strides, channels, max_channels, dim, dilations)
         self.aux_decoder = build_decoder(strides, aux_channels, max_channels, dim, dilations)
+        if zero_bias_init:
+            self._zero_biases()
+
+    def _zero_biases(self) -> None:
+        """Biases of every ``Conv1d`` (not the transposed ones, as DAC) and quantiser projection to 0."""
+        projections = [self.semantic_quantizer.project_in, self.semantic_quantizer.project_out]
+        if self.acoustic_quantizer.codebook_dim is not None:
+            projections += [*self.acoustic_quantizer.project_in, *self.acoustic_quantizer.project_out]
+        with torch.no_grad():
+            for module in [*(m for m in self.modules() if isinstance(m, nn.Conv1d)), *projections]:
+                if module.bias is not None:
+                    module.bias.zero_()
 
     @property
     def num_quantizers(self) -> int:

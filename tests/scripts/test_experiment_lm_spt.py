@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,42 @@ def test_the_two_arms_differ_only_in_the_semantic_weight(exp, tmp_path):
     assert with_kd.configs == without.configs
     extra = [o for o in without.overrides if o not in with_kd.overrides]
     assert extra == [f"{exp.SEMANTIC}weight=0.0"] and set(with_kd.overrides) <= set(without.overrides)
+
+
+def test_each_diagnosis_arm_changes_one_thing_from_the_pinned_authors_setting(exp, tmp_path):
+    size = {**exp.dm.sizes(False), "steps": 150, "val_every": 25, "usage_every": 5, "share_every": 10}
+    runs = exp.diagnosis_arms(tmp_path, size, tmp_path / "lm_spt.yaml")
+    assert [r.name for r in runs] == [name for name, _ in exp.DIAGNOSIS]
+    reference = runs[0]
+    assert set(exp.AUTHORS) <= set(reference.overrides)  # learned, cosine, dropout 0.5, default init
+    for run, (_, extra) in zip(runs, exp.DIAGNOSIS, strict=True):
+        assert run.configs == reference.configs and run.group == "diagnose"
+        assert list(run.overrides) == [*reference.overrides, *extra]  # later overrides win in the CLI
+    assert any("--trainer.max_steps=150" == o for o in reference.overrides)
+    callbacks = json.loads(next(o for o in reference.overrides if o.startswith("--trainer.callbacks="))
+                           .split("=", 1)[1])
+    share = next(c for c in callbacks if c["class_path"].endswith("GradientShare"))["init_args"]
+    assert share["parameters"] == ["student.semantic_quantizer.project_in.*"] and share["every_n_steps"] == 10
+    assert set(share["terms"]) == {"mel", "semantic", "semantic_commit", "semantic_codebook"}
+
+
+def test_write_docs_replaces_only_its_own_stage(exp, tmp_path):
+    (tmp_path / "lm_spt.md").write_text("# LM-SPT\n\nhand-written intro\n")
+    exp.write_docs(tmp_path, "diagnose", "diagnosis v1", {"a": 1})
+    exp.write_docs(tmp_path, "compare", "comparison v1", {"b": 2})
+    text = (tmp_path / "lm_spt.md").read_text() + "\n## Reading\nby hand\n"
+    (tmp_path / "lm_spt.md").write_text(text)
+    exp.write_docs(tmp_path, "diagnose", "diagnosis v2", {"a": 3})
+    text = (tmp_path / "lm_spt.md").read_text()
+    assert "hand-written intro" in text and "by hand" in text and "comparison v1" in text
+    assert "diagnosis v2" in text and "diagnosis v1" not in text
+    assert text.index("diagnosis v2") < text.index("comparison v1")
+    assert json.loads((tmp_path / "lm_spt.json").read_text()) == {"diagnose": {"a": 3}, "compare": {"b": 2}}
+
+
+def test_codec_settings_reach_both_arms_alike(exp, tmp_path):
+    size = {**exp.dm.sizes(False), "steps": 300, "val_every": 50, "usage_every": 10, "share_every": 50}
+    with_kd, without = exp.arms(tmp_path, size, tmp_path / "lm_spt.yaml", ("codebook=ema", "cosine=false"))
+    for run in (with_kd, without):
+        assert f"{exp.STUDENT}codebook=ema" in run.overrides and f"{exp.STUDENT}cosine=false" in run.overrides
+    assert [o for o in without.overrides if o not in with_kd.overrides] == [f"{exp.SEMANTIC}weight=0.0"]

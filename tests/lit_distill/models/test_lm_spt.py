@@ -172,3 +172,58 @@ def test_codebook_usage_counts_each_codebook_over_its_own_size():
     p = torch.tensor([0.75, 0.25], dtype=torch.float64)
     torch.testing.assert_close(perplexity, torch.tensor([4.0, float(torch.exp(-(p * p.log()).sum()))],
                                                         dtype=torch.float64))
+
+
+def test_zero_bias_init_zeroes_conv_and_projection_biases_so_silence_maps_to_the_origin():
+    torch.manual_seed(0)
+    codec = tiny(strides=[2, 4], zero_bias_init=True).eval()
+    convs = [m for m in codec.modules() if isinstance(m, torch.nn.Conv1d)]
+    projections = [codec.semantic_quantizer.project_in, codec.semantic_quantizer.project_out,
+                   *codec.acoustic_quantizer.project_in, *codec.acoustic_quantizer.project_out]
+    assert convs and all((m.bias == 0).all() for m in [*convs, *projections])
+    # as DAC's init_weights: transposed convolutions and the weights keep PyTorch's initialisation
+    transposed = [m for m in codec.modules() if isinstance(m, torch.nn.ConvTranspose1d)]
+    assert transposed and all((m.bias != 0).any() for m in transposed)
+    assert all(m.weight.abs().sum() > 0 for m in convs)
+    silence = torch.zeros(1, 1, 40)
+    with torch.no_grad():
+        u = codec.semantic_quantizer.project_in(codec.semantic_encoder(silence).transpose(1, 2))
+    assert torch.equal(u, torch.zeros_like(u))  # ELU(0) = 0: no bias, no offset
+    default = tiny(strides=[2, 4]).eval()
+    with torch.no_grad():
+        offset = default.semantic_quantizer.project_in(default.semantic_encoder(silence).transpose(1, 2))
+    assert offset.abs().min() > 0  # PyTorch's default biases: silence is a constant vector, not the origin
+
+
+def test_semantic_quantizer_matches_the_authors_dac_vq_maths_on_the_same_tensors():
+    """The authors' semantic quantiser is DAC's factorised VQ: ``z_e = W_in z + b_in``, the entry ``k`` that
+    minimises ``|z_e/|z_e| − e_k/|e_k||^2``, the RAW entry ``e_k`` as ``z_q``, commitment ``mean (z_e − sg z_q)^2``,
+    codebook loss ``mean (z_q − sg z_e)^2``, output ``W_out (z_e + sg(z_q − z_e)) + b_out``. Written here from
+    those equations, run on the same weights and inputs as ours: values, codes, losses and gradients agree."""
+    torch.manual_seed(0)
+    sq = SemanticQuantizer(dim=6, codebook_size=16, codebook_dim=3, codebook="learned", cosine=True,
+                           commitment_weight=1.0)
+    latent = torch.randn(2, 6, 7, requires_grad=True)
+    ours = sq(latent)
+    upstream = torch.randn(2, 6, 7)
+    params = [latent, sq.project_in.weight, sq.project_in.bias, sq.vq.weight, sq.project_out.weight]
+    our_grads = torch.autograd.grad((ours["quantized"] * upstream).sum() + ours["commit_loss"]
+                                    + ours["codebook_loss"], params)
+
+    z_e = torch.einsum("od,bdt->bot", sq.project_in.weight, latent) + sq.project_in.bias[:, None]  # [B, d, T]
+    flat = z_e.transpose(1, 2).reshape(-1, 3)
+    a, e = torch.nn.functional.normalize(flat, dim=1), torch.nn.functional.normalize(sq.vq.weight, dim=1)
+    distance = a.pow(2).sum(1, keepdim=True) - 2 * a @ e.T + e.pow(2).sum(1)[None]
+    codes = distance.argmin(1).view(2, 7)
+    z_q = sq.vq.weight[codes].transpose(1, 2)  # [B, d, T]
+    commitment = (z_e - z_q.detach()).pow(2).mean()
+    codebook_loss = (z_q - z_e.detach()).pow(2).mean()
+    out = torch.einsum("od,bdt->bot", sq.project_out.weight, z_e + (z_q - z_e).detach()) + sq.project_out.bias[:, None]
+    ref_grads = torch.autograd.grad((out * upstream).sum() + commitment + codebook_loss, params)
+
+    assert torch.equal(ours["codes"], codes)
+    torch.testing.assert_close(ours["quantized"], out)
+    torch.testing.assert_close(ours["commit_loss"], commitment)
+    torch.testing.assert_close(ours["codebook_loss"], codebook_loss)
+    for mine, theirs in zip(our_grads, ref_grads, strict=True):
+        torch.testing.assert_close(mine, theirs)
