@@ -7,6 +7,7 @@ cache's top-k)::
     "teacher_topk_ids":      LongTensor[B, L, k]   # the teacher's top-k token ids
     "teacher_topk_logprobs": Tensor[B, L, k]       # their log-probs (the cache's float16/bfloat16)
     "teacher_tail_mass":     FloatTensor[B, L]     # 1 − Σ top-k probabilities
+    "teacher_temperature":   float                 # the temperature the cache was written at
     "sample_index":          LongTensor[B]         # index of each sample in its split
 
 aligned by sample index and position (right padding: position ``t`` of a sample is
@@ -98,7 +99,8 @@ class _CacheCollator:
             ids, logprobs, tail = _sample_rows(cache, pairs) if cache.per_sample \
                 else _rows(cache, pairs, _batch_length(batch))
             if name is None:
-                batch.update(teacher_topk_ids=ids, teacher_topk_logprobs=logprobs, teacher_tail_mass=tail)
+                batch.update(teacher_topk_ids=ids, teacher_topk_logprobs=logprobs, teacher_tail_mass=tail,
+                             teacher_temperature=float(cache.manifest["temperature"]))
                 continue
             if "teacher_inputs" not in batch:
                 if not isinstance(batch.get("inputs"), dict):

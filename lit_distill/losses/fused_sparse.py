@@ -21,7 +21,7 @@ from torch import Tensor
 from lit_distill.contracts import LossTerm
 from lit_distill.losses.fused import _check, _fused_sum
 from lit_distill.losses.fused_terms import check_chunking
-from lit_distill.losses.sparse import _sparse_sum, check_sparse_teacher
+from lit_distill.losses.sparse import _sparse_sum, check_cache_temperature, check_sparse_teacher
 
 __all__ = ["FusedSparseForwardKL", "fused_sparse_forward_kl"]
 
@@ -87,14 +87,16 @@ class FusedSparseForwardKL(LossTerm):
             temperature the cache was written at (``cache-teacher --temperature``).
         chunk_size: positions whose logits exist at once (memory ∝ chunk_size × V).
         weight: multiplier of this term in the total loss.
-        sources: overrides of where the hidden states, head, cached teacher and mask come from.
+        sources: overrides of where the hidden states, head, cached teacher, mask and the cache's
+            temperature come from.
     """
 
     default_sources: ClassVar[dict[str, str]] = {
         "student_hidden": "student.features.last_hidden_state",
         "student_weight": "student.features.lm_head.weight", "student_bias": "student.features.lm_head.bias",
         "topk_ids": "batch.teacher_topk_ids", "topk_logprobs": "batch.teacher_topk_logprobs",
-        "tail_mass": "batch.teacher_tail_mass", "mask": "batch.loss_mask"}
+        "tail_mass": "batch.teacher_tail_mass", "mask": "batch.loss_mask",
+        "cache_temperature": "batch.teacher_temperature"}
 
     def __init__(self, temperature: float = 1.0, chunk_size: int = 256, weight: float = 1.0,
                  sources: dict[str, str] | None = None) -> None:
@@ -104,6 +106,10 @@ class FusedSparseForwardKL(LossTerm):
         self.chunk_size = chunk_size
 
     def forward(self, student_hidden: Tensor, student_weight: Tensor, topk_ids: Tensor, topk_logprobs: Tensor,
-                tail_mass: Tensor, mask: Tensor | None = None, student_bias: Tensor | None = None) -> Tensor:
+                tail_mass: Tensor, mask: Tensor | None = None, student_bias: Tensor | None = None,
+                cache_temperature: float | None = None) -> Tensor:
+        """``cache_temperature``: the temperature the cache was written at (the cached datamodule's
+        ``teacher_temperature``); another term temperature is a ConfigError."""
+        check_cache_temperature("FusedSparseForwardKL", self.temperature, cache_temperature)
         return fused_sparse_forward_kl(student_hidden, student_weight, topk_ids, topk_logprobs, tail_mass, mask,
                                        self.temperature, self.chunk_size, student_bias)

@@ -42,6 +42,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from lit_distill.contracts import LossTerm
+from lit_distill.errors import ConfigError
 
 __all__ = ["sparse_forward_kl", "SparseForwardKL"]
 
@@ -190,6 +191,15 @@ class _SparseChunkedSum(torch.autograd.Function):
         return grad, None, None, None, None, None, None, None
 
 
+def check_cache_temperature(term: str, temperature: float, cache_temperature: float | None) -> None:
+    """The cached log-probs are the teacher's at the cache's temperature; a term at another one
+    would compare the student with the wrong distribution (at any k), so refuse it in one line."""
+    if cache_temperature is not None and not math.isclose(float(cache_temperature), temperature, rel_tol=1e-6):
+        raise ConfigError(f"{term}.temperature: {temperature:g}, but the cache was written at "
+                          f"{float(cache_temperature):g}; set the term's temperature to the cache's or rewrite "
+                          "the cache (cache-teacher --temperature)")
+
+
 class SparseForwardKL(LossTerm):
     """Forward KL against cached sparse teacher outputs (:func:`sparse_forward_kl`).
 
@@ -202,13 +212,14 @@ class SparseForwardKL(LossTerm):
             temperature the cache was written at (``cache-teacher --temperature``).
         chunk_size: positions per chunk for the memory-lean path (None = one shot).
         weight: multiplier of this term in the total loss.
-        sources: overrides of where the logits, cached teacher tensors and mask come from.
+        sources: overrides of where the logits, cached teacher tensors, mask and the cache's
+            temperature come from.
     """
 
     default_sources: ClassVar[dict[str, str]] = {
         "student_logits": "student.logits", "topk_ids": "batch.teacher_topk_ids",
         "topk_logprobs": "batch.teacher_topk_logprobs", "tail_mass": "batch.teacher_tail_mass",
-        "mask": "batch.loss_mask"}
+        "mask": "batch.loss_mask", "cache_temperature": "batch.teacher_temperature"}
 
     def __init__(self, temperature: float = 1.0, chunk_size: int | None = None, weight: float = 1.0,
                  sources: dict[str, str] | None = None) -> None:
@@ -217,6 +228,9 @@ class SparseForwardKL(LossTerm):
         self.chunk_size = chunk_size
 
     def forward(self, student_logits: Tensor, topk_ids: Tensor, topk_logprobs: Tensor, tail_mass: Tensor,
-                mask: Tensor | None = None) -> Tensor:
+                mask: Tensor | None = None, cache_temperature: float | None = None) -> Tensor:
+        """``cache_temperature``: the temperature the cache was written at (the cached datamodule's
+        ``teacher_temperature``); another term temperature is a ConfigError."""
+        check_cache_temperature("SparseForwardKL", self.temperature, cache_temperature)
         return sparse_forward_kl(student_logits, topk_ids, topk_logprobs, tail_mass, mask, self.temperature,
                                  self.chunk_size)

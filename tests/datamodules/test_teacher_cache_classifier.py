@@ -244,7 +244,7 @@ model:
     teacher: null
     losses:
       ce: {{class_path: lit_distill.losses.CrossEntropy}}
-      kd: {{class_path: lit_distill.losses.SparseForwardKL}}
+      kd: {{class_path: lit_distill.losses.SparseForwardKL, init_args: {{temperature: 1.0}}}}  # the cache's T
 data:
   class_path: datamodules.CachedTeacherDataModule
   init_args:

@@ -115,6 +115,11 @@ def test_term_reads_the_batch_and_features_and_leaves_out_a_missing_bias():
     kwargs = term.gather(student, None, batch)
     assert "student_bias" not in kwargs and not term.reads_teacher  # the cache replaces the teacher
     torch.testing.assert_close(term(**kwargs), sparse_forward_kl(hs @ ws.T, ids, log_p, tail))
+    batch["teacher_temperature"] = 1.0  # what the cached datamodule adds: the cache's temperature
+    torch.testing.assert_close(term(**term.gather(student, None, batch)), sparse_forward_kl(hs @ ws.T, ids, log_p, tail))
+    batch["teacher_temperature"] = 0.5
+    with pytest.raises(ConfigError, match=r"FusedSparseForwardKL.temperature: 1, but the cache was written at 0.5"):
+        term(**term.gather(student, None, batch))
 
 
 def _cache_run(command, config, cache, tmp_path, text_dir, tokenizer_dir, *extra):

@@ -138,6 +138,22 @@ def test_term_reads_the_batch_and_needs_no_teacher():
     torch.testing.assert_close(value, sparse_forward_kl(logits, ids, log_p, tail))
 
 
+def test_term_refuses_a_cache_written_at_another_temperature():
+    from lit_distill.errors import ConfigError
+
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 3, 8, generator=gen)
+    ids, log_p, tail = _teacher_topk(torch.randn(2, 3, 8, generator=gen) / 2.0, 8)
+    batch = {"teacher_topk_ids": ids, "teacher_topk_logprobs": log_p, "teacher_tail_mass": tail,
+             "loss_mask": torch.ones(2, 3, dtype=torch.bool), "teacher_temperature": 2.0}
+    ok = SparseForwardKL(temperature=2.0)
+    value = ok(**ok.gather(ModelOutput(logits=logits), None, batch))
+    torch.testing.assert_close(value, sparse_forward_kl(logits, ids, log_p, tail, temperature=2.0))
+    wrong = SparseForwardKL(temperature=1.0)
+    with pytest.raises(ConfigError, match=r"SparseForwardKL.temperature: 1, but the cache was written at 2"):
+        wrong(**wrong.gather(ModelOutput(logits=logits), None, batch))
+
+
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(1, 12), chunk=st.integers(1, 13), k=st.integers(1, 10), seed=st.integers(0, 10_000),
        masked=st.booleans())
