@@ -6,7 +6,6 @@ shares one budget and differs only in its distillation term, and the trajectory 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +15,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "experiment_dm_codec.py"
 
-
-@pytest.fixture(scope="module")
-def exp():
-    spec = importlib.util.spec_from_file_location("experiment_dm_codec", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_middle_layer_is_a_transformer_layer_not_the_front_end_or_the_ctc_input(exp):

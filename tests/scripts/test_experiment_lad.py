@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,13 +12,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "experiment_lad.py"
 
-
-@pytest.fixture(scope="module")
-def exp():
-    spec = importlib.util.spec_from_file_location("experiment_lad", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def check(fed: float, zeroed: float) -> dict[str, float]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,13 +9,6 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "experiment_llava_mod.py"
 
-
-@pytest.fixture(scope="module")
-def exp():
-    spec = importlib.util.spec_from_file_location("experiment_llava_mod", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_a_teacher_that_beats_every_student_baseline_passes(exp):

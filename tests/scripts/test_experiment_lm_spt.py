@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,13 +11,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "experiment_lm_spt.py"
 
-
-@pytest.fixture(scope="module")
-def exp():
-    spec = importlib.util.spec_from_file_location("experiment_lm_spt", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_asr_encoder_is_the_trained_teacher_and_the_authors_settings_stay(exp, tmp_path):

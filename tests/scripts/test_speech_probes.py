@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 from pathlib import Path
 
@@ -14,13 +13,6 @@ from hypothesis import strategies as st
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "speech_probes.py"
 
-
-@pytest.fixture(scope="module")
-def exp():
-    spec = importlib.util.spec_from_file_location("speech_probes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_text_ids_roundtrip_and_greedy_ctc(exp):
