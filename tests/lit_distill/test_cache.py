@@ -46,6 +46,16 @@ def _shards(split_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {p.name: load_file(p) for p in sorted(split_dir.glob("shard-*.safetensors"))}
 
 
+def _assert_same_shards(out: Path, reference_dir: Path) -> None:
+    """Every split of the cache at ``out`` holds the same shards, tensor for tensor, as ``reference_dir``."""
+    for split in ("train", "val"):
+        resumed, reference = _shards(out / split), _shards(reference_dir / split)
+        assert resumed.keys() == reference.keys()
+        for name, tensors in reference.items():
+            for key, value in tensors.items():
+                assert torch.equal(resumed[name][key], value), (split, name, key)
+
+
 @pytest.fixture(scope="module")
 def one_shot(tmp_path_factory, text_dir, tokenizer_dir, teacher_dir) -> Path:
     out = tmp_path_factory.mktemp("cache") / "one_shot"
@@ -111,12 +121,7 @@ def test_interrupted_run_resumes_to_the_one_shot_shards(one_shot, tmp_path, text
     assert cache_teacher(args) == {"train": True, "val": True}
     assert (out / "train" / shard_name(0)).stat().st_mtime_ns == first  # finished shards are skipped
     assert not list(out.rglob("*.tmp"))
-    for split in ("train", "val"):
-        resumed, reference = _shards(out / split), _shards(one_shot / split)
-        assert resumed.keys() == reference.keys()
-        for name, tensors in reference.items():
-            for key, value in tensors.items():
-                assert torch.equal(resumed[name][key], value), (split, name, key)
+    _assert_same_shards(out, one_shot)
 
 
 def test_other_settings_in_an_existing_cache_are_refused(tmp_path, text_dir, tokenizer_dir, teacher_dir, capsys):
@@ -269,12 +274,7 @@ def test_an_interrupted_classifier_cache_resumes_to_the_one_shot_shards(classifi
     assert cache_teacher(args) == {"train": True, "val": True}
     assert (out / "train" / shard_name(0)).stat().st_mtime_ns == first
     assert not list(out.rglob("*.tmp"))
-    for split in ("train", "val"):
-        resumed, reference = _shards(out / split), _shards(classifier_cache / split)
-        assert resumed.keys() == reference.keys()
-        for name, tensors in reference.items():
-            for key, value in tensors.items():
-                assert torch.equal(resumed[name][key], value), (split, name, key)
+    _assert_same_shards(out, classifier_cache)
     # other settings on the same directory: refused, naming the field
     with pytest.raises(ConfigError, match="top_k: 3 in the cache vs 2 now"):
         cache_teacher([*args, "--top-k", "2"])
