@@ -25,7 +25,7 @@ import lightning as L
 import torch
 from overhead import (  # bench/ is on sys.path when run as a script
     Seconds,
-    Stopwatch,
+    StepTimer,
     llama,
     make_batches,
 )
@@ -33,20 +33,6 @@ from torch.utils.data import DataLoader
 
 from lit_distill import DistillationModule, Teacher
 from lit_distill.losses import CrossEntropy, ForwardKL, forward_kl
-
-
-class StepTimer(L.Callback):
-    """Wall and process CPU time from the start of batch ``warmup`` to the end of training."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.watch, self.elapsed = warmup, Stopwatch(), Seconds(0.0, 0.0)
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if batch_idx == self.warmup:
-            self.watch.start()
-
-    def on_train_end(self, trainer, module):
-        self.elapsed = self.watch.read()
 
 
 def run(student, teacher, dtype: str | None, batches, warmup: int, root: str) -> Seconds:
@@ -59,14 +45,14 @@ def run(student, teacher, dtype: str | None, batches, warmup: int, root: str) ->
 def timed_fit(module: DistillationModule, batches: list[dict], warmup: int, root: str) -> Seconds:
     """Fit ``module`` on ``batches`` (one step each) through a quiet ``lightning.Trainer``; wall and
     process CPU seconds per step after ``warmup`` steps."""
-    timer = StepTimer(warmup)
+    timer = StepTimer(warmup, len(batches) - 1)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), enable_checkpointing=False,
                         enable_model_summary=False, enable_progress_bar=False, logger=False, default_root_dir=root,
                         callbacks=[timer])
     with contextlib.redirect_stdout(sys.stderr):
         trainer.fit(module, DataLoader(batches, batch_size=None))
     steps = len(batches) - warmup
-    return Seconds(timer.elapsed.wall / steps, timer.elapsed.cpu / steps)
+    return Seconds(timer.interval.wall / steps, timer.interval.cpu / steps)
 
 
 def main() -> None:
