@@ -9,7 +9,7 @@ train speech teachers on characters (``HFModel(task="speech-ctc")``, or an encod
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +20,12 @@ from lit_distill.errors import ConfigError
 
 
 def ctc_loss(logits: Tensor, targets: Tensor, target_lengths: Tensor, frame_mask: Tensor | None = None,
-             blank: int = 0, zero_infinity: bool = True) -> Tensor:
-    """CTC negative log-likelihood per target label, averaged over the samples.
+             blank: int = 0, zero_infinity: bool = True, reduction: Literal["sample", "label"] = "sample") -> Tensor:
+    """CTC negative log-likelihood per target label.
 
-    The value is ``F.ctc_loss``'s ``reduction="mean"``: ``mean_b [-log p(y_b | x_b) / max(1, S_b)]``
-    with ``p`` summed over the alignments of the sample's first ``F_b`` frames.
+    With ``p(y_b | x_b)`` summed over the alignments of sample ``b``'s first ``F_b`` frames:
+    ``reduction="sample"`` is ``F.ctc_loss``'s ``"mean"``, ``mean_b [-log p(y_b | x_b) / max(1, S_b)]``;
+    ``"label"`` is ``Σ_b -log p(y_b | x_b) / max(1, Σ_b S_b)`` (nats per target label over the batch).
 
     Args:
         logits: ``[B, F, C]`` unnormalised frame scores (log-softmaxed here, in float32 at least).
@@ -36,6 +37,8 @@ def ctc_loss(logits: Tensor, targets: Tensor, target_lengths: Tensor, frame_mask
         blank: the blank class.
         zero_infinity: a sample whose target cannot be aligned to its frames (``F_b`` too short for
             ``S_b`` labels and their repeats) counts 0, without gradient, instead of ``inf``.
+        reduction: ``sample`` (each sample's per-label loss weighs the same) or ``label`` (each
+            label weighs the same).
 
     Returns:
         0-dim float32 (float64 for float64 logits) tensor.
@@ -46,8 +49,11 @@ def ctc_loss(logits: Tensor, targets: Tensor, target_lengths: Tensor, frame_mask
         frame_lengths = torch.full((batch,), frames, dtype=torch.long, device=logits.device)
     else:
         frame_lengths = frame_mask.sum(-1).long()
-    return F.ctc_loss(log_probs.transpose(0, 1), targets.long(), frame_lengths, target_lengths.long(), blank=blank,
-                      reduction="mean", zero_infinity=zero_infinity)
+    args = (log_probs.transpose(0, 1), targets.long(), frame_lengths, target_lengths.long())
+    if reduction == "sample":
+        return F.ctc_loss(*args, blank=blank, reduction="mean", zero_infinity=zero_infinity)
+    total = F.ctc_loss(*args, blank=blank, reduction="sum", zero_infinity=zero_infinity)
+    return total / target_lengths.sum().clamp_min(1)
 
 
 class CTC(LossTerm):
@@ -70,13 +76,15 @@ class CTC(LossTerm):
         "logits": "student.logits", "targets": "batch.targets", "target_lengths": "batch.target_lengths",
         "frame_mask": "student.features.frame_mask"}
 
-    def __init__(self, blank: int = 0, zero_infinity: bool = True, weight: float = 1.0,
-                 sources: dict[str, str] | None = None) -> None:
+    def __init__(self, blank: int = 0, zero_infinity: bool = True, reduction: Literal["sample", "label"] = "sample",
+                 weight: float = 1.0, sources: dict[str, str] | None = None) -> None:
         super().__init__(weight, sources)
         if blank < 0:
             raise ConfigError(f"CTC.blank: must be a class id >= 0, got {blank}")
-        self.blank, self.zero_infinity = blank, zero_infinity
+        if reduction not in ("sample", "label"):
+            raise ConfigError(f"CTC.reduction: '{reduction}' is not one of ['sample', 'label']")
+        self.blank, self.zero_infinity, self.reduction = blank, zero_infinity, reduction
 
     def forward(self, logits: Tensor, targets: Tensor, target_lengths: Tensor,
                 frame_mask: Tensor | None = None) -> Tensor:
-        return ctc_loss(logits, targets, target_lengths, frame_mask, self.blank, self.zero_infinity)
+        return ctc_loss(logits, targets, target_lengths, frame_mask, self.blank, self.zero_infinity, self.reduction)

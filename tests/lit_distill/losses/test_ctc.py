@@ -33,16 +33,19 @@ def brute_force_nll(logits: torch.Tensor, target: list[int], blank: int) -> floa
     return -math.log(total)
 
 
-def reference(logits, targets, target_lengths, frame_lengths, blank):
-    """Per sample in float64 with F.ctc_loss on that sample alone, divided by its length; mean."""
-    values = []
+def reference(logits, targets, target_lengths, frame_lengths, blank, reduction="sample"):
+    """Per sample in float64 with F.ctc_loss on that sample alone; the mean of nll / length, or the
+    sum of nll over the sum of lengths."""
+    nlls, lengths = [], []
     for b in range(logits.shape[0]):
         f, s = int(frame_lengths[b]), int(target_lengths[b])
         lp = logits[b, :f].double().log_softmax(-1)[:, None]
-        nll = F.ctc_loss(lp, targets[b:b + 1, :s], torch.tensor([f]), torch.tensor([s]), blank=blank,
-                         reduction="sum", zero_infinity=True)
-        values.append(float(nll) / max(1, s))
-    return sum(values) / len(values)
+        nlls.append(float(F.ctc_loss(lp, targets[b:b + 1, :s], torch.tensor([f]), torch.tensor([s]), blank=blank,
+                                     reduction="sum", zero_infinity=True)))
+        lengths.append(s)
+    if reduction == "label":
+        return sum(nlls) / max(1, sum(lengths))
+    return sum(n / max(1, s) for n, s in zip(nlls, lengths, strict=True)) / len(nlls)
 
 
 def test_matches_brute_force_alignment_sums():
@@ -59,8 +62,8 @@ def test_matches_brute_force_alignment_sums():
 
 @settings(max_examples=30, deadline=None)
 @given(batch=st.integers(1, 4), frames=st.integers(4, 9), classes=st.integers(3, 6), blank=st.integers(0, 2),
-       seed=st.integers(0, 10_000))
-def test_matches_per_sample_float64_reference_with_padding(batch, frames, classes, blank, seed):
+       reduction=st.sampled_from(["sample", "label"]), seed=st.integers(0, 10_000))
+def test_matches_per_sample_float64_reference_with_padding(batch, frames, classes, blank, reduction, seed):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(batch, frames, classes, generator=g)
     frame_lengths = torch.randint(1, frames + 1, (batch,), generator=g)
@@ -68,9 +71,9 @@ def test_matches_per_sample_float64_reference_with_padding(batch, frames, classe
     target_lengths = torch.randint(0, 4, (batch,), generator=g)
     labels = [c for c in range(classes) if c != blank]
     targets = torch.tensor(labels)[torch.randint(len(labels), (batch, 4), generator=g)]
-    got = ctc_loss(logits, targets, target_lengths, frame_mask, blank=blank)
+    got = ctc_loss(logits, targets, target_lengths, frame_mask, blank=blank, reduction=reduction)
     assert got.dtype == torch.float32
-    assert float(got) == pytest.approx(reference(logits, targets, target_lengths, frame_lengths, blank),
+    assert float(got) == pytest.approx(reference(logits, targets, target_lengths, frame_lengths, blank, reduction),
                                        rel=1e-5, abs=1e-6)
 
 
@@ -107,5 +110,11 @@ def test_term_reads_its_default_sources_and_validates_blank():
     without = term(**term.gather(ModelOutput(logits=logits), None, batch))
     assert float(without) == pytest.approx(float(ctc_loss(logits, batch["targets"], batch["target_lengths"])))
     assert float(without) != pytest.approx(float(with_mask))
+    by_label = CTC(reduction="label")
+    value = by_label(**by_label.gather(ModelOutput(logits=logits, features={"frame_mask": mask}), None, batch))
+    assert float(value) == pytest.approx(float(ctc_loss(logits, batch["targets"], batch["target_lengths"], mask,
+                                                        reduction="label")))
     with pytest.raises(ConfigError, match="CTC.blank"):
         CTC(blank=-1)
+    with pytest.raises(ConfigError, match="CTC.reduction"):
+        CTC(reduction="mean")
