@@ -19,10 +19,22 @@ transcript)::
 With ``bucket_by_length`` (the default), each batch holds utterances of similar length (the
 corpus sorted by length, cut into batches, the batches shuffled each epoch), so a model that
 reads the padding as audio sees little of it.
+
+:class:`TokenCTCDataModule` serves the same character targets beside discrete token sequences (a
+codec's tokens per utterance, written to a file) for a CTC probe
+(:class:`lit_distill.models.TokenCTCProbe`)::
+
+    {
+        "inputs": {"input_ids": LongTensor[B, F],        # tokens, right-padded with 0
+                   "attention_mask": LongTensor[B, F]},  # 1 on real tokens
+        "targets": LongTensor[B, S], "target_lengths": LongTensor[B],
+        "loss_mask": BoolTensor[B, S],                   # the target labels: the valid count is their number
+    }
 """
 
 from __future__ import annotations
 
+import os
 import wave
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -31,10 +43,11 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
-from datamodules.records import EpochLoaders, epoch_loader
+from datamodules.checks import check_loader_arguments
+from datamodules.records import EpochLoaders, epoch_loader, epoch_sampler
 from datamodules.speech import SpeechDataModule, SpeechDataset, collate_speech, read_audio
 from lit_distill.checkpointing import ResumableDataLoader, ResumableSampler
-from lit_distill.errors import ConfigError
+from lit_distill.errors import ConfigError, MissingPathError
 
 ENGLISH_LETTERS = " '" + "abcdefghijklmnopqrstuvwxyz"
 BLANK = 0
@@ -193,3 +206,82 @@ class ASRDataModule(EpochLoaders, LightningDataModule):
                                       shuffle=shuffle, seed=hp.seed)
         return ResumableDataLoader(dataset, batch_size=hp.batch_size, sampler=sampler, collate_fn=self.collate,
                                    num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
+
+
+def pad_right(rows: Sequence[Sequence[int] | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Long ``[N, max(1, L_max)]`` right-padded with 0, and the lengths ``[N]``."""
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    out = torch.zeros(len(rows), max(1, int(lengths.max())), dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return out, lengths
+
+
+def collate_token_targets(samples: list[tuple[torch.Tensor, list[int]]]) -> dict[str, Any]:
+    """``(tokens [F_i], character ids)`` samples into the token batch (see the module docstring)."""
+    tokens, token_lengths = pad_right([s[0] for s in samples])
+    targets, target_lengths = pad_right([s[1] for s in samples])
+    attention_mask = (torch.arange(tokens.shape[1])[None] < token_lengths[:, None]).long()
+    loss_mask = torch.arange(targets.shape[1])[None] < target_lengths[:, None]
+    return {"inputs": {"input_ids": tokens, "attention_mask": attention_mask}, "targets": targets,
+            "target_lengths": target_lengths, "loss_mask": loss_mask}
+
+
+class TokenCTCDataModule(EpochLoaders, LightningDataModule):
+    """Token sequences with character targets, for a CTC probe (batches: see the module docstring).
+
+    Args:
+        path: a ``torch.save`` file ``{"vocab_size": V, "num_classes": C, "train": {"tokens":
+            [LongTensor[F_i], ...], "targets": [[character ids], ...]}, "val": {...}}`` (ids
+            ``1..C-1``; 0 is the blank).
+        batch_size: sequences per batch; None: the whole split in one batch (full-batch training).
+        num_workers: DataLoader worker processes.
+        seed: Seed of the training order.
+        shuffle: Shuffle the training sequences.
+    """
+
+    def __init__(self, path: str, batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
+                 shuffle: bool = True) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if batch_size is not None:
+            check_loader_arguments(batch_size, num_workers)
+        if not os.path.isfile(path):
+            raise MissingPathError(f"path: no file '{path}' (a torch.save of token sequences and targets)")
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        self._vocab_size, self._num_classes = int(data["vocab_size"]), int(data["num_classes"])
+        self.splits = {part: self._check(data[part], part) for part in ("train", "val")}
+        self.train_dataset: list | None = None
+        self.val_dataset: list | None = None
+
+    def _check(self, part: dict, name: str) -> list[tuple[torch.Tensor, list[int]]]:
+        tokens, targets = list(part["tokens"]), [list(map(int, t)) for t in part["targets"]]
+        if not tokens or len(tokens) != len(targets):
+            raise ConfigError(f"path: split '{name}' has {len(tokens)} token sequences and {len(targets)} targets")
+        if any(len(t) and (int(t.min()) < 0 or int(t.max()) >= self._vocab_size) for t in tokens):
+            raise ConfigError(f"path: split '{name}' has token ids outside [0, {self._vocab_size})")
+        if any(i < 1 or i >= self._num_classes for t in targets for i in t):
+            raise ConfigError(f"path: split '{name}' has target ids outside [1, {self._num_classes}) (0 is the blank)")
+        return list(zip((t.long() for t in tokens), targets, strict=True))
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids ``[0, vocab_size)``."""
+        return self._vocab_size
+
+    @property
+    def num_classes(self) -> int:
+        """CTC classes, blank included."""
+        return self._num_classes
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_dataset, self.val_dataset = self.splits["train"], self.splits["val"]
+
+    def _loader(self, dataset: list | None, shuffle: bool) -> ResumableDataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before requesting dataloaders")
+        hp = self.hparams
+        return ResumableDataLoader(dataset, batch_size=hp.batch_size or len(dataset),
+                                   sampler=epoch_sampler(self.trainer, dataset, shuffle, hp.seed),
+                                   collate_fn=collate_token_targets, num_workers=hp.num_workers,
+                                   persistent_workers=hp.num_workers > 0)

@@ -1,13 +1,14 @@
 """Evaluation of the speech experiment's codecs on the held-out utterances (part of ``scripts/experiment_speech.py``).
 
 Reconstruction (log-mel L1, SI-SNR), first-codebook usage and perplexity, and two probes on the FIRST
-codebook's tokens (:mod:`speech_probes`): a linear CTC probe (greedy CER, CTC nats per character) and a
-ridge probe to the SM teacher's last hidden states (R²); reference rows: k-means units of the SM
+codebook's tokens (:mod:`speech_probes`): a linear CTC probe (trained by ``fit``; greedy CER, CTC nats
+per character) and a ridge probe (closed form) to the SM teacher's last hidden states (R²); reference rows: k-means units of the SM
 teacher, uniformly random tokens, and the teachers' own CTC heads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -22,9 +23,9 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, also in spawned workers
 from speech_probes import (  # noqa: E402
+    CHARS,
     codebook_stats,
     eval_ctc_probe,
-    fit_ctc_probe,
     fit_ridge_probe,
     interpolate_frames,
     kmeans,
@@ -32,8 +33,12 @@ from speech_probes import (  # noqa: E402
     stretch_tokens,
     text_to_ids,
 )
-from speech_setup import SAMPLE_RATE, STUDENT, load_split, load_waveforms, sizes  # noqa: E402
+from speech_setup import REPO, SAMPLE_RATE, STUDENT, load_split, load_waveforms, sizes  # noqa: E402
 from speech_teachers import TEACHERS  # noqa: E402
+
+from lit_distill.experiment import Run, last_checkpoint, launch  # noqa: E402
+
+PROBE_CONFIG = REPO / "configs" / "speech" / "ctc" / "ctc-probe_tokens.yaml"
 
 
 def _pool(fn, jobs: list, workers: int) -> list:
@@ -67,12 +72,38 @@ def teacher_features(work: Path) -> dict[str, list[Tensor]]:
     return feats
 
 
+def fit_ctc_probe(train_tok: Sequence[Tensor], train_t: Sequence[Sequence[int]], held_tok: Sequence[Tensor],
+                  held_t: Sequence[Sequence[int]], vocab: int, work: Path, steps: int) -> Tensor:
+    """The linear CTC probe, ``[vocab, 1 + len(CHARS)]`` logits, trained by ``fit``
+    (``configs/speech/ctc/ctc-probe_tokens.yaml``: full batch, Adam 0.2, CTC per character) on the
+    training utterances' tokens; the held-out ones are its validation data (logged once, at the end).
+
+    Runs live in ``<work>/eval/probes/ctc_probe/<key>``, ``key`` a hash of the tokens, targets and
+    steps: the same tokens are fitted once.
+    """
+    data = {"vocab_size": int(vocab), "num_classes": len(CHARS) + 1,
+            "train": {"tokens": [t.long() for t in train_tok], "targets": [list(t) for t in train_t]},
+            "val": {"tokens": [t.long() for t in held_tok], "targets": [list(t) for t in held_t]}}
+    digest = hashlib.sha1(json.dumps([vocab, steps, data["train"]["targets"], data["val"]["targets"]]).encode())
+    for t in (*data["train"]["tokens"], *data["val"]["tokens"]):
+        digest.update(t.numpy().tobytes() + b"|")
+    key, root = digest.hexdigest()[:16], work / "eval" / "probes"
+    path = root / "data" / f"{key}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(data, path)
+    run = Run(key, [PROBE_CONFIG], [f"--data.init_args.path={path}", f"--trainer.max_steps={steps}",
+                                    f"--trainer.val_check_interval={steps}"], group="ctc_probe")
+    result = launch([run], root, workers=1, cwd=REPO)[0]
+    state = torch.load(last_checkpoint(result.directory), map_location="cpu", weights_only=True)
+    return state["state_dict"]["student.module.weight"]
+
+
 def probe_tokens(train_tok: list[Tensor], held_tok: list[Tensor], vocab: int, work: Path, smoke: bool) -> dict:
     """Both probes and codebook statistics for per-utterance token sequences of the two splits."""
     split = load_split(work)
     train_t, held_t = _tokens_and_targets(split)
     feats = teacher_features(work)
-    table = fit_ctc_probe(train_tok, train_t, vocab, steps=sizes(smoke)["probe_steps"])
+    table = fit_ctc_probe(train_tok, train_t, held_tok, held_t, vocab, work, steps=sizes(smoke)["probe_steps"])
     stretch = lambda fs, toks: [interpolate_frames(f, len(t)) for f, t in zip(fs, toks, strict=True)]  # noqa: E731
     weights, mean = fit_ridge_probe(train_tok, stretch(feats["train"], train_tok), vocab)
     stats = codebook_stats(held_tok, vocab)

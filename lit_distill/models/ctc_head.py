@@ -88,3 +88,46 @@ class CTCHead(ModelAdapter):
         """The encoder's export in ``out_dir``, and the head's weights in ``out_dir/ctc_head.pt``."""
         self.module.export(out_dir)
         torch.save(self.head.state_dict(), os.path.join(out_dir, HEAD_FILE))
+
+
+class TokenCTCProbe(ModelAdapter):
+    """A linear CTC probe on discrete tokens: one row of class logits per token id, zero at the start.
+
+    What a codec's tokens say about the characters spoken: trained with
+    :class:`lit_distill.losses.CTC` on frozen token sequences (``datamodules.TokenCTCDataModule``),
+    it emits ``table[token]`` at every frame. Zero-initialised, so before training every frame is
+    uniform over the classes.
+
+    Args:
+        vocab_size: token ids ``[0, vocab_size)`` (linked from the data).
+        num_classes: CTC classes, blank included (linked from the data).
+
+    Inputs: ``input_ids`` long ``[B, F]``; optional ``attention_mask`` ``[B, F]`` (1 on real frames).
+    Outputs: ``logits`` ``[B, F, num_classes]`` and ``features.frame_mask`` bool ``[B, F]``
+    (``attention_mask``, or every frame).
+    """
+
+    def __init__(self, vocab_size: int | None = None, num_classes: int | None = None) -> None:
+        super().__init__()
+        for field, value in (("vocab_size", vocab_size), ("num_classes", num_classes)):
+            if value is None or value < 1:
+                raise ConfigError(f"TokenCTCProbe.{field}: needs a positive size, got {value}; "
+                                  "datamodules.TokenCTCDataModule links it")
+        self.module = nn.Embedding(vocab_size, num_classes)
+        nn.init.zeros_(self.module.weight)
+
+    @property
+    def output_size(self) -> int:
+        return self.module.embedding_dim
+
+    @property
+    def table(self) -> torch.Tensor:
+        """The probe, ``[vocab_size, num_classes]`` logits."""
+        return self.module.weight
+
+    def declared_outputs(self) -> OutputSpec:
+        return OutputSpec(logits=True, hidden_states=0, features=frozenset({"frame_mask"}), closed=True)
+
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: Any) -> ModelOutput:
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        return ModelOutput(logits=self.module(input_ids), features={"frame_mask": mask})

@@ -132,3 +132,41 @@ def test_bad_alphabet_fails_early(manifest):
         ASRDataModule(manifest=str(manifest), alphabet="aab")
     with pytest.raises(ConfigError, match="alphabet"):
         ASRDataModule(manifest=str(manifest), alphabet="")
+
+
+def test_token_batches_mark_real_tokens_and_the_target_labels(tmp_path):
+    from datamodules.asr import TokenCTCDataModule
+
+    data = {"vocab_size": 8, "num_classes": 5,
+            "train": {"tokens": [torch.tensor([1, 2, 3]), torch.tensor([7]), torch.tensor([4, 4])],
+                      "targets": [[1, 2], [4], []]},
+            "val": {"tokens": [torch.tensor([0, 1])], "targets": [[3, 3, 3]]}}
+    torch.save(data, tmp_path / "tokens.pt")
+    dm = TokenCTCDataModule(str(tmp_path / "tokens.pt"), shuffle=False)
+    dm.setup("fit")
+    assert (dm.vocab_size, dm.num_classes) == (8, 5)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 1  # batch_size null: the whole split
+    batch = batches[0]
+    assert batch["inputs"]["input_ids"].tolist() == [[1, 2, 3], [7, 0, 0], [4, 4, 0]]
+    assert batch["inputs"]["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
+    assert batch["targets"].tolist() == [[1, 2], [4, 0], [0, 0]] and batch["target_lengths"].tolist() == [2, 1, 0]
+    assert batch["loss_mask"].tolist() == [[True, True], [True, False], [False, False]]
+    two = TokenCTCDataModule(str(tmp_path / "tokens.pt"), batch_size=2)
+    two.setup("fit")
+    assert [len(b["target_lengths"]) for b in two.train_dataloader()] == [2, 1]
+
+
+def test_token_data_errors_name_what_is_wrong(tmp_path):
+    from datamodules.asr import TokenCTCDataModule
+    from lit_distill.errors import MissingPathError
+
+    with pytest.raises(MissingPathError, match="path: no file"):
+        TokenCTCDataModule(str(tmp_path / "missing.pt"))
+    good = {"tokens": [torch.tensor([1])], "targets": [[1]]}
+    for bad, message in (({"tokens": [torch.tensor([9])], "targets": [[1]]}, "token ids outside"),
+                         ({"tokens": [torch.tensor([1])], "targets": [[0]]}, "target ids outside"),
+                         ({"tokens": [torch.tensor([1])], "targets": []}, "1 token sequences and 0 targets")):
+        torch.save({"vocab_size": 8, "num_classes": 5, "train": bad, "val": good}, tmp_path / "bad.pt")
+        with pytest.raises(ConfigError, match=message):
+            TokenCTCDataModule(str(tmp_path / "bad.pt"))

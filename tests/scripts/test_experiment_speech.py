@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "experiment_speech.py"
@@ -91,3 +92,24 @@ def test_public_names_other_experiments_read_are_still_there(exp):
     for name in ("load_split", "load_waveforms", "evaluate_run", "teacher_features", "kmeans", "sizes",
                  "stretch_tokens", "probe_tokens", "stage_corpus", "stage_teachers"):
         assert callable(getattr(exp, name)), name
+
+
+def test_ctc_probe_is_trained_by_fit_and_cached_by_content(exp, tmp_path):
+    import speech_eval
+
+    g = torch.Generator().manual_seed(0)
+    tokens, targets = [], []
+    for _ in range(16):  # token k + 1 always sounds like character k + 1, token 0 is silence
+        chars = torch.randint(1, 6, (5,), generator=g).tolist()
+        tokens.append(torch.tensor([x for c in chars for x in (c, c, 0)]))
+        targets.append(chars)
+    args = (tokens[:12], targets[:12], tokens[12:], targets[12:], 6, tmp_path)
+    table = speech_eval.fit_ctc_probe(*args, steps=150)
+    assert table.shape == (6, 29)
+    assert speech_eval.eval_ctc_probe(table, tokens[12:], targets[12:])["ctc_cer"] == 0.0
+    runs = list((tmp_path / "eval" / "probes" / "ctc_probe").iterdir())
+    assert len(runs) == 1 and (runs[0] / "seed0" / "done.json").is_file()
+    torch.testing.assert_close(speech_eval.fit_ctc_probe(*args, steps=150), table)  # the same run, skipped
+    assert len(list((tmp_path / "eval" / "probes" / "ctc_probe").iterdir())) == 1
+    speech_eval.fit_ctc_probe(*args, steps=3)  # other steps: another run
+    assert len(list((tmp_path / "eval" / "probes" / "ctc_probe").iterdir())) == 2

@@ -54,3 +54,20 @@ def test_errors_name_the_field(tmp_path):
     model = CTCHead(HFWhisperEncoder(config=dict(WHISPER)), num_classes=3, feature="nope")
     with pytest.raises(ConfigError, match="CTCHead.feature: 'nope'"):
         model(waveform=torch.randn(1, 1, 800))
+
+
+def test_token_probe_starts_uniform_and_reads_its_table():
+    from lit_distill.models import TokenCTCProbe
+
+    probe = TokenCTCProbe(vocab_size=4, num_classes=3)
+    assert probe.output_size == 3 and not probe.table.any()
+    with torch.no_grad():
+        probe.table.copy_(torch.arange(12.0).view(4, 3))
+    ids, mask = torch.tensor([[3, 0, 1]]), torch.tensor([[1, 1, 0]])
+    out = probe(input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(out.logits, probe.table[ids])
+    assert out.features["frame_mask"].tolist() == [[True, True, False]]
+    assert probe(input_ids=ids).features["frame_mask"].all()
+    assert probe.output_spec().logits and "frame_mask" in probe.output_spec().features
+    with pytest.raises(ConfigError, match="TokenCTCProbe.vocab_size"):
+        TokenCTCProbe(num_classes=3)
