@@ -105,6 +105,20 @@ def test_ctc_probe_config_learns_a_token_to_character_code(tmp_path):
     state = load_checkpoint_file(str(next(tmp_path.rglob("last.ckpt"))), "ckpt")
     table = state["state_dict"]["student.module.weight"]
     assert state["global_step"] == 150 and table.shape == (6, 29)
+    # the objective and optimiser of the hand-written probe it replaces: full-batch Adam(0.2, no weight
+    # decay) on the summed CTC loss per character, from a zero table
+    reference = torch.zeros(6, 29, requires_grad=True)
+    optimizer = torch.optim.Adam([reference], lr=0.2)
+    padded = torch.nn.utils.rnn.pad_sequence(train_tok, batch_first=True)
+    lengths = torch.tensor([len(t) for t in train_tok])
+    for _ in range(150):
+        optimizer.zero_grad()
+        log_probs = reference[padded].log_softmax(-1).transpose(0, 1)
+        loss = torch.nn.functional.ctc_loss(log_probs, torch.tensor(train_t), lengths, torch.tensor([5] * 12),
+                                            reduction="sum", zero_infinity=True) / 60
+        loss.backward()
+        optimizer.step()
+    torch.testing.assert_close(table, reference.detach(), atol=1e-4, rtol=1e-4)
     frames = [table[t].argmax(-1).tolist() for t in val_tok]
     greedy = [[c for i, c in enumerate(f) if c and (i == 0 or c != f[i - 1])] for f in frames]
     assert greedy == val_t  # the held-out sequences are read exactly
