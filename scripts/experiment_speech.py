@@ -223,9 +223,11 @@ def main(argv: list[str] | None = None) -> None:
                                                          "--smoke: its sibling experiment_smoke)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--teachers", nargs="+", default=list(TEACHERS), choices=list(TEACHERS),
+                        help="the teachers the teachers stage trains (the arms need all three)")
     parser.add_argument("--max-steps", type=int, default=None, help="training steps of every codec run")
     parser.add_argument("--batch-size", type=int, default=None, help="utterances per batch of every codec run")
-    parser.add_argument("--jobs", type=int, default=2, help="parallel processes, one thread each")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel processes (fits: cores // jobs threads each)")
     parser.add_argument("--smoke", action="store_true", help="tiny everything (< 2 min) to test the pipeline")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         if stage == "corpus":
             stage_corpus(work, args.smoke)
         elif stage == "teachers":
-            stage_teachers(work, args.smoke, args.jobs)
+            stage_teachers(work, args.smoke, args.jobs, args.teachers)
         elif stage == "arms":
             stage_arms(work, args.arms, seeds, max_steps, batch_size, args.jobs)
         elif stage == "evaluate":
