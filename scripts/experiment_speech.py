@@ -29,10 +29,11 @@ YAML is the arm's config with the codec arm's student sizes, ``mel``/``wave``/``
 optimiser copied in (LM-SPT: 1 semantic + 3 acoustic codebooks = the codec's 4 x 256, quantiser
 dropout 0 like the codec; its semantic terms stay), written to ``runs/<arm>_s<seed>/config.yaml``.
 
-Evaluation on the HELD-OUT utterances (whole; :mod:`speech_eval`, report in :mod:`speech_report`): log-mel L1 and SI-SNR of the reconstruction,
-first-codebook usage and perplexity, and two probes on the first codebook's tokens:
-(i) a linear CTC probe (an embedding table token -> character logits + blank, fit with CTC on the
-training utterances' tokens; greedy CER and CTC nats per character on held-out), (ii) ridge
+Evaluation on the HELD-OUT utterances (whole; :mod:`speech_eval`, report in :mod:`speech_report`):
+log-mel L1 and SI-SNR of the reconstruction, first-codebook usage and perplexity, and two probes on
+the first codebook's tokens: (i) a linear CTC probe (an embedding table token -> character logits +
+blank, trained by ``fit`` with CTC on the training utterances' tokens,
+``configs/speech/ctc/ctc-probe_tokens.yaml``; greedy CER and CTC nats per character on held-out), (ii) ridge
 regression from one-hot tokens to the SM teacher's last hidden states (interpolated to codec
 frames; R^2 on held-out). Reference rows: the teachers' own CTC heads, the probes on k-means
 (same codebook size) units of the SM teacher's features, and uniformly random tokens (chance).
@@ -227,7 +228,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the teachers the teachers stage trains (the arms need all three)")
     parser.add_argument("--max-steps", type=int, default=None, help="training steps of every codec run")
     parser.add_argument("--batch-size", type=int, default=None, help="utterances per batch of every codec run")
-    parser.add_argument("--jobs", type=int, default=2, help="parallel processes (fits: cores // jobs threads each)")
+    parser.add_argument("--jobs", type=int, default=2, help="parallel processes")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per teacher fit (default cores // jobs; 1 on a shared machine)")
     parser.add_argument("--smoke", action="store_true", help="tiny everything (< 2 min) to test the pipeline")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -248,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
         if stage == "corpus":
             stage_corpus(work, args.smoke)
         elif stage == "teachers":
-            stage_teachers(work, args.smoke, args.jobs, args.teachers)
+            stage_teachers(work, args.smoke, args.jobs, args.teachers, args.threads)
         elif stage == "arms":
             stage_arms(work, args.arms, seeds, max_steps, batch_size, args.jobs)
         elif stage == "evaluate":

@@ -93,7 +93,7 @@ def fit_ctc_probe(train_tok: Sequence[Tensor], train_t: Sequence[Sequence[int]],
     torch.save(data, path)
     run = Run(key, [PROBE_CONFIG], [f"--data.init_args.path={path}", f"--trainer.max_steps={steps}",
                                     f"--trainer.val_check_interval={steps}"], group="ctc_probe")
-    result = launch([run], root, workers=1, cwd=REPO)[0]
+    result = launch([run], root, workers=1, cwd=REPO, threads=1)[0]  # a tiny model: one thread
     state = torch.load(last_checkpoint(result.directory), map_location="cpu", weights_only=True)
     return state["state_dict"]["student.module.weight"]
 

@@ -117,12 +117,14 @@ def prepare_lm_data(work: Path, smoke: bool) -> Path:
     return out
 
 
-def stage_teachers(work: Path, smoke: bool, jobs: int, names: Sequence[str] = TEACHERS) -> dict[str, dict]:
-    """Train the teachers ``names`` (default all three) through ``fit``, ``jobs`` at a time; each
-    finished one is skipped (``<work>/teachers/<name>/result.json``)."""
+def stage_teachers(work: Path, smoke: bool, jobs: int, names: Sequence[str] = TEACHERS,
+                   threads: int | None = None) -> dict[str, dict]:
+    """Train the teachers ``names`` (default all three) through ``fit``, ``jobs`` at a time with
+    ``threads`` torch threads each (default: the toolkit's, cores // jobs); each finished one is
+    skipped (``<work>/teachers/<name>/result.json``)."""
     todo = [name for name in names if not (work / "teachers" / name / "result.json").is_file()]
     runs = [teacher_run(name, work, smoke) for name in todo]
-    results = launch(runs, work / "teachers" / "runs", workers=max(1, jobs), cwd=REPO) if runs else []
+    results = launch(runs, work / "teachers" / "runs", workers=max(1, jobs), cwd=REPO, threads=threads) if runs else []
     for name, result in zip(todo, results, strict=True):
         measured = finish_lm(result, work) if name == "lm" else finish_ctc(name, result, work)
         measured.update(train_seconds=result.seconds, run_dir=str(result.directory), trained_by="lit_distill fit")
