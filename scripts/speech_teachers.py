@@ -82,10 +82,20 @@ def teacher_run(name: str, work: Path, smoke: bool) -> Run:
                      f"{STUDENT}.config={json.dumps(config)}"]
         return Run(name, [CONFIGS[name]], [*common, *overrides], group="teachers")
     field = f"{STUDENT}.encoder.init_args.config" if name == "whisper_ctc" else f"{STUDENT}.config"
+    # The validation data is the held-out set: its loss is a trajectory, never a selection. With the
+    # CLI's monitor (val/loss) Lightning rewrites last.ckpt only when the loss improves, so the export
+    # would be the best-on-held-out step; without a monitor every validation saves, the last one at
+    # the final step (the interval divides the steps).
     overrides = [f"--data.init_args.manifest={load_split(work)['manifest']}", "--data.init_args.synthesize=false",
-                 f"--trainer.val_check_interval={max(1, steps // 4)}",
-                 f"{field}={json.dumps(model_config(name, work, smoke))}"]
+                 f"--trainer.val_check_interval={validation_interval(steps)}", "--checkpoint.monitor=null",
+                 "--checkpoint.filename=step{step}", f"{field}={json.dumps(model_config(name, work, smoke))}"]
     return Run(name, [CONFIGS[name]], [*common, *overrides], group="teachers", export=True)
+
+
+def validation_interval(steps: int) -> int:
+    """The largest divisor of ``steps`` that is at most a quarter of it (at least 1): about four
+    validations, the last one after the final step."""
+    return max(d for d in range(1, max(1, steps // 4) + 1) if steps % d == 0)
 
 
 def prepare_lm_data(work: Path, smoke: bool) -> Path:
@@ -149,7 +159,12 @@ def finish_ctc(name: str, result: RunResult, work: Path) -> dict:
     out = work / "teachers" / name
     _copy_export(result.export_dir, out)
     (out / "chars.json").write_text(json.dumps({"blank": 0, "chars": CHARS}) + "\n")
-    trained = build_student(load_checkpoint_file(str(last_checkpoint(result.directory)), "checkpoint")).eval()
+    checkpoint = load_checkpoint_file(str(last_checkpoint(result.directory)), "checkpoint")
+    steps = int(checkpoint["global_step"])
+    if steps != requested_steps(result):  # the export is the final state, not an earlier one
+        raise RuntimeError(f"{name}: the last checkpoint is of step {steps}, not the run's last step "
+                           f"{requested_steps(result)}; see its checkpoint settings")
+    trained = build_student(checkpoint).eval()
     classes = len(CHARS) + 1
     if name == "hubert_ctc":
         loaded = HFModel("speech-ctc", path=str(out), normalize=True, num_classes=classes).eval()
@@ -180,7 +195,7 @@ def finish_ctc(name: str, result: RunResult, work: Path) -> dict:
     config = model.config
     curve = read_metrics(result.directory).trajectories
     measured = {"teacher": name, "path": str(out), "layers": int(config.num_hidden_layers),
-                "parameters": sum(p.numel() for p in model.parameters()), "steps": int(result_steps(result)),
+                "parameters": sum(p.numel() for p in model.parameters()), "steps": steps,
                 "heldout_cer": corpus_cer(refs, hyps), "loader_max_abs_diff": loader_diff,
                 "adapter_max_abs_diff": adapter_diff, "val_ctc": curve.get("val/ctc", []),
                 "train_ctc_last": (curve.get("train/ctc") or [(0, math.nan)])[-1][1],
@@ -192,9 +207,9 @@ def finish_ctc(name: str, result: RunResult, work: Path) -> dict:
     return measured
 
 
-def result_steps(result: RunResult) -> int:
-    """The global step of a run's last checkpoint."""
-    return int(torch.load(last_checkpoint(result.directory), map_location="cpu", weights_only=True)["global_step"])
+def requested_steps(result: RunResult) -> int:
+    """The run's ``--trainer.max_steps``."""
+    return int(next(o.split("=", 1)[1] for o in reversed(result.run.overrides) if o.startswith("--trainer.max_steps=")))
 
 
 def finish_lm(result: RunResult, work: Path) -> dict:
@@ -236,7 +251,7 @@ def finish_lm(result: RunResult, work: Path) -> dict:
     return {"teacher": "lm", "path": str(out), "hidden_size": int(config.hidden_size),
             "layers": int(config.num_hidden_layers), "vocab_size": len(tok),
             "parameters": sum(p.numel() for p in model.parameters()), "train_sentences": len(fit_texts),
-            "dev_sentences": len(dev), "steps": result_steps(result), "best_step": best_step,
+            "dev_sentences": len(dev), "steps": requested_steps(result), "best_step": best_step,
             "dev_perplexity": perplexity(dev),
             "heldout_perplexity": perplexity(sorted({it["text"] for it in load_split(work)["heldout"]})),
             "train_perplexity": perplexity(fit_texts[:64])}
