@@ -58,12 +58,22 @@ def test_ctc_teachers_are_exported_fit_runs_on_the_corpus_at_the_experiments_siz
         assert args["--trainer.max_steps"] == args["--model.init_args.scheduler.init_args.total_steps"] \
             == str(size[key]["steps"])
         assert args["--data.init_args.batch_size"] == str(size[key]["batch"])
+    for run in (hubert, whisper):  # held-out validation is a trajectory: no monitor, a save after the last step
+        args = overrides(run)
+        assert args["--checkpoint.monitor"] == "null"
+        assert int(args["--trainer.max_steps"]) % int(args["--trainer.val_check_interval"]) == 0
     config = json.loads(overrides(hubert)["--model.init_args.student.init_args.config"])
     assert config["hidden_size"] == size["hubert"]["hidden"] and config["conv_dim"] == [size["hubert"]["conv"]] * 3
     assert config["model_type"] == "hubert" and config["do_stable_layer_norm"]  # the rest of the config stays
     encoder = json.loads(overrides(whisper)["--model.init_args.student.init_args.encoder.init_args.config"])
     assert encoder["d_model"] == size["whisper"]["d_model"]
     assert encoder["max_source_positions"] == 250  # 50 frames/s x ceil(4.3 s + 0.1 s)
+
+
+def test_validation_interval_divides_the_steps_about_four_times(exp):
+    import speech_teachers as teachers
+
+    assert [teachers.validation_interval(n) for n in (850, 2000, 6, 1, 7)] == [170, 500, 1, 1, 1]
 
 
 def test_lm_teacher_trains_on_training_text_only_with_a_dev_slice(exp, work, monkeypatch):
