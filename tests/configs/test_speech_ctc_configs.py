@@ -4,6 +4,7 @@ through the adapters the distillation configs use (HFSpeechEncoder, HFWhisperEnc
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from datamodules.speech import write_wav
 from lit_distill.cli import main
+from lit_distill.experiment import read_metrics
 from lit_distill.export import build_student, load_checkpoint_file
 from lit_distill.models import CTCHead, HFModel, HFSpeechEncoder, HFWhisperEncoder
 
@@ -38,13 +40,14 @@ def fit_and_export(config: Path, manifest: Path, tmp_path: Path, *extra: str) ->
     main(["fit", "--config", str(config), f"--data.init_args.manifest={manifest}", "--data.init_args.synthesize=false",
           "--data.init_args.batch_size=4", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
           "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false", "--trainer.accelerator=cpu",
-          "--model.init_args.scheduler.init_args.total_steps=2", f"--trainer.default_root_dir={tmp_path}", *extra])
+          "--model.init_args.scheduler.init_args.total_steps=2", f"--trainer.default_root_dir={tmp_path}",
+          "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}", *extra])
     ckpt = next(tmp_path.rglob("last.ckpt"))
     main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "export")])
     state = load_checkpoint_file(str(ckpt), "ckpt")
     assert state["global_step"] == 2
-    scores = [c.get("best_model_score") for c in state["callbacks"].values() if "best_model_score" in c]
-    assert scores and all(torch.isfinite(s) for s in scores)  # val/loss: a finite CTC loss on held-out data
+    held_out = read_metrics(tmp_path).trajectories["val/ctc"]  # a trajectory, validated after the last step
+    assert [step for step, _ in held_out] == [1] and all(math.isfinite(v) for _, v in held_out)
     return ckpt, tmp_path / "export"
 
 
