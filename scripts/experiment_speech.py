@@ -38,13 +38,16 @@ regression from one-hot tokens to the SM teacher's last hidden states (interpola
 frames; R^2 on held-out). Reference rows: the teachers' own CTC heads, the probes on k-means
 (same codebook size) units of the SM teacher's features, and uniformly random tokens (chance).
 
-Budget (measured on the 2-core machine): the Whisper teacher takes ~4 min alone on one thread, the
-HuBERT one ~5 min (both ~6.5 min when run side by side), the LM < 2 min; a codec step (batch 4 whole
-utterances) ~0.8 s (LM-SPT ~1.5 s) with two runs in parallel, ~8 s start-up per run; evaluation
-~2 min once (teacher features, references) + ~75 s per run. Defaults: 400 steps per run, so ``all``
-with ``--jobs 2`` (6 arms x 3 seeds) takes ~85 min (measured for 5 arms: 61 min of fits, 8 min of
-evaluation; the sixth adds ~15 min). Every arm trains on WHOLE utterances (crop
-null): the LM teacher reads the whole transcript, and the budget must be the same for every arm.
+Budget (measured on the 2-core machine): trained by ``fit`` on one thread (``--threads 1``) while the
+machine ran at load ~6, the Whisper teacher took 750 s (the hand-written loop it replaces: 397 s on a
+quiet machine, 844 s at load 4-6) and the HuBERT one HUBERT_SECONDS; the LM < 2 min; each CTC probe is a
+fit of ~10 s. A codec step (batch 4 whole utterances) ~0.8 s (LM-SPT ~1.5 s) with two runs in
+parallel, ~8 s start-up per run; evaluation ~2 min once (teacher features, references) + ~85 s per
+run. Defaults: 400 steps per run, so ``all`` with ``--jobs 2`` (6 arms x 3 seeds) takes ~85 min
+(measured for 5 arms: 61 min of fits, 8 min of evaluation; the sixth adds ~15 min). Every arm trains
+on WHOLE utterances (crop null): the LM teacher reads the whole transcript, and the budget must be the
+same for every arm. On a machine other work shares, give fits one thread each: two threads that wait
+for a core they do not get made a Whisper-CTC step 5x slower (6.8 s against 1.3 s at load 8).
 
 Usage::
 
