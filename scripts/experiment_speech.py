@@ -40,8 +40,8 @@ frames; R^2 on held-out). Reference rows: the teachers' own CTC heads, the probe
 
 Budget (measured on the 2-core machine): trained by ``fit`` on one thread (``--threads 1``) while the
 machine ran at load ~6, the Whisper teacher took 750 s (the hand-written loop it replaces: 397 s on a
-quiet machine, 844 s at load 4-6) and the HuBERT one 703 s (loop: 313 s quiet); the LM < 2 min; each CTC probe is a
-fit of ~10 s. A codec step (batch 4 whole utterances) ~0.8 s (LM-SPT ~1.5 s) with two runs in
+quiet machine, 844 s at load 4-6) and the HuBERT one 703 s (loop: 313 s quiet); the LM 76 s (loop: 104 s);
+each CTC probe is a fit of ~10 s. A codec step (batch 4 whole utterances) ~0.8 s (LM-SPT ~1.5 s) with two runs in
 parallel, ~8 s start-up per run; evaluation ~2 min once (teacher features, references) + ~85 s per
 run. Defaults: 400 steps per run, so ``all`` with ``--jobs 2`` (6 arms x 3 seeds) takes ~85 min
 (measured for 5 arms: 61 min of fits, 8 min of evaluation; the sixth adds ~15 min). Every arm trains
