@@ -5,6 +5,8 @@ one module per family; the ``LossTerm`` classes wrap them for YAML.
 
 - :mod:`lit_distill.losses.divergences`: forward/reverse KL, generalised JSD,
   skew KL, skew reverse KL, total variation.
+- :mod:`lit_distill.losses.kl_ce`: forward KL and cross-entropy from one student softmax (what
+  the module runs for a ``ForwardKL`` + ``CrossEntropy`` pair at T = 1).
 - :mod:`lit_distill.losses.cross_tokenizer`: ULD, universal logit distillation
   between different vocabularies (``uld`` exact or top-k, and the ``ULD`` term).
 - :mod:`lit_distill.losses.alm`: ALM, cross-tokenizer approximate likelihood
@@ -49,6 +51,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     ],
     "lit_distill.losses.cross_tokenizer": ["ULD", "uld"],
     "lit_distill.losses.ctc": ["CTC", "ctc_loss"],
+    "lit_distill.losses.kl_ce": ["forward_kl_and_cross_entropy"],
     "lit_distill.losses.long_tail": ["LogitAdjustedCrossEntropy", "log_prior", "logit_adjusted_cross_entropy"],
     "lit_distill.losses.deit": ["DeiTHardDistillation", "deit_hard_distillation", "effective_number_weights"],
     "lit_distill.losses.divergences": [
