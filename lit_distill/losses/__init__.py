@@ -11,6 +11,8 @@ one module per family; the ``LossTerm`` classes wrap them for YAML.
   between different vocabularies (``uld`` exact or top-k, and the ``ULD`` term).
 - :mod:`lit_distill.losses.alm`: ALM, cross-tokenizer approximate likelihood
   matching over byte-aligned chunks (``alm`` and the ``ALM`` term).
+- :mod:`lit_distill.losses.ctc`: CTC (connectionist temporal classification) of per-frame
+  scores against label sequences, to train speech models on transcripts (``CTC`` term).
 - :mod:`lit_distill.losses.deit`: DeiT/DeiT-LT distillation through a distillation
   token, and DeiT-LT's effective-number class weights.
 - :mod:`lit_distill.losses.long_tail`: logit-adjusted cross-entropy (balanced softmax) for
@@ -48,6 +50,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
         "waveform_l1",
     ],
     "lit_distill.losses.cross_tokenizer": ["ULD", "uld"],
+    "lit_distill.losses.ctc": ["CTC", "ctc_loss"],
     "lit_distill.losses.kl_ce": ["forward_kl_and_cross_entropy"],
     "lit_distill.losses.long_tail": ["LogitAdjustedCrossEntropy", "log_prior", "logit_adjusted_cross_entropy"],
     "lit_distill.losses.deit": ["DeiTHardDistillation", "deit_hard_distillation", "effective_number_weights"],
