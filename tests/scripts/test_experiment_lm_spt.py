@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,3 +69,35 @@ def test_codec_settings_reach_both_arms_alike(exp, tmp_path):
     for run in (with_kd, without):
         assert f"{exp.STUDENT}codebook=ema" in run.overrides and f"{exp.STUDENT}cosine=false" in run.overrides
     assert [o for o in without.overrides if o not in with_kd.overrides] == [f"{exp.SEMANTIC}weight=0.0"]
+
+
+def test_each_remedy_arm_changes_one_thing_from_the_pinned_authors_setting(exp, tmp_path):
+    size = {**exp.dm.sizes(False), "steps": 100, "val_every": 20, "usage_every": 5, "share_every": 10}
+    runs = exp.diagnosis_arms(tmp_path, size, tmp_path / "lm_spt.yaml", exp.REMEDY, "remedy")
+    base = exp.diagnosis_arms(tmp_path, size, tmp_path / "lm_spt.yaml", (("authors", ()),), "remedy")[0]
+    assert [r.name for r in runs] == [name for name, _ in exp.REMEDY] and {r.group for r in runs} == {"remedy"}
+    for run, (_, extra) in zip(runs, exp.REMEDY, strict=True):
+        assert run.configs == base.configs and list(run.overrides) == [*base.overrides, *extra]
+    zero, control = runs[0].overrides, runs[1].overrides
+    assert [o for o in control if o not in zero] == ["--model.init_args.optimizer.init_args.lr=2e-5"]
+    assert f"{exp.STUDENT}semantic_center=true" in runs[3].overrides
+    assert {f"{exp.STUDENT}semantic_center=true", f"{exp.STUDENT}semantic_dead_code_steps=20"} <= set(runs[4].overrides)
+
+
+def test_semantic_input_measures_the_offset_its_rank_and_the_bias_size(exp):
+    from lit_distill.models import LMSPTCodec
+
+    args = {"strides": [2, 4], "channels": 2, "max_channels": 8, "dim": 8, "dilations": [1],
+            "semantic_codebook_size": 16, "semantic_codebook_dim": 4, "num_quantizers": 1, "codebook_size": 8,
+            "codebook": "learned", "cosine": True}
+    waves = [torch.randn(8 * 30) * 0.1 for _ in range(3)]
+    torch.manual_seed(0)
+    default = exp.semantic_input(LMSPTCodec(**args), waves)
+    torch.manual_seed(0)
+    zero = exp.semantic_input(LMSPTCodec(**args, zero_bias_init=True), waves)
+    assert zero["semantic_bias_abs"] == 0.0 and default["semantic_bias_abs"] > 0.0
+    assert zero["silence_to_mean"] == 0.0  # no bias: silence is the origin
+    assert default["u_offset_share"] > 0.9 > zero["u_offset_share"]  # the biases' constant dominates u
+    for row in (default, zero):
+        assert 1.0 <= row["u_varying_rank"] <= 4.0 + 1e-9
+        assert 0.0 < row["u_varying_rms"] <= row["u_rms"]
