@@ -6,11 +6,8 @@ quantiser dropout 0.5, gradient-trained L2-normalised codebooks) trained from sc
 ``python -m lit_distill fit`` through :mod:`lit_distill.experiment`, with the same steps, data,
 batch and seeds; the control sets the semantic distillation's weight to 0 (its ASR encoder still
 runs, so both arms cost the same). The ASR encoder is the tiny Whisper-CTC teacher that
-``scripts/experiment_speech.py`` trains on the corpus's training split (its hand-written CTC loop,
-called, not copied). Corpus, probes and report helpers are those of ``scripts/experiment_dm_codec.py``
-(same work directory by default, so its corpus is reused).
-
-Two stages:
+``scripts/experiment_speech.py`` trains on the corpus's training split (called, not copied); corpus,
+probes and report helpers are those of ``scripts/experiment_dm_codec.py`` (same work directory by default).
 
 - ``--stage diagnose``: why the semantic codebook (codebook 0) collapses. Short runs, one change each
   from the authors' quantiser setting (pinned, whatever the config says): quantiser dropout 0,
@@ -19,19 +16,17 @@ Two stages:
   validation usage and perplexity, and ``GradientShare`` of the mel, semantic, semantic-commitment
   and semantic-codebook terms on the semantic quantiser's input projection. Also measured without
   training: the time-constant share of that projection's output and the codes it picks at step 0.
-- ``--stage remedy``: the same short runs for what the diagnosis points to, again from the pinned
-  authors' setting: zero-bias init at the authors' lr and at lr / 10 (the control of the AdamW-drift
-  reading: the semantic biases' mean |b| after the run is compared with ``steps x lr``), restarting
-  unused learned codes, and looking codes up from ``u`` minus its time mean (with and without the
-  restart).
+- ``--stage remedy``: the same short runs for what the diagnosis points to: zero-bias init at the
+  authors' lr and at lr / 10 (the AdamW-drift control: the semantic biases' mean |b| against
+  ``steps x lr``), restarting unused learned codes, codes looked up from ``u`` minus its time mean.
 - ``--stage compare`` (default): the two arms at the config's setting (``--student`` overrides both);
   codebook usage and validation metrics as trajectories (``CodecMetrics``), and at the end the
   held-out reconstruction, the probes on the FIRST codebook (LM-SPT's semantic one) and the
   semantic quantiser's input u. The probes' R² to the HuBERT teacher needs that teacher (1,300 s to
   train here): ``--r2`` trains and reads it, by default the column is left out.
 
-Both write their tables between markers in ``docs/experiments/lm_spt.md`` (hand-written text outside
-the markers stays) and their numbers under their stage's key in ``lm_spt.json``.
+Each writes its tables between its markers in ``docs/experiments/lm_spt.md`` and its numbers under its
+key in ``lm_spt.json`` (everything else stays).
 
     python scripts/experiment_lm_spt.py --stage diagnose [--seeds 0] [--steps 100] [--workers 2]
     python scripts/experiment_lm_spt.py --stage remedy [--seeds 0] [--steps 100] [--workers 1]
@@ -61,8 +56,9 @@ from lit_distill.experiment import Run, launch, markdown_table, mean_std, read_m
 LMSPT = "configs/speech/lm_spt/lm-spt-12.5hz_from_whisper-tiny_synth.yaml"
 SEMANTIC = "--model.init_args.losses.semantic.init_args."
 STUDENT = "--model.init_args.student.init_args."
+COPIES = 4  # positions per code in the CTC probe (12.5 Hz -> 50 positions a second)
 END_KEYS = (("log_mel_l1", 3), ("si_snr_db", 2), ("cb0_usage", 3), ("cb0_perplexity", 1), ("ctc_cer", 3),
-            ("ctc_nats_per_char", 3), ("sm_r2", 3), ("u_offset_share", 3), ("u_varying_rms", 4),
+            ("ctc_feasible", 2), (f"ctc_cer_x{COPIES}", 3), (f"ctc_nats_per_char_x{COPIES}", 3), ("sm_r2", 3), ("u_offset_share", 3), ("u_varying_rms", 4),
             ("u_varying_rank", 2))
 TRAJECTORY_KEYS = ("train/codebook_usage_q0", "val/codebook_usage_q0", "val/codebook_perplexity_q0",
                    "val/mel_distance", "train/semantic")
@@ -200,6 +196,24 @@ def end_state(directory: Path, work: Path) -> dict:
     return semantic_input(codec, speech.load_waveforms(speech.load_split(work)["heldout"]))
 
 
+def ctc_probe(tokens: dict, targets: dict, vocab: int, smoke: bool, copies: int = 1) -> dict:
+    """``experiment_speech``'s linear CTC probe of per-utterance codes ``{"train", "heldout"}: [F]``.
+
+    At 12.5 Hz an utterance has fewer frames than characters (1.2 a frame in this corpus), so CTC cannot
+    align most of them (``zero_infinity`` then drops them from the fit and from the nats). With
+    ``copies`` > 1 every code becomes ``copies`` positions ``code * copies + j``: still a table lookup of
+    the code (one logit row per code and position in it), but a code can now emit up to ``copies``
+    characters. ``feasible``: share of held-out utterances CTC can align at all.
+    """
+    from speech_probes import eval_ctc_probe, fit_ctc_probe
+
+    spread = {part: [(t[:, None] * copies + torch.arange(copies)).flatten() for t in ts] for part, ts in tokens.items()}
+    table = fit_ctc_probe(spread["train"], targets["train"], vocab * copies, steps=speech.sizes(smoke)["probe_steps"])
+    feasible = statistics.fmean(len(t) + sum(a == b for a, b in zip(t, t[1:], strict=False)) <= len(c)
+                                for t, c in zip(targets["heldout"], spread["heldout"], strict=True))
+    return {**eval_ctc_probe(table, spread["heldout"], targets["heldout"]), "feasible": feasible}
+
+
 def evaluate_job(job: tuple[dict, str, bool]) -> dict:
     """One finished run on the held-out utterances (cached in its directory): log-mel L1 and SI-SNR of
     the reconstruction, the CTC probe and statistics of codebook 0 (``experiment_speech``'s, without
@@ -209,7 +223,7 @@ def evaluate_job(job: tuple[dict, str, bool]) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     torch.set_num_threads(1)
-    from speech_probes import codebook_stats, eval_ctc_probe, fit_ctc_probe, text_to_ids
+    from speech_probes import codebook_stats, text_to_ids
 
     from lit_distill.export import build_student, load_checkpoint_file
     from lit_distill.losses.audio import MultiResolutionMelLoss, si_snr
@@ -223,16 +237,30 @@ def evaluate_job(job: tuple[dict, str, bool]) -> dict:
         tokens = {part: [codec.encode(w[None, None])[0, 0] for w in ws] for part, ws in waves.items()}
         recs = [(codec(waveform=w[None, None]).features["reconstruction"], w[None, None]) for w in waves["heldout"]]
     targets = {part: [text_to_ids(it["text"]) for it in split[part]] for part in waves}
-    table = fit_ctc_probe(tokens["train"], targets["train"], vocab, steps=speech.sizes(smoke)["probe_steps"])
+    raw, spread = ctc_probe(tokens, targets, vocab, smoke), ctc_probe(tokens, targets, vocab, smoke, COPIES)
     stats, inside = codebook_stats(tokens["heldout"], vocab), semantic_input(codec, waves["heldout"])
     result = {"arm": run["arm"], "seed": run["seed"], "log_mel_l1": statistics.fmean(float(mel(r, w)) for r, w in recs),
               "si_snr_db": statistics.fmean(float(si_snr(r, w)[0]) for r, w in recs),
-              **eval_ctc_probe(table, tokens["heldout"], targets["heldout"]),
+              "ctc_cer": raw["ctc_cer"], "ctc_feasible": raw["feasible"],
+              **{f"{k}_x{COPIES}": v for k, v in spread.items() if k != "feasible"},
               "cb0_usage": stats["usage"], "cb0_perplexity": stats["perplexity"],
               **{k: v for k, v in inside.items() if not k.startswith("cb0_")},
               "eval_seconds": round(time.time() - start, 1), "fit_seconds": run["fit_seconds"]}
     path.write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def collapsed_reference(work: Path, smoke: bool, hop: int = 1280) -> dict:
+    """Both CTC probes on one code for every frame (``hop`` samples): what a collapsed codebook 0 scores."""
+    from speech_probes import text_to_ids
+
+    split = speech.load_split(work)
+    tokens = {part: [torch.zeros(-(-len(w) // hop), dtype=torch.long) for w in speech.load_waveforms(split[part])]
+              for part in ("train", "heldout")}
+    targets = {part: [text_to_ids(it["text"]) for it in split[part]] for part in tokens}
+    raw, spread = ctc_probe(tokens, targets, 1, smoke), ctc_probe(tokens, targets, 1, smoke, COPIES)
+    return {"ctc_cer": raw["ctc_cer"], "ctc_feasible": raw["feasible"], f"ctc_cer_x{COPIES}": spread["ctc_cer"],
+            f"ctc_nats_per_char_x{COPIES}": spread["ctc_nats_per_char"]}
 
 
 def evaluate(results, work: Path, smoke: bool, workers: int, r2: bool) -> list[dict]:
@@ -262,7 +290,7 @@ def trajectories(results, size: dict, keys) -> list[str]:
     return parts
 
 
-def compare_report(results, evals: list[dict], size: dict, command: str) -> tuple[str, dict]:
+def compare_report(results, evals: list[dict], size: dict, command: str, reference: dict) -> tuple[str, dict]:
     """The end-point table and trajectories as markdown, and the raw numbers."""
     by_arm: dict[str, list[dict]] = {}
     for row in evals:
@@ -273,8 +301,9 @@ def compare_report(results, evals: list[dict], size: dict, command: str) -> tupl
     parts = ["## LM-SPT with and without its semantic distillation (issue 15)", "",
              f"Reproduce: `{command}`. Same config, {size['steps']} steps from scratch, seeds "
              f"{sorted({r['seed'] for r in evals})}; only the semantic term's weight differs.", "", table, "",
-             *trajectories(results, size, TRAJECTORY_KEYS)]
-    return "\n".join(parts), {"runs": evals, "steps": size["steps"]}
+             "The CTC probes on ONE code for every frame (a collapsed codebook 0): " + ", ".join(
+                 f"{k} {v:.3f}" for k, v in reference.items()) + ".", "", *trajectories(results, size, TRAJECTORY_KEYS)]
+    return "\n".join(parts), {"runs": evals, "steps": size["steps"], "collapsed_reference": reference}
 
 
 def diagnose_report(results, step0: dict, size: dict, command: str, work: Path,
@@ -361,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
         text, numbers = diagnose_report(results, step0, size, command.strip(), work, TITLES[args.stage])
     else:
         evals = evaluate(results, work, args.smoke, args.workers, args.r2)
-        text, numbers = compare_report(results, evals, size, command.strip())
+        text, numbers = compare_report(results, evals, size, command.strip(), collapsed_reference(work, args.smoke))
     write_docs(out, args.stage, text, numbers)
     print(text)
 
