@@ -18,7 +18,7 @@ probes and report helpers are those of ``scripts/experiment_dm_codec.py`` (same 
   training: the time-constant share of that projection's output and the codes it picks at step 0.
 - ``--stage remedy``: the same short runs for what the diagnosis points to: zero-bias init at the
   authors' lr and at lr / 10 (the AdamW-drift control: the semantic biases' mean |b| against
-  ``steps x lr``), restarting unused learned codes, codes looked up from ``u`` minus its time mean.
+  ``steps x lr``) and codes looked up from ``u`` minus its time mean.
 - ``--stage compare`` (default): the two arms at the config's setting (``--student`` overrides both);
   codebook usage and validation metrics as trajectories (``CodecMetrics``), and at the end the
   held-out reconstruction, the probes on the FIRST codebook (LM-SPT's semantic one) and the
@@ -75,13 +75,10 @@ DIAGNOSIS = (("authors' setting (learned, cosine, dropout 0.5)", ()),
              ("quantiser dropout 0", (f"{STUDENT}quantizer_dropout=0.0",)),
              ("semantic commitment weight 0", ("--model.init_args.losses.semantic_commit.init_args.weight=0.0",)))
 ZERO_BIAS = (f"{STUDENT}zero_bias_init=true",)
-RESTART = (f"{STUDENT}semantic_dead_code_steps=20",)  # ~0.4 uses a batch per entry if all were used alike
 CENTER = (f"{STUDENT}semantic_center=true",)
 REMEDY = (("zero-bias init, lr 2e-4 (the authors')", ZERO_BIAS),
           ("zero-bias init, lr 2e-5 (AdamW-drift control)", (*ZERO_BIAS, "--model.init_args.optimizer.init_args.lr=2e-5")),
-          ("restart codes unused for 20 batches", RESTART),
-          ("centred u (time mean removed)", CENTER),
-          ("centred u + restart", (*CENTER, *RESTART)))
+          ("centred u (time mean removed)", CENTER))
 # step-0 measurements (codec settings over the config's) each stage reports
 STEP0 = {"diagnose": (("PyTorch default", {}), ("zero biases (DAC's)", {"zero_bias_init": True})),
          "remedy": (("PyTorch default", {}), ("PyTorch default, centred u", {"semantic_center": True}),
