@@ -32,7 +32,11 @@ moves the entries it selects (``docs/experiments/lm_spt.md`` measures what follo
 ``zero_bias_init: true`` starts those biases at 0, as DAC's ``init_weights`` leaves its
 weight-normalised convolutions (it zeroes their biases; its truncated-normal weights are
 overwritten by weight norm at the first forward): silence maps to the origin and the quantiser's
-input varies with the speech.
+input varies with the speech. Training rebuilds the constant from the biases within ~10 steps
+(~40 biases of ~1e-3 summed through the residual units); two default-off options act on the
+lookup instead: ``semantic_center`` looks codes up from ``u`` minus its time mean over the
+utterance, ``semantic_dead_code_steps`` restarts learned entries no frame selected for that many
+batches. The measurements of each are in ``docs/experiments/lm_spt.md``.
 
 Codes are ``[B, 1 + Q, F]``: the semantic code first, then the acoustic ones; ``F =
 ceil(T / hop)``, ``hop = prod(strides)``, frame rate ``sample_rate / hop`` (16 kHz with strides
