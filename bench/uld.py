@@ -14,8 +14,10 @@ Logits ``student [B, L, Vs]`` (requires grad) and ``teacher [B, L, Vt]`` (no gra
 every position paired (B·L compared positions, 256 by default). ``--dist zipf`` (default)
 draws peaked, LM-like distributions: logit = −a·log(rank) + small noise with a random
 rank per position; ``gaussian`` draws ``N(0, logit_std²)``, which has much heavier tails
-than a trained LM. For each path, the median over ``repeats`` of the forward + backward
-wall time. The error is
+than a trained LM. The three paths run in turn, ``repeats`` rounds (a neighbour's load falls on
+each alike); per path the median forward + backward wall time (``seconds``, the ratios), the
+minimum (``min_seconds``: the least disturbed call; ``exact_vs_reference_min``) and the median
+process CPU time over all threads (``cpu_seconds``). The error is
 ``exact − top_k`` on the loss (never negative up to rounding); ``error_bound_mean`` is the
 documented per-pair bound ``2·min(τ_q, τ_p)`` reduced like the loss (per-sample mean,
 then batch mean), so ``abs_error <= error_bound_mean`` must hold; ``tail_mass_mean`` is
@@ -30,11 +32,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from lit_distill.losses.cross_tokenizer import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead import Seconds, Stopwatch  # noqa: E402
+
+from lit_distill.losses.cross_tokenizer import (  # noqa: E402
     _paired_rows,
     _pairing,
     _reduce_pairs,
@@ -48,19 +54,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(loss_fn, student, repeats, device) -> tuple[float, float]:
-    """Median forward+backward seconds of ``loss_fn()`` and the loss value."""
-    times, value = [], float("nan")
+def _time_interleaved(contenders: dict, student, repeats, device) -> dict[str, dict]:
+    """Forward + backward of each ``contenders[name]()`` in turn, ``repeats`` rounds, so a
+    neighbour's load falls on every contender alike.
+
+    Returns, per name: median wall seconds, the minimum (the least disturbed call), median
+    process CPU seconds (all threads) and the last loss value.
+    """
+    times: dict[str, list[Seconds]] = {name: [] for name in contenders}
+    values: dict[str, float] = {}
     for _ in range(repeats):
-        student.grad = None
-        _sync(device)
-        start = time.perf_counter()
-        loss = loss_fn()
-        loss.backward()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-        value = loss.item()
-    return statistics.median(times), value
+        for name, loss_fn in contenders.items():
+            student.grad = None
+            _sync(device)
+            watch = Stopwatch()
+            loss = loss_fn()
+            loss.backward()
+            _sync(device)
+            times[name].append(watch.read())
+            values[name] = loss.item()
+    return {name: {"seconds": round(statistics.median(t.wall for t in runs), 4),
+                   "min_seconds": round(min(t.wall for t in runs), 4),
+                   "cpu_seconds": round(statistics.median(t.cpu for t in runs), 4),
+                   "loss": values[name]} for name, runs in times.items()}
 
 
 @torch.no_grad()
@@ -124,9 +140,12 @@ def main() -> None:
     for top_k in (None, args.top_k):  # one-time setup costs (kernels, allocator)
         uld(*small, ms[:1, :2], mt[:1, :2], top_k=top_k).backward()
 
-    reference_s, reference = _time(lambda: reference_uld(student, teacher, ms, mt), student, args.repeats, device)
-    exact_s, exact = _time(lambda: uld(student, teacher, ms, mt), student, args.repeats, device)
-    topk_s, fast = _time(lambda: uld(student, teacher, ms, mt, top_k=args.top_k), student, args.repeats, device)
+    timed = _time_interleaved({"reference": lambda: reference_uld(student, teacher, ms, mt),
+                               "exact": lambda: uld(student, teacher, ms, mt),
+                               "topk": lambda: uld(student, teacher, ms, mt, top_k=args.top_k)},
+                              student, args.repeats, device)
+    reference_s, exact_s, topk_s = (timed[name]["seconds"] for name in ("reference", "exact", "topk"))
+    reference, exact, fast = (timed[name]["loss"] for name in ("reference", "exact", "topk"))
     bound, tail_q, tail_p = _bound(student.detach(), teacher, ms, mt, args.top_k)
     error = exact - fast
     print(json.dumps({
@@ -135,12 +154,14 @@ def main() -> None:
         "batch": b, "length": length, "vs": args.vs, "vt": args.vt, "top_k": args.top_k,
         "logit_std": args.logit_std, "repeats": args.repeats,
         "dist": args.dist,
-        "reference": {"seconds": round(reference_s, 4), "loss": reference},
-        "exact": {"seconds": round(exact_s, 4), "loss": exact},
+        "reference": timed["reference"],
+        "exact": timed["exact"],
         "exact_vs_reference": round(exact_s / reference_s, 4),
+        "exact_vs_reference_min": round(timed["exact"]["min_seconds"] / timed["reference"]["min_seconds"], 4),
+        "exact_vs_reference_cpu": round(timed["exact"]["cpu_seconds"] / timed["reference"]["cpu_seconds"], 4),
         "topk_vs_reference": round(topk_s / reference_s, 4),
         "exact_matches_reference": abs(exact - reference) <= 1e-4 * max(abs(reference), 1e-6),
-        "topk": {"seconds": round(topk_s, 4), "loss": fast},
+        "topk": timed["topk"],
         "topk_vs_exact": round(topk_s / exact_s, 4),
         "abs_error": error,
         "rel_error": error / exact if exact else 0.0,

@@ -7,6 +7,8 @@
   encoders, each teacher with its own tokenizer.
 - :mod:`datamodules.vision`: image classification (ImageFolder, scikit-learn's digits),
   long-tailed subsampling, strong/teacher views, mixup/cutmix.
+- :mod:`datamodules.asr`: whole utterances with character targets, for CTC speech recognition, and
+  token sequences with character targets, for CTC probes.
 - :mod:`datamodules.local_corpus`, :mod:`datamodules.tokenizer_training`: an offline
   English corpus and tiny tokenizers for examples and tests.
 
@@ -17,6 +19,7 @@ Names are imported from their module on first use (:mod:`lit_distill.lazy_export
 from lit_distill.lazy_exports import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "datamodules.asr": ["ASRDataModule", "TokenCTCDataModule"],
     "datamodules.cross_tokenizer": ["CrossTokenizerDataModule"],
     "datamodules.local_corpus": ["write_local_corpus"],
     "datamodules.segmentation": ["SegmentationDataModule"],

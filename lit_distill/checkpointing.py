@@ -106,6 +106,11 @@ class DistillationCheckpoint(ModelCheckpoint):
     ``last.ckpt`` plus the best checkpoint by ``val/loss``. The generators' states are those of
     global rank 0 at save time and are restored on every rank; per-rank streams that must differ
     should be seeded from the rank, as Lightning's worker seeding does.
+
+    With ``save_last``, ``last.ckpt`` is the latest state after every validation and at the end of
+    training. Lightning's own callback rewrites it only at steps where it also saved a monitored
+    checkpoint, so with a ``monitor`` it held the last *improvement*: an export of ``last.ckpt``
+    was then silently the checkpoint chosen on the validation data, not the final step.
     """
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -117,6 +122,21 @@ class DistillationCheckpoint(ModelCheckpoint):
             strategy.checkpoint_io = AtomicCheckpointIO()
 
     _rng_to_restore: dict[str, Any] | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not trainer.sanity_checking:
+            self._save_last_if_behind(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._save_last_if_behind(trainer)
+
+    def _save_last_if_behind(self, trainer: L.Trainer) -> None:
+        """Write ``last.ckpt`` unless this step was already saved (every rank calls it: saving is
+        collective). ``save_last="link"`` keeps Lightning's meaning (a link to the latest saved file)."""
+        if self.save_last is True and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "rng_states": rng_states()}

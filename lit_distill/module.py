@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric
 
 from lit_distill.contracts import LossTerm, ModelOutput, batch_size, side_inputs, valid_count
 from lit_distill.errors import ConfigError
+from lit_distill.losses.kl_ce import paired_values
 from lit_distill.losses.terms import cross_entropy
 from lit_distill.models.lora import frozen_base_keys, restore_frozen_base
 from lit_distill.models.torch_module import as_adapter
@@ -171,9 +172,14 @@ class DistillationModule(L.LightningModule):
 
     def compute_losses(self, batch: dict[str, Any], student_out: ModelOutput,
                        teacher_out: ModelOutput | None) -> tuple[Tensor, dict[str, Tensor]]:
-        """Evaluate every term; return the weighted total and the per-term values."""
-        values = {name: term(**self._gather(name, term, batch, student_out, teacher_out))
-                  for name, term in self.losses.items()}
+        """Evaluate every term; return the weighted total and the per-term values.
+
+        A ``ForwardKL`` and a ``CrossEntropy`` term on the same student logits at T = 1 share one
+        student softmax (:func:`lit_distill.losses.kl_ce.paired_values`); the others run alone.
+        """
+        inputs = {name: self._gather(name, term, batch, student_out, teacher_out) for name, term in self.losses.items()}
+        paired = paired_values(self.losses, inputs)
+        values = {name: paired[name] if name in paired else term(**inputs[name]) for name, term in self.losses.items()}
         total = sum(self.losses[name].weight * value for name, value in values.items())
         return total, values
 

@@ -1,9 +1,10 @@
 """Character targets, CER and the first-codebook probes of ``scripts/experiment_speech.py``.
 
-Pure functions on token sequences: characters ↔ ids, greedy CTC decoding and CER, a linear CTC
-probe (an embedding table token → character logits + blank), a ridge probe from one-hot tokens to
-teacher features with its held-out R², codebook statistics, k-means, and the frame stretching
-that puts sequences of two rates side by side.
+Pure functions on token sequences: characters ↔ ids (``datamodules.asr``'s), greedy CTC decoding and
+CER, the evaluation of a linear CTC probe (an embedding table token → character logits + blank,
+trained by ``fit`` in ``speech_eval``), a ridge probe from one-hot tokens to teacher features with its
+held-out R² (closed form), codebook statistics, k-means, and the frame stretching that puts
+sequences of two rates side by side.
 """
 
 from __future__ import annotations
@@ -15,21 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Characters of the CTC vocabularies: 0 is the blank.
-CHARS = " '" + "abcdefghijklmnopqrstuvwxyz"
-BLANK = 0
+from datamodules.asr import BLANK, ENGLISH_LETTERS, ids_to_text, text_to_ids  # noqa: F401 - part of this API
 
-
-# ----------------------------------------------------------------------------- characters and CER
-def text_to_ids(text: str) -> list[int]:
-    """Lower-case ``text`` to character ids ``1..len(CHARS)`` (other characters dropped, spaces squeezed)."""
-    kept = "".join(c for c in text.lower() if c in CHARS)
-    return [CHARS.index(c) + 1 for c in " ".join(kept.split())]
-
-
-def ids_to_text(ids: Sequence[int]) -> str:
-    """Inverse of :func:`text_to_ids` (blanks ignored)."""
-    return "".join(CHARS[i - 1] for i in ids if i != BLANK)
+# Characters of the CTC vocabularies (0 is the blank): the ASR datamodule's, so that the teachers'
+# targets and every CER here agree.
+CHARS = ENGLISH_LETTERS
 
 
 def greedy_ctc(ids: Sequence[int]) -> list[int]:
@@ -74,35 +65,9 @@ def _ctc_nll(table: Tensor, tokens: Tensor, token_lengths: Tensor, targets: Tens
                       zero_infinity=True)
 
 
-def fit_ctc_probe(tokens: Sequence[Tensor], targets: Sequence[Sequence[int]], vocab: int,
-                  steps: int = 120, lr: float = 0.2) -> Tensor:
-    """Fit a linear CTC probe: one logit vector per token, ``table [vocab, 1 + len(CHARS)]``.
-
-    Args:
-        tokens: per utterance, long ``[F_i]`` token ids in ``[0, vocab)``.
-        targets: per utterance, character ids (``1..len(CHARS)``).
-        vocab: number of distinct token ids.
-        steps: full-batch Adam steps on the summed CTC loss per character.
-        lr: Adam learning rate.
-
-    Returns:
-        ``[vocab, 1 + len(CHARS)]`` logits (column 0 = blank).
-    """
-    table = torch.zeros(vocab, len(CHARS) + 1, requires_grad=True)
-    tok, tok_len = pad_sequences(list(tokens))
-    tgt, tgt_len = pad_sequences([torch.tensor(t, dtype=torch.long) for t in targets])
-    opt = torch.optim.Adam([table], lr=lr)
-    n_chars = float(tgt_len.sum())
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = _ctc_nll(table, tok, tok_len, tgt, tgt_len) / n_chars
-        loss.backward()
-        opt.step()
-    return table.detach()
-
-
 def eval_ctc_probe(table: Tensor, tokens: Sequence[Tensor], targets: Sequence[Sequence[int]]) -> dict[str, float]:
-    """Greedy CER and CTC nats per character of a probe from :func:`fit_ctc_probe` on held-out data."""
+    """Greedy CER and CTC nats per character of a linear CTC probe ``table [vocab, 1 + len(CHARS)]``
+    (column 0 = blank; trained by ``speech_eval.fit_ctc_probe``) on held-out data."""
     hyps = [greedy_ctc(table[t].argmax(-1).tolist()) for t in tokens]
     tok, tok_len = pad_sequences(list(tokens))
     tgt, tgt_len = pad_sequences([torch.tensor(t, dtype=torch.long) for t in targets])

@@ -5,10 +5,14 @@ one module per family; the ``LossTerm`` classes wrap them for YAML.
 
 - :mod:`lit_distill.losses.divergences`: forward/reverse KL, generalised JSD,
   skew KL, skew reverse KL, total variation.
+- :mod:`lit_distill.losses.kl_ce`: forward KL and cross-entropy from one student softmax (what
+  the module runs for a ``ForwardKL`` + ``CrossEntropy`` pair at T = 1).
 - :mod:`lit_distill.losses.cross_tokenizer`: ULD, universal logit distillation
   between different vocabularies (``uld`` exact or top-k, and the ``ULD`` term).
 - :mod:`lit_distill.losses.alm`: ALM, cross-tokenizer approximate likelihood
   matching over byte-aligned chunks (``alm`` and the ``ALM`` term).
+- :mod:`lit_distill.losses.ctc`: CTC (connectionist temporal classification) of per-frame
+  scores against label sequences, to train speech models on transcripts (``CTC`` term).
 - :mod:`lit_distill.losses.deit`: DeiT/DeiT-LT distillation through a distillation
   token, and DeiT-LT's effective-number class weights.
 - :mod:`lit_distill.losses.long_tail`: logit-adjusted cross-entropy (balanced softmax) for
@@ -46,6 +50,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
         "waveform_l1",
     ],
     "lit_distill.losses.cross_tokenizer": ["ULD", "uld"],
+    "lit_distill.losses.ctc": ["CTC", "ctc_loss"],
+    "lit_distill.losses.kl_ce": ["forward_kl_and_cross_entropy"],
     "lit_distill.losses.long_tail": ["LogitAdjustedCrossEntropy", "log_prior", "logit_adjusted_cross_entropy"],
     "lit_distill.losses.deit": ["DeiTHardDistillation", "deit_hard_distillation", "effective_number_weights"],
     "lit_distill.losses.divergences": [

@@ -10,6 +10,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "lit_distill.models.base": ["ModelAdapter"],
     "lit_distill.models.cached": ["CachedTopK"],
     "lit_distill.models.codec": ["ConvCodec", "ResidualQuantizer"],
+    "lit_distill.models.ctc_head": ["CTCHead", "TokenCTCProbe"],
     "lit_distill.models.hf": ["HFCausalLM"],
     "lit_distill.models.hf_audio": ["HFSpeechEncoder"],
     "lit_distill.models.hf_model": ["HFModel"],

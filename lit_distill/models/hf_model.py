@@ -12,6 +12,7 @@ task                       auto class                            logits
 ``token-classification``   ``AutoModelForTokenClassification``   ``[B, L, C]``
 ``feature-extraction``     ``AutoModel`` (a bare encoder)        none
 ``speech-encoder``         ``AutoModel`` on waveforms            none
+``speech-ctc``             ``AutoModelForCTC`` on waveforms      ``[B, F, C]`` per frame
 ``whisper-encoder``        Whisper's encoder on waveforms        none
 ========================== ===================================== ==============================
 
@@ -27,7 +28,9 @@ losses (see :class:`HFModel`).
 The speech tasks read ``waveform`` ``[B, 1, T]`` (or ``[B, T]``) and an optional bool
 ``waveform_mask`` ``[B, T]`` through a front end of their own (``FRONT_ENDS``: HuBERT / WavLM /
 wav2vec 2.0 in :mod:`~lit_distill.models.speech_front_end`; Whisper's log-mel and ``frame_mask`` in
-:mod:`~lit_distill.models.whisper_front_end`) and return ``last_hidden_state`` ``[B, F, D]``; what a
+:mod:`~lit_distill.models.whisper_front_end`) and return ``last_hidden_state`` ``[B, F, D]``;
+``speech-ctc`` (a ``...ForCTC`` model, e.g. trained with :class:`lit_distill.losses.CTC`) also its class
+logits and ``frame_mask`` ``[B, F]`` (frames of real audio); its export loads as ``speech-encoder`` too. What a
 front end adds (Whisper's ``prepare``, ``num_samples``, ...) is reachable on the adapter by name.
 Fields that only some tasks take are refused for the others unless left unset.
 
@@ -52,26 +55,29 @@ from lit_distill.models.hf_loading import (
     copy_tokenizer,
     load_pretrained_checked,
 )
-from lit_distill.models.speech_front_end import SpeechEncoderFrontEnd
+from lit_distill.models.speech_front_end import SpeechCTCFrontEnd, SpeechEncoderFrontEnd
 from lit_distill.models.whisper_front_end import WHISPER_SAMPLE_RATE, WhisperFrontEnd
 from lit_distill.sources import OutputSpec
 
 Task = Literal["causal-lm", "masked-lm", "sequence-classification", "token-classification", "feature-extraction",
-               "speech-encoder", "whisper-encoder"]
+               "speech-encoder", "speech-ctc", "whisper-encoder"]
 AUTO_CLASSES = {"causal-lm": "AutoModelForCausalLM", "masked-lm": "AutoModelForMaskedLM",
                 "sequence-classification": "AutoModelForSequenceClassification",
                 "token-classification": "AutoModelForTokenClassification", "feature-extraction": "AutoModel"}
 # tasks whose inputs go through a front end of their own (loading, inputs, outputs)
-FRONT_ENDS = {"speech-encoder": SpeechEncoderFrontEnd, "whisper-encoder": WhisperFrontEnd}
+FRONT_ENDS = {"speech-encoder": SpeechEncoderFrontEnd, "speech-ctc": SpeechCTCFrontEnd,
+              "whisper-encoder": WhisperFrontEnd}
 _CLASSIFIERS = ("sequence-classification", "token-classification")
 _TEXT = tuple(AUTO_CLASSES)
 # field -> (the tasks that take it, what they are called in messages, its value when left unset)
 _TASK_FIELDS = {
     "compute_logits": (("causal-lm",), "task causal-lm", True),
-    "normalize": (("speech-encoder",), "task speech-encoder", False),
+    # (the label keeps its historic wording: speech-ctc takes it too)
+    "normalize": (("speech-encoder", "speech-ctc"), "task speech-encoder", False),
+    "num_classes": ((*_TEXT, "speech-ctc"), "the text tasks and speech-ctc", None),
     "sample_rate": (("whisper-encoder",), "task whisper-encoder", WHISPER_SAMPLE_RATE),
     **{field: (_TEXT, "the text tasks", unset) for field, unset in (
-        ("vocab_size", None), ("pad_token_id", None), ("num_classes", None), ("trust_remote_code", False),
+        ("vocab_size", None), ("pad_token_id", None), ("trust_remote_code", False),
         ("attn_implementation", None), ("output_attentions", False), ("lora", None))},
 }
 
@@ -84,7 +90,7 @@ class HFModel(ModelAdapter):
 
     Args:
         task: ``causal-lm``, ``masked-lm``, ``sequence-classification``,
-            ``token-classification``, ``feature-extraction``, ``speech-encoder`` or
+            ``token-classification``, ``feature-extraction``, ``speech-encoder``, ``speech-ctc`` or
             ``whisper-encoder`` (see the module docstring).
         path: hub id (e.g. ``bert-base-uncased``, ``facebook/hubert-base-ls960``,
             ``openai/whisper-large-v3``) or local directory. ``whisper-encoder`` keeps the encoder
@@ -99,6 +105,7 @@ class HFModel(ModelAdapter):
         pad_token_id: the data's pad id (linked from the datamodule).
         num_classes: labels of a classification task (linked from the datamodule's
             ``num_classes``): sets ``num_labels`` of a fresh model; checked against a loaded one.
+            For ``speech-ctc`` the CTC classes (blank included): a fresh model's ``vocab_size``.
         dtype: load the weights in this dtype (``bfloat16``, ``float32``, ...).
         trust_remote_code: allow code shipped with the checkpoint to run. Off unless you trust it.
         revision: hub revision (branch, tag or commit).
@@ -118,7 +125,7 @@ class HFModel(ModelAdapter):
             :mod:`lit_distill.models.lora`), on the model loaded from ``path``; the base stays
             frozen and, for classification tasks, the new head trains in full. Export writes the
             merged model and the adapter in ``adapter/``.
-        normalize: ``speech-encoder`` only. Normalise every utterance to zero mean and unit
+        normalize: ``speech-encoder`` and ``speech-ctc`` only. Normalise every utterance to zero mean and unit
             variance before the model (as the checkpoint's ``preprocessor_config.json``
             ``do_normalize`` says).
         sample_rate: ``whisper-encoder`` only. Rate of the waveforms (Hz); other rates than
@@ -151,9 +158,10 @@ class HFModel(ModelAdapter):
         if task in FRONT_ENDS:  # loading, inputs and outputs of its own
             front_end = FRONT_ENDS[task]
             # .train(): as for the text tasks below
+            built = {"num_classes": num_classes} if "num_classes" in front_end.fields else {}
             self.module = (front_end.load(path, f"{name}.path", torch_dtype, revision).train() if path is not None
-                           else front_end.build(dict(config), f"{name}.config", torch_dtype))
-            options = {"normalize": normalize, "sample_rate": sample_rate}
+                           else front_end.build(dict(config), f"{name}.config", torch_dtype, **built))
+            options = {"normalize": normalize, "sample_rate": sample_rate, "num_classes": num_classes}
             self.front_end = front_end(self.module, name, **{field: options[field] for field in front_end.fields})
             self._install_hooks()
             return
@@ -218,7 +226,9 @@ class HFModel(ModelAdapter):
     def output_size(self) -> int | None:
         if self.task in _CLASSIFIERS:
             return int(self.model.config.num_labels)
-        if self.task == "feature-extraction" or self.front_end is not None:
+        if self.front_end is not None:  # the CTC task's classes; none for the encoders
+            return getattr(self.front_end, "output_size", None)
+        if self.task == "feature-extraction":
             return None
         head = self.model.get_output_embeddings()
         return head.weight.shape[0] if head is not None else int(self.model.config.vocab_size)

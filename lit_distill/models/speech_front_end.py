@@ -59,6 +59,29 @@ def mono(waveform: Tensor, name: str) -> Tensor:
     return waveform
 
 
+def build_speech_model(auto_class: str, config: dict[str, Any], field: str, dtype: torch.dtype | None) -> nn.Module:
+    """A fresh ``transformers.<auto_class>`` waveform model from ``model_type`` and the architecture's
+    fields (``config`` is consumed); a ConfigError naming ``field`` for anything else."""
+    import transformers
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = config.pop("model_type", None)
+    if model_type is None:
+        raise ConfigError(f"{field}: needs 'model_type' (e.g. hubert, wavlm, wav2vec2)")
+    if model_type not in CONFIG_MAPPING:
+        raise ConfigError(f"{field}.model_type: '{model_type}' is not a transformers model type "
+                          "(e.g. hubert, wavlm, wav2vec2)")
+    try:
+        hf_config = AutoConfig.for_model(model_type, **config)
+    except (ValueError, TypeError, *_CONFIG_VALIDATION_ERRORS) as err:
+        raise ConfigError(f"{field}: " + " ".join(line.strip() for line in str(err).splitlines())) from err
+    if not hasattr(hf_config, "conv_stride"):
+        raise ConfigError(f"{field}.model_type: '{model_type}' is not a waveform encoder with a "
+                          "convolutional feature extractor (valid: hubert, wavlm, wav2vec2, ...)")
+    return getattr(transformers, auto_class).from_config(hf_config, **({} if dtype is None else {"dtype": dtype}))
+
+
 class SpeechEncoderFrontEnd(nn.Module):
     """Waveform in, the last hidden state (and, when asked, every layer's) out, for a speech encoder.
 
@@ -95,23 +118,7 @@ class SpeechEncoderFrontEnd(nn.Module):
     @staticmethod
     def build(config: dict[str, Any], field: str, dtype: torch.dtype | None) -> nn.Module:
         """A fresh ``AutoModel`` from ``model_type`` and the architecture's fields (``config`` is consumed)."""
-        from transformers import AutoConfig, AutoModel
-        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-        model_type = config.pop("model_type", None)
-        if model_type is None:
-            raise ConfigError(f"{field}: needs 'model_type' (e.g. hubert, wavlm, wav2vec2)")
-        if model_type not in CONFIG_MAPPING:
-            raise ConfigError(f"{field}.model_type: '{model_type}' is not a transformers model type "
-                              "(e.g. hubert, wavlm, wav2vec2)")
-        try:
-            hf_config = AutoConfig.for_model(model_type, **config)
-        except (ValueError, TypeError, *_CONFIG_VALIDATION_ERRORS) as err:
-            raise ConfigError(f"{field}: " + " ".join(line.strip() for line in str(err).splitlines())) from err
-        if not hasattr(hf_config, "conv_stride"):
-            raise ConfigError(f"{field}.model_type: '{model_type}' is not a waveform encoder with a "
-                              "convolutional feature extractor (valid: hubert, wavlm, wav2vec2, ...)")
-        return AutoModel.from_config(hf_config, **({} if dtype is None else {"dtype": dtype}))
+        return build_speech_model("AutoModel", config, field, dtype)
 
     def declared_outputs(self, config: Any, output_hidden_states: bool) -> OutputSpec:
         """``features.last_hidden_state`` and, when asked, every layer's hidden states (CNN features first)."""
@@ -129,3 +136,81 @@ class SpeechEncoderFrontEnd(nn.Module):
         out = module(input_values=waveform, output_hidden_states=output_hidden_states)
         return ModelOutput(hidden_states=tuple(out.hidden_states) if output_hidden_states else None,
                            features={"last_hidden_state": out.last_hidden_state})
+
+
+class SpeechCTCFrontEnd(SpeechEncoderFrontEnd):
+    """The ``speech-ctc`` task: a waveform encoder with a CTC head (``AutoModelForCTC``: HuBERT,
+    WavLM, wav2vec 2.0 ``...ForCTC``), its per-frame class logits and the mask of real frames.
+
+    Like :class:`SpeechEncoderFrontEnd`, no attention mask reaches the model: padding is read as
+    silence (batch utterances of similar length, e.g. ``datamodules.ASRDataModule``'s buckets).
+    ``waveform_mask`` serves the normalisation and the frame mask: frame ``f`` of a sample is real
+    when ``f`` is below the feature extractor's output length for the sample's real samples.
+
+    Args:
+        module: the ``...ForCTC`` model (its config gives the strides and ``vocab_size`` classes).
+        name: the adapter's class name, for messages.
+        normalize: normalise every utterance to zero mean and unit variance before the model.
+        num_classes: the data's classes (blank included), checked against the model's.
+    """
+
+    example: ClassVar[str] = "facebook/hubert-large-ls960-ft"
+    fields: ClassVar[tuple[str, ...]] = ("normalize", "num_classes")
+
+    def __init__(self, module: nn.Module, name: str, normalize: bool = False, num_classes: int | None = None) -> None:
+        super().__init__(module, name, normalize)
+        if not all(hasattr(module, part) for part in ("base_model", "dropout", "lm_head")):
+            raise ConfigError(f"{name}.path: {type(module).__name__} is not a CTC model with an encoder, a dropout "
+                              "and an lm_head (valid: HubertForCTC, Wav2Vec2ForCTC, WavLMForCTC, ...)")
+        self.output_size = int(module.config.vocab_size)
+        if num_classes is not None and num_classes != self.output_size:
+            raise ConfigError(f"{name}.num_classes: the data has {num_classes} classes but the model has "
+                              f"{self.output_size} outputs (config vocab_size); use a model trained on this alphabet")
+
+    @staticmethod
+    def load(path: str, field: str, dtype: torch.dtype | None, revision: str | None) -> nn.Module:
+        """The ``AutoModelForCTC`` saved at ``path`` (hub id or local directory)."""
+        from transformers import AutoModelForCTC
+
+        return load_pretrained_checked(AutoModelForCTC, path, field, SpeechCTCFrontEnd.example, dtype=dtype,
+                                       revision=revision)
+
+    @staticmethod
+    def build(config: dict[str, Any], field: str, dtype: torch.dtype | None,
+              num_classes: int | None = None) -> nn.Module:
+        """A fresh ``AutoModelForCTC``; ``num_classes`` (linked from the data) sets its ``vocab_size``."""
+        if num_classes is not None:
+            if config.get("vocab_size", num_classes) != num_classes:
+                raise ConfigError(f"{field}.vocab_size: {config['vocab_size']} output classes, but the data has "
+                                  f"{num_classes} (num_classes); leave vocab_size out to take the data's")
+            config["vocab_size"] = num_classes
+        return build_speech_model("AutoModelForCTC", config, field, dtype)
+
+    def declared_outputs(self, config: Any, output_hidden_states: bool) -> OutputSpec:
+        """``logits``, ``features.last_hidden_state`` / ``features.frame_mask`` and, when asked,
+        every layer's hidden states."""
+        layers = getattr(config, "num_hidden_layers", None)
+        hidden = (None if layers is None else int(layers) + 1) if output_hidden_states else 0
+        return OutputSpec(logits=True, hidden_states=hidden,
+                          features=frozenset({"last_hidden_state", "frame_mask"}), closed=True)
+
+    def run(self, module: nn.Module, output_hidden_states: bool, waveform: Tensor,
+            waveform_mask: Tensor | None = None, **_: Any) -> ModelOutput:
+        """``waveform`` ``[B, 1, T]`` or ``[B, T]``, ``waveform_mask`` bool ``[B, T]`` → ``logits``
+        ``[B, F, C]``, ``last_hidden_state`` ``[B, F, D]`` (what the head reads), ``frame_mask`` bool
+        ``[B, F]`` and, when asked, the hidden states (as ``speech-encoder`` returns them)."""
+        waveform = mono(waveform, self.name)
+        if self.normalize:
+            waveform = normalize_waveform(waveform, waveform_mask)
+        # ...ForCTC's own forward, in two parts: its encoder's output_hidden_states end before the final
+        # layer norm of pre-LN models, so the state the head reads is taken from the encoder itself
+        out = module.base_model(input_values=waveform, output_hidden_states=output_hidden_states)
+        logits = module.lm_head(module.dropout(out.last_hidden_state))
+        frames = logits.shape[1]
+        if waveform_mask is None:
+            frame_mask = torch.ones(waveform.shape[0], frames, dtype=torch.bool, device=waveform.device)
+        else:
+            lengths = module._get_feat_extract_output_lengths(waveform_mask.sum(-1))
+            frame_mask = torch.arange(frames, device=waveform.device)[None] < lengths[:, None]
+        return ModelOutput(logits=logits, hidden_states=tuple(out.hidden_states) if output_hidden_states else None,
+                           features={"last_hidden_state": out.last_hidden_state, "frame_mask": frame_mask})

@@ -177,3 +177,22 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, tex
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_last_checkpoint_is_the_final_step_when_the_monitored_loss_stops_improving(tmp_path, text_dir, tokenizer_dir,
+                                                                                   teacher_dir):
+    """At lr 0 the validation loss never improves after the first validation, so Lightning's callback
+    would leave last.ckpt at step 2; ours rewrites it after every validation and at the end."""
+    root = tmp_path / "run"
+    run = run_cli(["fit", "--config", str(REPO / "configs/text/kd/quickstart-student_from_quickstart-teacher.yaml"),
+                   f"--data.init_args.tokenizer={tokenizer_dir}", f"--data.init_args.train_path={text_dir / 'train.txt'}",
+                   f"--data.init_args.val_path={text_dir / 'val.txt'}", "--data.init_args.max_length=16",
+                   "--data.init_args.batch_size=2",
+                   f"--model.init_args.teacher.init_args.model.init_args.path={teacher_dir}",
+                   "--model.init_args.scheduler=null", "--model.init_args.optimizer.init_args.lr=0.0",
+                   "--trainer.max_steps=7", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=2",
+                   "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={root}"])
+    assert run.trainer.global_step == 7
+    (best,) = root.rglob("best-step*.ckpt")
+    assert torch.load(best, weights_only=False)["global_step"] == 2  # the monitored loss never improved again
+    assert torch.load(next(root.rglob("last.ckpt")), weights_only=False)["global_step"] == 7

@@ -186,6 +186,20 @@ def test_a_failing_run_is_named_with_the_tail_of_its_log(tmp_path, tiny_arm):
     assert not (bad.directory(tmp_path) / "done.json").exists()
 
 
+def test_torch_threads_per_run_are_cores_over_workers_unless_asked(tmp_path, monkeypatch):
+    from lit_distill.experiment import RunResult
+
+    threads = []
+    monkeypatch.setattr("lit_distill.experiment._run_one", lambda run, directory, env, cwd: (
+        threads.append((env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"])) or RunResult(run, directory, 0.0, True)))
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    runs = expand([Run("a", ["a.yaml"])], [0, 1])
+    launch(runs, tmp_path, workers=2)
+    launch(runs[:1], tmp_path, workers=2)  # one run: one worker, every core
+    launch(runs, tmp_path, workers=2, threads=1)
+    assert threads == [("2", "2")] * 2 + [("4", "4")] + [("1", "1")] * 2
+
+
 def test_write_keeping_reading_keeps_the_hand_written_section(tmp_path):
     from lit_distill.experiment import write_keeping_reading
 

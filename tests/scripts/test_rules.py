@@ -27,8 +27,6 @@ MAX_LINES = 400
 
 # path -> (issue that removes the offences, the offences)
 ALLOWED: dict[str, tuple[int, frozenset[str]]] = {
-    "scripts/experiment_speech.py": (15, frozenset({"loop", "long"})),
-    "scripts/speech_probes.py": (15, frozenset({"loop"})),  # CTC probes, part of the speech experiment
     "recipes/llava_mod.py": (15, frozenset({"loop"})),
 }
 

@@ -72,8 +72,9 @@ def test_codebook_stats(exp):
     assert skewed["perplexity"] == pytest.approx(math.exp(float(-(p * p.log()).sum())))
 
 
-def test_ctc_probe_learns_a_token_to_character_code(exp):
-    # token k + 1 always sounds like character k + 1, token 0 is silence: the probe must read it exactly
+def test_ctc_probe_evaluation_reads_a_token_to_character_code(exp):
+    # token k + 1 always sounds like character k + 1, token 0 is silence; the probe that says so
+    # (trained by fit: tests/configs/test_speech_ctc_configs.py, tests/scripts/test_experiment_speech.py)
     g = torch.Generator().manual_seed(0)
     targets, tokens = [], []
     for _ in range(12):
@@ -83,7 +84,8 @@ def test_ctc_probe_learns_a_token_to_character_code(exp):
             seq += [c] * 2 + [0]
         targets.append(chars)
         tokens.append(torch.tensor(seq))
-    table = exp.fit_ctc_probe(tokens, targets, vocab=6, steps=150, lr=0.2)
+    table = torch.zeros(6, 29)
+    table[torch.arange(6), torch.arange(6)] = 6.0
     result = exp.eval_ctc_probe(table, tokens, targets)
     assert result["ctc_cer"] == 0.0
     assert 0 < result["ctc_nats_per_char"] < 0.3

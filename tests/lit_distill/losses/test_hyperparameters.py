@@ -152,6 +152,14 @@ def codec_features() -> dict[str, Any]:
             "waveform_mask": waveform_mask}
 
 
+def ctc_inputs() -> dict[str, Any]:
+    g = generator()
+    frame_mask = torch.ones(2, 6, dtype=torch.bool)
+    frame_mask[1, 4:] = False
+    return {"logits": torch.randn(2, 6, 5, generator=g), "targets": torch.tensor([[1, 2, 3], [2, 2, 0]]),
+            "target_lengths": torch.tensor([3, 2]), "frame_mask": frame_mask}
+
+
 def taid_after_updates(term: LossTerm, inputs: dict[str, Any]) -> torch.Tensor:
     """TAID's t_start, t_end, alpha and beta act through ``update`` (once per optimizer step)."""
     term.update(torch.tensor(2.0), 0, 10)  # the first update only records the loss
@@ -197,6 +205,7 @@ EXAMPLES: dict[str, Example] = {
     "CodecReconstruction": Example({"mel_fft_sizes": [64, 32], "n_mels": 8, "stft_fft_sizes": [64, 32]}, waveforms,
                                    {"mel_weight": 0.5, "waveform_weight": 1.0, "stft_weight": 1.0},
                                    built_in=("sample_rate", "n_mels")),
+    "CTC": Example({}, ctc_inputs, {"blank": 4}),
     "Commitment": Example({}, lambda: {"commit_loss": torch.tensor(0.3)}),
     "FeatureMSE": Example({}, lambda: {"student_features": torch.randn(2, 3, 4, generator=generator()),
                                        "teacher_features": torch.randn(2, 3, 4)},
