@@ -193,7 +193,7 @@ def end_state(directory: Path, work: Path) -> dict:
     return semantic_input(codec, speech.load_waveforms(speech.load_split(work)["heldout"]))
 
 
-def ctc_probe(tokens: dict, targets: dict, vocab: int, smoke: bool, copies: int = 1) -> dict:
+def ctc_probe(tokens: dict, targets: dict, vocab: int, work: Path, smoke: bool, copies: int = 1) -> dict:
     """``experiment_speech``'s linear CTC probe of per-utterance codes ``{"train", "heldout"}: [F]``.
 
     At 12.5 Hz an utterance has fewer frames than characters (1.2 a frame in this corpus), so CTC cannot
@@ -202,10 +202,12 @@ def ctc_probe(tokens: dict, targets: dict, vocab: int, smoke: bool, copies: int 
     the code (one logit row per code and position in it), but a code can now emit up to ``copies``
     characters. ``feasible``: share of held-out utterances CTC can align at all.
     """
-    from speech_probes import eval_ctc_probe, fit_ctc_probe
+    from speech_eval import fit_ctc_probe
+    from speech_probes import eval_ctc_probe
 
     spread = {part: [(t[:, None] * copies + torch.arange(copies)).flatten() for t in ts] for part, ts in tokens.items()}
-    table = fit_ctc_probe(spread["train"], targets["train"], vocab * copies, steps=speech.sizes(smoke)["probe_steps"])
+    table = fit_ctc_probe(spread["train"], targets["train"], spread["heldout"], targets["heldout"], vocab * copies, work,
+                          steps=speech.sizes(smoke)["probe_steps"])
     feasible = statistics.fmean(len(t) + sum(a == b for a, b in zip(t, t[1:], strict=False)) <= len(c)
                                 for t, c in zip(targets["heldout"], spread["heldout"], strict=True))
     return {**eval_ctc_probe(table, spread["heldout"], targets["heldout"]), "feasible": feasible}
@@ -234,7 +236,7 @@ def evaluate_job(job: tuple[dict, str, bool]) -> dict:
         tokens = {part: [codec.encode(w[None, None])[0, 0] for w in ws] for part, ws in waves.items()}
         recs = [(codec(waveform=w[None, None]).features["reconstruction"], w[None, None]) for w in waves["heldout"]]
     targets = {part: [text_to_ids(it["text"]) for it in split[part]] for part in waves}
-    raw, spread = ctc_probe(tokens, targets, vocab, smoke), ctc_probe(tokens, targets, vocab, smoke, COPIES)
+    raw, spread = ctc_probe(tokens, targets, vocab, work, smoke), ctc_probe(tokens, targets, vocab, work, smoke, COPIES)
     stats, inside = codebook_stats(tokens["heldout"], vocab), semantic_input(codec, waves["heldout"])
     result = {"arm": run["arm"], "seed": run["seed"], "log_mel_l1": statistics.fmean(float(mel(r, w)) for r, w in recs),
               "si_snr_db": statistics.fmean(float(si_snr(r, w)[0]) for r, w in recs),
@@ -255,7 +257,7 @@ def collapsed_reference(work: Path, smoke: bool, hop: int = 1280) -> dict:
     tokens = {part: [torch.zeros(-(-len(w) // hop), dtype=torch.long) for w in speech.load_waveforms(split[part])]
               for part in ("train", "heldout")}
     targets = {part: [text_to_ids(it["text"]) for it in split[part]] for part in tokens}
-    raw, spread = ctc_probe(tokens, targets, 1, smoke), ctc_probe(tokens, targets, 1, smoke, COPIES)
+    raw, spread = ctc_probe(tokens, targets, 1, work, smoke), ctc_probe(tokens, targets, 1, work, smoke, COPIES)
     return {"ctc_cer": raw["ctc_cer"], "ctc_feasible": raw["feasible"], f"ctc_cer_x{COPIES}": spread["ctc_cer"],
             f"ctc_nats_per_char_x{COPIES}": spread["ctc_nats_per_char"]}
 

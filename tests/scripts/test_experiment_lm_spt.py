@@ -102,13 +102,13 @@ def test_semantic_input_measures_the_offset_its_rank_and_the_bias_size(exp):
         assert 0.0 < row["u_varying_rms"] <= row["u_rms"]
 
 
-def test_ctc_probe_copies_let_a_code_emit_more_characters_than_it_has_frames(exp):
+def test_ctc_probe_copies_let_a_code_emit_more_characters_than_it_has_frames(exp, tmp_path):
     # two characters per code: code k always says letters 2k+1, 2k+2 ("ab", "cd", "ef")
     gen = torch.Generator().manual_seed(0)
     codes = [torch.randint(0, 3, (6,), generator=gen) for _ in range(40)]
     chars = [[c for k in t.tolist() for c in (2 * k + 3, 2 * k + 4)] for t in codes]  # ids of a..f
     tokens, targets = {"train": codes[:32], "heldout": codes[32:]}, {"train": chars[:32], "heldout": chars[32:]}
-    raw = exp.ctc_probe(tokens, targets, 3, smoke=False)
-    spread = exp.ctc_probe(tokens, targets, 3, smoke=False, copies=4)
+    raw = exp.ctc_probe(tokens, targets, 3, tmp_path, smoke=False)
+    spread = exp.ctc_probe(tokens, targets, 3, tmp_path, smoke=False, copies=4)
     assert raw["feasible"] == 0.0 and spread["feasible"] == 1.0
     assert raw["ctc_cer"] >= 0.5 and spread["ctc_cer"] < 0.05  # 6 frames cannot spell 12 characters
