@@ -133,16 +133,39 @@ class LearnedCodebook(nn.Module):
     ViT-VQGAN and DAC); the code vector returned is the raw entry, so a codebook loss
     ``mean ||c − sg(u)||^2`` moves the chosen entries towards their inputs.
 
+    Dead-code restart (``dead_code_steps > 0``; off by default, DAC and LM-SPT have none): the
+    codebook loss moves only the entries a frame selects, so an entry that no frame points at keeps
+    its random direction for ever. With the option, an entry no real frame of ``dead_code_steps``
+    consecutive training batches selected is set to one of the current batch's ``u`` (drawn at
+    random, without replacement while there are enough frames) before the lookup, as Jukebox's
+    codebook restarts do.
+
     Args:
         dim: width ``d`` of the code vectors.
         codebook_size: entries ``K``.
         cosine: look up by cosine similarity instead of Euclidean distance.
+        dead_code_steps: restart entries unused for this many training batches (0 = off).
     """
 
-    def __init__(self, dim: int, codebook_size: int, cosine: bool = False) -> None:
+    def __init__(self, dim: int, codebook_size: int, cosine: bool = False, dead_code_steps: int = 0) -> None:
         super().__init__()
+        if dead_code_steps < 0:
+            raise ConfigError(f"dead_code_steps must be >= 0 (0 = off), got {dead_code_steps}")
         self.weight = nn.Parameter(torch.randn(codebook_size, dim))
-        self.cosine = cosine
+        self.cosine, self.dead_code_steps = cosine, dead_code_steps
+        if dead_code_steps:
+            self.register_buffer("unused_steps", torch.zeros(codebook_size, dtype=torch.long))
+
+    @torch.no_grad()
+    def _restart_dead(self, flat: Tensor) -> None:
+        """Set entries unused for ``dead_code_steps`` batches to random rows of ``flat`` ``[N, d]`` (real frames)."""
+        dead = (self.unused_steps >= self.dead_code_steps).nonzero().flatten()
+        if len(dead) == 0 or len(flat) == 0:
+            return
+        pick = torch.randperm(len(flat), device=flat.device)[:len(dead)] if len(flat) >= len(dead) \
+            else torch.randint(len(flat), (len(dead),), device=flat.device)
+        self.weight[dead] = flat[pick].to(self.weight.dtype)
+        self.unused_steps[dead] = 0
 
     @property
     def codebook(self) -> Tensor:
@@ -156,7 +179,10 @@ class LearnedCodebook(nn.Module):
             ``(code [B, F, d]`` (the entries, differentiable in the codebook only; zero on masked
             frames), ``codes`` long ``[B, F]`` (``-1`` on masked frames)).
         """
-        flat, book = u.detach().reshape(-1, u.shape[-1]), self.weight.detach()
+        flat = u.detach().reshape(-1, u.shape[-1])
+        if self.dead_code_steps and self.training:
+            self._restart_dead(flat if mask is None else flat[mask.reshape(-1)])
+        book = self.weight.detach()
         if self.cosine:
             codes = (F.normalize(flat, dim=-1) @ F.normalize(book, dim=-1).T).argmax(-1)
         else:
@@ -166,14 +192,22 @@ class LearnedCodebook(nn.Module):
         if mask is not None:
             codes = codes.masked_fill(~mask, -1)
             code = code * mask[..., None].to(code.dtype)
+        if self.dead_code_steps and self.training:
+            used = torch.zeros_like(self.unused_steps, dtype=torch.bool)
+            used[codes[codes >= 0]] = True
+            self.unused_steps.add_(1).masked_fill_(used, 0)
         return code, codes
 
 
 def build_codebook(dim: int, codebook_size: int, codebook: str, cosine: bool, ema_decay: float, kmeans_init: bool,
-                   threshold_ema_dead_code: float) -> nn.Module:
-    """One codebook of width ``dim``: the library's EMA ``VectorQuantize`` or a :class:`LearnedCodebook`."""
+                   threshold_ema_dead_code: float, dead_code_steps: int = 0) -> nn.Module:
+    """One codebook of width ``dim``: the library's EMA ``VectorQuantize`` or a :class:`LearnedCodebook`
+    (``dead_code_steps``: its restart of unused entries; learned codebooks only)."""
     if codebook == "learned":
-        return LearnedCodebook(dim, codebook_size, cosine)
+        return LearnedCodebook(dim, codebook_size, cosine, dead_code_steps)
+    if dead_code_steps:
+        raise ConfigError("dead_code_steps needs codebook: learned (EMA codebooks restart dead codes by "
+                          "threshold_ema_dead_code)")
     return VectorQuantize(dim=dim, codebook_size=codebook_size, decay=ema_decay,
                           commitment_weight=0.0, kmeans_init=kmeans_init,  # ours, in the caller: also in eval
                           threshold_ema_dead_code=threshold_ema_dead_code, rotation_trick=False)

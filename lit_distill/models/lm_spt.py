@@ -32,7 +32,11 @@ moves the entries it selects (``docs/experiments/lm_spt.md`` measures what follo
 ``zero_bias_init: true`` starts those biases at 0, as DAC's ``init_weights`` leaves its
 weight-normalised convolutions (it zeroes their biases; its truncated-normal weights are
 overwritten by weight norm at the first forward): silence maps to the origin and the quantiser's
-input varies with the speech.
+input varies with the speech. Training rebuilds the constant from the biases within ~10 steps
+(~40 biases of ~1e-3 summed through the residual units); two default-off options act on the
+lookup instead: ``semantic_center`` looks codes up from ``u`` minus its time mean over the
+utterance, ``semantic_dead_code_steps`` restarts learned entries no frame selected for that many
+batches. The measurements of each are in ``docs/experiments/lm_spt.md``.
 
 Codes are ``[B, 1 + Q, F]``: the semantic code first, then the acoustic ones; ``F =
 ceil(T / hop)``, ``hop = prod(strides)``, frame rate ``sample_rate / hop`` (16 kHz with strides
@@ -80,24 +84,32 @@ class SemanticQuantizer(nn.Module):
         threshold_ema_dead_code: replace codes whose EMA count falls below this (0 = off; EMA only).
         codebook: ``ema`` (default) or ``learned`` (trained by ``codebook_loss``).
         cosine: L2-normalised (cosine) code lookup; needs ``codebook: learned``.
+        center: quantise ``u − mean_t u`` (the time mean over each utterance's real frames) instead of
+            ``u`` (off by default; the authors quantise ``u``). A time-constant part of ``u`` then
+            cannot decide the code; the decoder reads ``W_out c`` either way.
+        dead_code_steps: restart learned-codebook entries unused for this many training batches
+            (0 = off, the authors'; see :class:`~lit_distill.models.codec.LearnedCodebook`).
     """
 
     def __init__(self, dim: int, codebook_size: int = 1024, codebook_dim: int = 8, ema_decay: float = 0.99,
                  commitment_weight: float = 1.0, kmeans_init: bool = False,
-                 threshold_ema_dead_code: float = 2.0, codebook: str = "ema", cosine: bool = False) -> None:
+                 threshold_ema_dead_code: float = 2.0, codebook: str = "ema", cosine: bool = False,
+                 center: bool = False, dead_code_steps: int = 0) -> None:
         super().__init__()
         check_codebook_args(codebook_size, ema_decay, prefix="semantic_")
         check_codebook_kind(codebook, cosine, kmeans_init)
         if codebook_dim < 1:
             raise ConfigError(f"semantic_codebook_dim must be >= 1, got {codebook_dim}")
-        self.codebook_size, self.commitment_weight = codebook_size, commitment_weight
+        self.codebook_size, self.commitment_weight, self.center = codebook_size, commitment_weight, center
         self.project_in = nn.Linear(dim, codebook_dim)
         self.vq = build_codebook(codebook_dim, codebook_size, codebook, cosine, ema_decay, kmeans_init,
-                                 threshold_ema_dead_code)
+                                 threshold_ema_dead_code, dead_code_steps)
         self.project_out = nn.Linear(codebook_dim, dim)
 
     def forward(self, latent: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
         """Quantise ``latent`` ``[B, D, F]`` (``mask`` bool ``[B, F]``: real frames; None = all).
+
+        With ``center``, ``u`` below is ``W_in x − mean_t W_in x`` (per utterance, over real frames).
 
         Returns:
             ``quantized`` ``[B, D, F]``, ``codes`` long ``[B, F]`` (``-1`` on masked frames) and
@@ -106,8 +118,11 @@ class SemanticQuantizer(nn.Module):
             (scalar, ``mean ||c − sg(u)||^2`` for a learned codebook, 0 for an EMA one).
         """
         u = self.project_in(latent.transpose(1, 2))  # [B, F, d]
-        code, codes = nearest_code(self.vq, u, mask)
         weights = None if mask is None else mask[..., None].to(u.dtype)
+        if self.center:
+            w = torch.ones_like(u[..., :1]) if weights is None else weights
+            u = u - (u * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1)
+        code, codes = nearest_code(self.vq, u, mask)
         commit = masked_mse(u, code.detach(), weights)
         codebook_loss = masked_mse(code, u.detach(), weights) if isinstance(self.vq, LearnedCodebook) \
             else u.new_zeros(())
@@ -174,6 +189,10 @@ class LMSPTCodec(FramedCodec):
         zero_bias_init: start the biases of every ``Conv1d`` (encoders, decoders) and of the
             quantisers' projections (DAC's 1x1 convolutions) at 0, as DAC's ``init_weights``
             does; weights keep PyTorch's default initialisation (see the module docstring).
+        semantic_center: the semantic quantiser looks up ``u − mean_t u`` (see
+            :class:`SemanticQuantizer`; off by default, a deviation from the authors).
+        semantic_dead_code_steps: restart semantic-codebook entries unused for this many training
+            batches (``codebook: learned`` only; 0 = off, the authors').
     """
 
     def __init__(self, sample_rate: int = 16000, strides: Sequence[int] = (4, 4, 5, 8, 2), channels: int = 32,
@@ -183,7 +202,8 @@ class LMSPTCodec(FramedCodec):
                  quantizer_dropout: float = 0.5, ema_decay: float = 0.99, commitment_weight: float = 1.0,
                  kmeans_init: bool = False, threshold_ema_dead_code: float = 2.0,
                  acoustic_codebook_dim: int | None = 8, codebook: str = "ema", cosine: bool = False,
-                 commitment: str = "sum_all", zero_bias_init: bool = False) -> None:
+                 commitment: str = "sum_all", zero_bias_init: bool = False, semantic_center: bool = False,
+                 semantic_dead_code_steps: int = 0) -> None:
         super().__init__()
         strides = [int(s) for s in strides]
         if not strides or any(s < 1 for s in strides):
@@ -201,7 +221,8 @@ class LMSPTCodec(FramedCodec):
         self.acoustic_encoder = build_encoder(strides, channels, max_channels, dim, dilations)
         self.semantic_quantizer = SemanticQuantizer(dim, semantic_codebook_size, semantic_codebook_dim, ema_decay,
                                                     commitment_weight, kmeans_init, threshold_ema_dead_code,
-                                                    codebook=codebook, cosine=cosine)
+                                                    codebook=codebook, cosine=cosine, center=semantic_center,
+                                                    dead_code_steps=semantic_dead_code_steps)
         self.acoustic_quantizer = ResidualQuantizer(dim, num_quantizers, codebook_size, ema_decay, commitment_weight,
                                                     kmeans_init, threshold_ema_dead_code, quantizer_dropout,
                                                     codebook=codebook, codebook_dim=acoustic_codebook_dim,

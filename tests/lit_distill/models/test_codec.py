@@ -154,3 +154,37 @@ def test_init_from_export_restores_weights_and_codebook_state(tmp_path):
         assert torch.equal(trained.encode(wave), loaded.encode(wave))
     with pytest.raises(ConfigError, match="init_from"):
         tiny_codec(num_quantizers=2, init_from=str(tmp_path / "export"))
+
+
+def test_learned_codebook_restarts_entries_unused_for_dead_code_steps_batches_from_real_frames():
+    from lit_distill.models.codec import LearnedCodebook, build_codebook
+
+    torch.manual_seed(0)
+    book = LearnedCodebook(dim=3, codebook_size=6, dead_code_steps=2)
+    with torch.no_grad():
+        book.weight.copy_(torch.tensor([[0.0, 0.0, 0.0]] + [[50.0 + k, 0.0, 0.0] for k in range(5)]))
+    u = torch.randn(2, 4, 3) * 0.1  # every real frame is nearest to entry 0
+    u[1, 3] = 1000.0  # a masked frame: never a restart value
+    mask = torch.tensor([[True] * 4, [True, True, True, False]])
+    before = book.weight.detach().clone()
+    for _ in range(2):  # two batches without entries 1..5: not restarted yet
+        _, codes = book(u, mask)
+        assert (codes[mask] == 0).all()
+    torch.testing.assert_close(book.weight.detach(), before)
+    assert book.unused_steps.tolist() == [0, 2, 2, 2, 2, 2]
+    book.eval()
+    book(u, mask)  # eval: no restart, no counting
+    assert book.unused_steps.tolist() == [0, 2, 2, 2, 2, 2]
+    book.train()
+    _, codes = book(u, mask)  # third batch: entries 1..5 restart to distinct real frames first
+    real = u[mask]
+    restarted = book.weight.detach()[1:]
+    matches = (restarted[:, None] == real[None]).all(-1)  # [5, 7]
+    assert (matches.sum(1) == 1).all() and (matches.sum(0) <= 1).all()
+    torch.testing.assert_close(book.weight.detach()[0], before[0])
+    assert (codes[mask] >= 0).all() and len(set(codes[mask].tolist())) > 1  # the restarted entries are used
+    with pytest.raises(ConfigError, match="dead_code_steps needs codebook: learned"):
+        build_codebook(3, 6, "ema", False, 0.99, False, 2.0, dead_code_steps=2)
+    with pytest.raises(ConfigError, match="dead_code_steps must be >= 0"):
+        LearnedCodebook(3, 6, dead_code_steps=-1)
+    assert not hasattr(LearnedCodebook(3, 6), "unused_steps")  # off by default: no extra state

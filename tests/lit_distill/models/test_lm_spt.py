@@ -227,3 +227,39 @@ def test_semantic_quantizer_matches_the_authors_dac_vq_maths_on_the_same_tensors
     torch.testing.assert_close(ours["codebook_loss"], codebook_loss)
     for mine, theirs in zip(our_grads, ref_grads, strict=True):
         torch.testing.assert_close(mine, theirs)
+
+
+def test_semantic_center_looks_up_u_minus_its_time_mean_over_real_frames():
+    torch.manual_seed(0)
+    sq = SemanticQuantizer(dim=6, codebook_size=32, codebook_dim=3, codebook="learned", cosine=True,
+                           center=True).eval()
+    latent = torch.randn(2, 6, 9)
+    mask = torch.tensor([[True] * 9, [True] * 6 + [False] * 3])
+    offset = torch.randn(2, 6, 1) * 100.0  # a different time-constant vector per utterance
+    moved = latent.clone()
+    moved[1, :, 6:] = 1e3  # padding frames must not enter the mean
+    base, shifted = sq(latent, mask), sq(moved + offset, mask)
+    assert torch.equal(base["codes"], shifted["codes"])
+    torch.testing.assert_close(base["quantized"][0], shifted["quantized"][0])
+    u = sq.project_in(latent.transpose(1, 2))[0].detach()
+    centred = torch.nn.functional.normalize(u - u.mean(0), dim=-1)
+    expected = (centred @ torch.nn.functional.normalize(sq.vq.weight, dim=-1).T).argmax(-1)
+    assert torch.equal(base["codes"][0], expected)
+    single = sq(latent[:1])  # the commitment reads the centred u too
+    assert single["commit_loss"].item() == pytest.approx(
+        float((u - u.mean(0) - sq.vq.weight.detach()[expected]).pow(2).mean()), rel=1e-5)
+    # without centring the same offset sends every frame to one or two codes
+    plain = SemanticQuantizer(dim=6, codebook_size=32, codebook_dim=3, codebook="learned", cosine=True).eval()
+    plain.load_state_dict(sq.state_dict())
+    assert len(set(plain(latent + offset)["codes"][0].tolist())) <= 2 < len(set(base["codes"][0].tolist()))
+
+
+def test_semantic_options_reach_the_codec_and_default_to_the_authors():
+    default = tiny(codebook="learned", cosine=True)
+    assert not default.semantic_quantizer.center and default.semantic_quantizer.vq.dead_code_steps == 0
+    codec = tiny(codebook="learned", cosine=True, semantic_center=True, semantic_dead_code_steps=5)
+    assert codec.semantic_quantizer.center and codec.semantic_quantizer.vq.dead_code_steps == 5
+    for layer in codec.acoustic_quantizer.layers:  # the acoustic RVQ keeps the authors' codebooks
+        assert layer.dead_code_steps == 0
+    with pytest.raises(ConfigError, match="dead_code_steps needs codebook: learned"):
+        tiny(semantic_dead_code_steps=5)
