@@ -145,7 +145,7 @@ def last_checkpoint(directory: Path) -> Path | None:
 
 
 def launch(runs: Sequence[Run], root: str | Path, workers: int | None = None,
-           cwd: str | Path | None = None) -> list[RunResult]:
+           cwd: str | Path | None = None, threads: int | None = None) -> list[RunResult]:
     """Run every unfinished run (``workers`` at a time); results in the order of ``runs``.
 
     Args:
@@ -155,6 +155,8 @@ def launch(runs: Sequence[Run], root: str | Path, workers: int | None = None,
             torch threads.
         cwd: working directory of the commands (config paths are relative to it); default:
             the current one. The subprocesses import this process's ``lit_distill``.
+        threads: torch threads per run (default ``cores // workers``), e.g. 1 for one run at a
+            time on a machine shared with other jobs.
 
     Raises:
         ConfigError: two runs share a directory, or a run directory was started with other
@@ -171,8 +173,8 @@ def launch(runs: Sequence[Run], root: str | Path, workers: int | None = None,
                               "delete it or choose another experiment root")
     cores = os.cpu_count() or 1
     workers = max(1, min(workers or cores, len(runs) or 1))
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // workers)),
-           "MKL_NUM_THREADS": str(max(1, cores // workers)),
+    threads = threads or max(1, cores // workers)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         outcomes = list(pool.map(lambda r, d: _run_one(r, d, env, cwd), runs, directories))

@@ -186,6 +186,19 @@ def test_a_failing_run_is_named_with_the_tail_of_its_log(tmp_path, tiny_arm):
     assert not (bad.directory(tmp_path) / "done.json").exists()
 
 
+@pytest.mark.parametrize(("workers", "threads", "expected"), [(2, None, "1"), (1, None, "2"), (1, 1, "1")])
+def test_each_run_gets_cores_over_workers_threads_unless_told(tmp_path, monkeypatch, workers, threads, expected):
+    """On 2 cores: one thread per run with 2 workers, both cores for a lone run unless ``threads`` says 1."""
+    import subprocess
+
+    seen = []
+    monkeypatch.setattr("lit_distill.experiment.os.cpu_count", lambda: 2)
+    monkeypatch.setattr(subprocess, "run", lambda *a, env, **k: seen.append(env["OMP_NUM_THREADS"]) or
+                        subprocess.CompletedProcess(a, 0))
+    launch(expand([Run("arm", ["a.yaml"])], [0, 1]), tmp_path, workers=workers, threads=threads)
+    assert seen == [expected] * 2
+
+
 def test_write_keeping_reading_keeps_the_hand_written_section(tmp_path):
     from lit_distill.experiment import write_keeping_reading
 
