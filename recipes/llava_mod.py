@@ -1,20 +1,22 @@
-"""LLaVA-MoD steps that are not a plain ``fit``: data, vision tower, upcycling, pairs, held-out metrics.
+"""LLaVA-MoD steps that are not a plain ``fit``: data, upcycling, pairs, held-out metrics.
 
-Everything else is YAML (``configs/vlm/llava_mod/``): teacher SFT, stage 1 (mimic: forward
-KL + LM loss + MoE aux loss) and stage 2 (DPO against the teacher), run with
-``python -m lit_distill fit``. Commands::
+Everything else is YAML (``configs/vlm/llava_mod/``): the vision tower's pretraining, teacher
+SFT, stage 1 (mimic: forward KL + LM loss + MoE aux loss) and stage 2 (DPO against the teacher),
+run with ``python -m lit_distill fit``. Commands::
 
     python -m recipes.llava_mod make-data --out artifacts/llava_mod/data
-    python -m recipes.llava_mod pretrain-vision --out artifacts/llava_mod/vision.pt
+    python -m lit_distill fit --config configs/vlm/llava_mod/tiny-vision_presence.yaml   # + export
     python -m recipes.llava_mod upcycle --dense DENSE_EXPORT --out artifacts/llava_mod/upcycled
     python -m recipes.llava_mod make-pairs --student-ckpt STAGE1.ckpt --teacher-ckpt TEACHER.ckpt \\
         --data artifacts/llava_mod/data/train.json --tokenizer artifacts/llava_mod/data/tokenizer \\
         --out artifacts/llava_mod/data/train_pairs_generated.json
 
-``pretrain-vision`` stands in for the pretrained CLIP encoder of LLaVA: it trains the tiny
-configs' vision tower (a narrow timm ResNet-18) to say which digits a training scene holds
-(multi-label, freshly generated scenes of the *training* handwriting pool) and saves its state
-dict for ``TimmModel.checkpoint``; the VLMs then keep it frozen.
+The vision tower (:func:`vision_tower`, a narrow timm ResNet-18) stands in for the pretrained CLIP
+encoder of LLaVA: ``tiny-vision_presence.yaml`` trains it to say which digits a scene holds
+(multi-label BCE, :class:`lit_distill.losses.multilabel.MultiLabelBCE`, on generated scenes of the
+*training* handwriting pool, :class:`datamodules.digit_presence.DigitPresenceDataModule`;
+:class:`DigitPresenceMetrics` logs its held-out label accuracy); its export's
+``model_state_dict.pt`` is the VLM configs' ``TimmModel.checkpoint``, frozen there.
 
 ``upcycle`` turns a dense student's export (``fit`` + ``export`` of a dense ``LlavaComposition``)
 into the export of the same model with MoE layers (experts = copies of the dense FFN, fresh routers,
@@ -142,47 +144,34 @@ def vision_tower() -> nn.Module:
     return TimmModel("resnet18", num_classes=10, model_kwargs=dict(VISION_KWARGS), hooks=["layer3"])
 
 
-def pretrain_vision(num_scenes: int = 6000, steps: int = 1000, lr: float = 1e-3, batch_size: int = 64,
-                    seed: int = 0, num_val: int = 200) -> tuple[nn.Module, dict[str, float]]:
-    """Train :func:`vision_tower` to predict the set of digits in a scene (BCE over 10 labels).
+class DigitPresenceMetrics(Callback):
+    """Held-out metrics of the vision tower's pretraining (``tiny-vision_presence.yaml``), logged as
+    ``val/label_acc`` (share of the 10 digit labels right, "present" iff the logit > 0) and
+    ``val/exact_set_acc`` (share of scenes whose whole digit set is right) at every validation.
 
-    Training scenes come from the ``train`` handwriting pool (seed ``seed + 1``, not the VQA
-    scenes' seed), the reported metrics from ``num_val`` scenes of the held-out pool; images are
-    normalised as :class:`datamodules.vlm.VLMDataModule` does by default (mean = std = 0.5).
-
-    Returns:
-        The trained tower (eval mode) and ``{"label_acc", "exact_set_acc"}`` on held-out scenes.
+    Reads the student's ``[B, 10]`` logits and the batch's multi-hot ``labels`` (see
+    :mod:`datamodules.digit_presence`); counts are summed over processes.
     """
-    from datamodules.digit_scenes import digit_pool, make_scenes
 
-    def tensors(split: str, count: int, scene_seed: int) -> tuple[Tensor, Tensor]:
-        scenes = make_scenes(count, digit_pool(split), scene_seed, canvas_size=64)
-        images = (torch.stack([s.image for s in scenes]) - 0.5) / 0.5
-        targets = torch.zeros(count, 10)
-        for i, scene in enumerate(scenes):
-            targets[i, [o.digit for o in scene.objects]] = 1.0
-        return images, targets
+    def __init__(self) -> None:
+        self._counts: Tensor | None = None  # [labels right, labels, scenes right, scenes]
 
-    images, targets = tensors("train", num_scenes, seed + 1)
-    torch.manual_seed(seed)
-    tower = vision_tower()
-    optimizer = torch.optim.AdamW(tower.parameters(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps,
-                                                   pct_start=min(0.5, max(0.1, 3 / steps)))
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, num_scenes, (batch_size,), generator=gen)
-        loss = nn.functional.binary_cross_entropy_with_logits(tower(pixel_values=images[idx]).logits, targets[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    tower.eval()
-    val_images, val_targets = tensors("val", num_val, seed + 7919)
-    with torch.no_grad():
-        pred = tower(pixel_values=val_images).logits > 0
-    right = pred == val_targets.bool()
-    return tower, {"label_acc": float(right.float().mean()), "exact_set_acc": float(right.all(dim=1).float().mean())}
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._counts = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        logits, labels = outputs["student"].logits, batch["labels"]
+        right = (logits > 0) == labels.bool()  # [B, 10]
+        counts = torch.stack([right.sum(), torch.tensor(right.numel(), device=right.device),
+                              right.all(dim=1).sum(), torch.tensor(right.shape[0], device=right.device)]).float()
+        self._counts = counts if self._counts is None else self._counts + counts
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._counts is None or trainer.sanity_checking:
+            return
+        counts = trainer.strategy.reduce(self._counts, reduce_op="sum")
+        pl_module.log("val/label_acc", counts[0] / counts[1])
+        pl_module.log("val/exact_set_acc", counts[2] / counts[3])
 
 
 @torch.no_grad()
@@ -330,7 +319,7 @@ def _load_model(ckpt: str) -> nn.Module:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m recipes.llava_mod {make-data, pretrain-vision, upcycle, make-pairs} ...``."""
+    """``python -m recipes.llava_mod {make-data, upcycle, make-pairs} ...``."""
     parser = argparse.ArgumentParser(prog="python -m recipes.llava_mod", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -339,12 +328,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     data_p.add_argument("--train-scenes", type=int, default=800, help="training scenes")
     data_p.add_argument("--val-scenes", type=int, default=200, help="validation scenes")
     data_p.add_argument("--seed", type=int, default=0, help="random seed of the scenes")
-    vision_p = sub.add_parser("pretrain-vision", help="pretrain the tiny configs' vision tower")
-    vision_p.add_argument("--out", required=True, help="state-dict file for TimmModel.checkpoint")
-    vision_p.add_argument("--scenes", type=int, default=6000, help="training scenes")
-    vision_p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
-    vision_p.add_argument("--val-scenes", type=int, default=200, help="held-out scenes for the metrics")
-    vision_p.add_argument("--seed", type=int, default=0, help="random seed")
     up_p = sub.add_parser("upcycle", help="sparse-upcycle a dense student's export (stage 1's start)")
     up_p.add_argument("--dense", required=True, help="export directory of the dense student")
     up_p.add_argument("--out", required=True, help="export directory of the MoE student")
@@ -368,12 +351,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "make-data":
         paths = write_digit_vqa(args.out, args.train_scenes, args.val_scenes, args.seed)
         print(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
-        return
-    if args.command == "pretrain-vision":
-        tower, metrics = pretrain_vision(args.scenes, args.steps, seed=args.seed, num_val=args.val_scenes)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(tower.module.state_dict(), args.out)
-        print(f"saved the vision tower to {args.out}; held-out {metrics}")
         return
     if args.command == "upcycle":
         print(f"wrote {upcycle_export(args.dense, args.out, json.loads(args.moe), args.seed)}")

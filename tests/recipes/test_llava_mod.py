@@ -14,7 +14,7 @@ from lit_distill.export import build_student, export_checkpoint
 from lit_distill.losses import DPO, MoEAuxLoss
 from lit_distill.models.moe import MoEFeedForward
 from recipes.llava_mod import main as recipe_main
-from recipes.llava_mod import make_pairs
+from recipes.llava_mod import make_pairs, vision_tower
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs/vlm/llava_mod"
@@ -44,8 +44,8 @@ def fit_steps(config, tmp: Path, *extra: str) -> Path:
 @pytest.mark.slow
 def test_stage_switch_and_both_stages_run(tmp_path):
     vqa = write_digit_vqa(tmp_path / "data", num_train=4, num_val=2)
-    vision = tmp_path / "vision.pt"
-    recipe_main(["pretrain-vision", "--out", str(vision), "--scenes", "8", "--steps", "1", "--val-scenes", "4"])
+    vision = tmp_path / "vision.pt"  # an untrained tower: its pretraining fit is tests/recipes/test_llava_mod_vision.py's
+    torch.save(vision_tower().module.state_dict(), vision)
     pretrained = [f"--model.init_args.student.init_args.vision.init_args.checkpoint={vision}"]
     teacher_ckpt = fit_steps(TEACHER, tmp_path / "teacher_run", *data_args(vqa), *pretrained)
     export_checkpoint(str(teacher_ckpt), str(tmp_path / "teacher"))
@@ -132,14 +132,14 @@ def test_help_lists_every_command_with_its_options(capsys):
         recipe_main(["--help"])
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
-    for option in ("make-data", "--train-scenes", "pretrain-vision", "--steps", "make-pairs", "--student-ckpt",
+    for option in ("make-data", "--train-scenes", "upcycle", "--moe", "make-pairs", "--student-ckpt",
                    "--teacher-ckpt", "--num-samples", "--tokenizer"):
         assert option in out, option
+    assert "pretrain-vision" not in out  # the tower is pretrained by fit (tiny-vision_presence.yaml)
 
 
 def _tiny_composition(data: VLMDataModule, **kwargs):
     from lit_distill.models import LlavaComposition
-    from recipes.llava_mod import vision_tower
 
     lm = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
           "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64}

@@ -29,7 +29,6 @@ MAX_LINES = 400
 ALLOWED: dict[str, tuple[int, frozenset[str]]] = {
     "scripts/experiment_speech.py": (15, frozenset({"loop", "long"})),
     "scripts/speech_probes.py": (15, frozenset({"loop"})),  # CTC probes, part of the speech experiment
-    "recipes/llava_mod.py": (15, frozenset({"loop"})),
 }
 
 
