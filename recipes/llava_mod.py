@@ -11,20 +11,17 @@ run with ``python -m lit_distill fit``. Commands::
         --data artifacts/llava_mod/data/train.json --tokenizer artifacts/llava_mod/data/tokenizer \\
         --out artifacts/llava_mod/data/train_pairs_generated.json
 
-The vision tower (:func:`vision_tower`, a narrow timm ResNet-18) stands in for the pretrained CLIP
-encoder of LLaVA: ``tiny-vision_presence.yaml`` trains it to say which digits a scene holds
-(multi-label BCE, :class:`lit_distill.losses.multilabel.MultiLabelBCE`, on generated scenes of the
-*training* handwriting pool, :class:`datamodules.digit_presence.DigitPresenceDataModule`;
-:class:`DigitPresenceMetrics` logs its held-out label accuracy); its export's
-``model_state_dict.pt`` is the VLM configs' ``TimmModel.checkpoint``, frozen there.
+The vision tower (:func:`vision_tower`, a narrow ResNet-18) stands in for LLaVA's CLIP encoder:
+``tiny-vision_presence.yaml`` trains it to say which digits a scene of the *training* handwriting
+holds (``MultiLabelBCE``, ``DigitPresenceDataModule``, :class:`DigitPresenceMetrics`); its export's
+``model_state_dict.pt`` is the VLM configs' frozen ``TimmModel.checkpoint``.
 
 ``upcycle`` turns a dense student's export (``fit`` + ``export`` of a dense ``LlavaComposition``)
 into the export of the same model with MoE layers (experts = copies of the dense FFN, fresh routers,
 seeded), which a MoE config loads with ``init_from`` (stage 1's common start).
 
-:class:`DigitVQAMetrics` is the held-out evaluation as a callback: answer accuracy per question
-type, POPE presence metrics and the log-probabilities of the chosen and rejected answers of the
-held-out preference pairs, logged at every validation (so ``metrics.csv`` holds trajectories).
+:class:`DigitVQAMetrics` is the held-out evaluation as a callback (answer accuracy per question type,
+POPE, log p of the held-out pairs; trajectories); :func:`teacher_gap` the student-teacher KL per type.
 
 ``make-pairs`` builds preference pairs the way LLaVA-MoD's stage 2 can: for every prompt the
 *student* proposes answers (its candidates ranked by its own likelihood when the record lists
@@ -145,13 +142,10 @@ def vision_tower() -> nn.Module:
 
 
 class DigitPresenceMetrics(Callback):
-    """Held-out metrics of the vision tower's pretraining (``tiny-vision_presence.yaml``), logged as
-    ``val/label_acc`` (share of the 10 digit labels right, "present" iff the logit > 0) and
-    ``val/exact_set_acc`` (share of scenes whose whole digit set is right) at every validation.
-
-    Reads the student's ``[B, 10]`` logits and the batch's multi-hot ``labels`` (see
-    :mod:`datamodules.digit_presence`); counts are summed over processes.
-    """
+    """Held-out metrics of the vision tower's pretraining (``tiny-vision_presence.yaml``) from the
+    student's ``[B, 10]`` logits and the multi-hot ``labels`` (:mod:`datamodules.digit_presence`):
+    ``val/label_acc`` (digit labels right, "present" iff the logit > 0) and ``val/exact_set_acc``
+    (scenes whose whole digit set is right), summed over processes."""
 
     def __init__(self) -> None:
         self._counts: Tensor | None = None  # [labels right, labels, scenes right, scenes]
@@ -161,9 +155,9 @@ class DigitPresenceMetrics(Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         logits, labels = outputs["student"].logits, batch["labels"]
-        right = (logits > 0) == labels.bool()  # [B, 10]
-        counts = torch.stack([right.sum(), torch.tensor(right.numel(), device=right.device),
-                              right.all(dim=1).sum(), torch.tensor(right.shape[0], device=right.device)]).float()
+        right = ((logits > 0) == labels.bool()).float()  # [B, 10]
+        counts = torch.stack([right.sum(), right.new_tensor(right.numel()), right.min(dim=1).values.sum(),
+                              right.new_tensor(right.shape[0])])
         self._counts = counts if self._counts is None else self._counts + counts
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
@@ -268,6 +262,43 @@ class DigitVQAMetrics(Callback):
             pl_module.log(f"val/{key}", value)
 
 
+@torch.no_grad()
+def teacher_gap(student: nn.Module, teacher: nn.Module, data: VLMDataModule, pairs_path: str,
+                batch_size: int = 128) -> dict[str, float]:
+    """How far the student's answers are from the teacher's on held-out questions, per question type.
+
+    For every question of the held-out preference file (chosen rows only: the prompt and the
+    reference answer), at the position that predicts the answer's first token: KL(teacher ‖ student)
+    over the whole vocabulary, and whether the student's greedy token is the teacher's.
+
+    Args:
+        student, teacher: VLMs taking ``input_ids``, ``pixel_values``, ``attention_mask``.
+        data: gives the tokenizer, images and collation; pairs_path: the held-out preference JSON.
+        batch_size: questions per forward.
+
+    Returns:
+        ``{"kl_<type>", "agree_<type>"}`` (means) for ``type`` in ``all`` and each question type.
+    """
+    student.eval()
+    teacher.eval()
+    samples, _ = data.build_samples(pairs_path, "teacher_gap.pairs_path")
+    kinds = [rec["meta"]["type"] for rec in read_json_records(pairs_path, "teacher_gap.pairs_path")[0]]
+    kl, agree = [], []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        batch = data.collate(chunk)
+        inputs = {key: value[:len(chunk)] for key, value in batch["inputs"].items()}  # the chosen rows
+        rows = torch.arange(len(chunk))
+        first = batch["response_mask"][:len(chunk)].float().argmax(dim=1)
+        log_s = student(**inputs).logits[rows, first].float().log_softmax(-1)  # [P, V]
+        log_t = teacher(**inputs).logits[rows, first].float().log_softmax(-1)
+        kl.append((log_t.exp() * (log_t - log_s)).sum(-1))
+        agree.append((log_s.argmax(-1) == log_t.argmax(-1)).float())
+    values = {"kl": torch.cat(kl), "agree": torch.cat(agree)}
+    return {f"{name}_{kind}": float(value[torch.tensor([kind in ("all", k) for k in kinds])].mean())
+            for kind in ["all", *sorted(set(kinds))] for name, value in values.items()}
+
+
 def answer_statistics(logits: Tensor, labels: Tensor, mask: Tensor, yes: int, no: int) -> dict[str, Tensor]:
     """Per-pair statistics of a preference batch (``P`` chosen rows, then the ``P`` rejected ones).
 
@@ -310,11 +341,12 @@ def vqa_metrics(values: dict[str, Tensor], meta: list[dict]) -> dict[str, float]
     return out
 
 
-def _load_model(ckpt: str) -> nn.Module:
+def load_model(ckpt: str | Path) -> nn.Module:
+    """The student of a ``fit`` checkpoint (a VLM of this recipe), rebuilt from its config."""
     from lit_distill.export import build_student
 
     if not Path(ckpt).is_file():
-        raise ConfigError(f"make-pairs: no checkpoint file '{ckpt}'")
+        raise ConfigError(f"no checkpoint file '{ckpt}' (give a last.ckpt written by fit)")
     return build_student(torch.load(ckpt, map_location="cpu", weights_only=False))
 
 
@@ -357,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     data = VLMDataModule(args.tokenizer, args.data, args.data, num_image_tokens=args.num_image_tokens,
                          image_size=args.image_size)
-    pairs = make_pairs(_load_model(args.student_ckpt), _load_model(args.teacher_ckpt), data, args.data,
+    pairs = make_pairs(load_model(args.student_ckpt), load_model(args.teacher_ckpt), data, args.data,
                        num_samples=args.num_samples, seed=args.seed)
     Path(args.out).write_text(json.dumps(pairs, indent=1))
     print(f"wrote {len(pairs)} pairs to {args.out}")

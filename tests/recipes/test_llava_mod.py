@@ -219,3 +219,30 @@ def test_digit_vqa_metrics_callback_logs_every_metric(tmp_path):
     assert counts and logged["val/acc_count"] * counts == pytest.approx(round(logged["val/acc_count"] * counts))
     with pytest.raises(Exception, match="no preference pairs"):
         DigitVQAMetrics(str(vqa["val"])).on_validation_epoch_end(trainer, module)
+
+
+def test_teacher_gap_is_zero_against_itself_and_the_answer_position_kl_otherwise(tmp_path):
+    from recipes.llava_mod import teacher_gap
+
+    vqa = write_digit_vqa(tmp_path / "data", num_train=1, num_val=3)
+    data = VLMDataModule(str(vqa["tokenizer"]), str(vqa["val"]), str(vqa["val"]))
+    torch.manual_seed(0)
+    student, teacher = _tiny_composition(data).eval(), _tiny_composition(data).eval()
+    same = teacher_gap(teacher, teacher, data, str(vqa["val_pairs"]), batch_size=2)
+    kinds = {r["meta"]["type"] for r in json.loads(vqa["val"].read_text())}
+    assert set(same) == {f"{m}_{k}" for m in ("kl", "agree") for k in ["all", *kinds]}
+    assert all(abs(same[f"kl_{k}"]) < 1e-6 and same[f"agree_{k}"] == 1.0 for k in ["all", *kinds])
+    gap = teacher_gap(student, teacher, data, str(vqa["val_pairs"]), batch_size=2)
+    assert gap["kl_all"] > 0 and 0.0 <= gap["agree_all"] <= 1.0
+    first = json.loads(vqa["val_pairs"].read_text())[0]
+    one = tmp_path / "one.json"  # the first question alone: its KL, computed here directly
+    one.write_text(json.dumps([{**first, "image": str(vqa["val_pairs"].parent / first["image"])}]))
+    batch = data.collate(data.build_samples(str(one), "one")[0])
+    inputs = {k: v[:1] for k, v in batch["inputs"].items()}
+    position = int(batch["response_mask"][0].float().argmax())
+    with torch.no_grad():
+        log_s, log_t = (m(**inputs).logits[0, position].log_softmax(-1) for m in (student, teacher))
+    direct = float((log_t.exp() * (log_t - log_s)).sum())
+    alone = teacher_gap(student, teacher, data, str(one))
+    assert alone["kl_all"] == pytest.approx(direct, rel=1e-5) == alone[f"kl_{first['meta']['type']}"]
+    assert alone["agree_all"] == float(log_s.argmax() == log_t.argmax())
