@@ -7,6 +7,7 @@
   encoders, each teacher with its own tokenizer.
 - :mod:`datamodules.vision`: image classification (ImageFolder, scikit-learn's digits),
   long-tailed subsampling, strong/teacher views, mixup/cutmix.
+- :mod:`datamodules.digit_presence`: multi-label digit presence on generated digit scenes.
 - :mod:`datamodules.local_corpus`, :mod:`datamodules.tokenizer_training`: an offline
   English corpus and tiny tokenizers for examples and tests.
 
@@ -18,6 +19,7 @@ from lit_distill.lazy_exports import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "datamodules.cross_tokenizer": ["CrossTokenizerDataModule"],
+    "datamodules.digit_presence": ["DigitPresenceDataModule"],
     "datamodules.local_corpus": ["write_local_corpus"],
     "datamodules.segmentation": ["SegmentationDataModule"],
     "datamodules.speech": ["SpeechDataModule", "synthesize_speech_corpus"],

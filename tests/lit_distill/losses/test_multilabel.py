@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lit_distill.contracts import ModelOutput
-from lit_distill.losses.multilabel import MultiLabelBCE, multilabel_bce
+from lit_distill.losses import MultiLabelBCE, multilabel_bce
 
 
 def direct(logits, targets, mask):
