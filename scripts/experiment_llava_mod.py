@@ -76,7 +76,7 @@ LOSSES = {"ce": f"{{{CE}, {AUX}}}",
           "dpo": f"{{dpo: {{class_path: lit_distill.losses.DPO, init_args: {{beta: 0.1}}}}, {AUX}}}"}
 NO_TEACHER = "--model.init_args.teacher=null"
 GRADIENT_SHARE = ('--trainer.callbacks+={"class_path": "lit_distill.callbacks.GradientShare", '
-                  '"init_args": {"every_n_steps": 10, "terms": ["kd", "ce"]}}')
+                  '"init_args": {"every_n_steps": 25, "terms": ["kd", "ce"]}}')
 QUIET = ["--trainer.enable_progress_bar=false", "--checkpoint.save_top_k=0"]
 METRICS = ["acc_all", "acc_count", "acc_presence", "acc_position", "pope_acc", "pope_f1", "pope_yes_ratio",
            "false_yes_absent"]
