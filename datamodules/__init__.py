@@ -9,6 +9,7 @@
   long-tailed subsampling, strong/teacher views, mixup/cutmix.
 - :mod:`datamodules.asr`: whole utterances with character targets, for CTC speech recognition, and
   token sequences with character targets, for CTC probes.
+- :mod:`datamodules.digit_presence`: multi-label digit presence on generated digit scenes.
 - :mod:`datamodules.local_corpus`, :mod:`datamodules.tokenizer_training`: an offline
   English corpus and tiny tokenizers for examples and tests.
 
@@ -21,6 +22,7 @@ from lit_distill.lazy_exports import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "datamodules.asr": ["ASRDataModule", "TokenCTCDataModule"],
     "datamodules.cross_tokenizer": ["CrossTokenizerDataModule"],
+    "datamodules.digit_presence": ["DigitPresenceDataModule"],
     "datamodules.local_corpus": ["write_local_corpus"],
     "datamodules.segmentation": ["SegmentationDataModule"],
     "datamodules.speech": ["SpeechDataModule", "synthesize_speech_corpus"],

@@ -1,28 +1,27 @@
-"""LLaVA-MoD steps that are not a plain ``fit``: data, vision tower, upcycling, pairs, held-out metrics.
+"""LLaVA-MoD steps that are not a plain ``fit``: data, upcycling, pairs, held-out metrics.
 
-Everything else is YAML (``configs/vlm/llava_mod/``): teacher SFT, stage 1 (mimic: forward
-KL + LM loss + MoE aux loss) and stage 2 (DPO against the teacher), run with
-``python -m lit_distill fit``. Commands::
+Everything else is YAML (``configs/vlm/llava_mod/``): the vision tower's pretraining, teacher
+SFT, stage 1 (mimic: forward KL + LM loss + MoE aux loss) and stage 2 (DPO against the teacher),
+run with ``python -m lit_distill fit``. Commands::
 
     python -m recipes.llava_mod make-data --out artifacts/llava_mod/data
-    python -m recipes.llava_mod pretrain-vision --out artifacts/llava_mod/vision.pt
+    python -m lit_distill fit --config configs/vlm/llava_mod/tiny-vision_presence.yaml   # + export
     python -m recipes.llava_mod upcycle --dense DENSE_EXPORT --out artifacts/llava_mod/upcycled
     python -m recipes.llava_mod make-pairs --student-ckpt STAGE1.ckpt --teacher-ckpt TEACHER.ckpt \\
         --data artifacts/llava_mod/data/train.json --tokenizer artifacts/llava_mod/data/tokenizer \\
         --out artifacts/llava_mod/data/train_pairs_generated.json
 
-``pretrain-vision`` stands in for the pretrained CLIP encoder of LLaVA: it trains the tiny
-configs' vision tower (a narrow timm ResNet-18) to say which digits a training scene holds
-(multi-label, freshly generated scenes of the *training* handwriting pool) and saves its state
-dict for ``TimmModel.checkpoint``; the VLMs then keep it frozen.
+The vision tower (:func:`vision_tower`, a narrow ResNet-18) stands in for LLaVA's CLIP encoder:
+``tiny-vision_presence.yaml`` trains it to say which digits a scene of the *training* handwriting
+holds (``MultiLabelBCE``, ``DigitPresenceDataModule``, :class:`DigitPresenceMetrics`); its export's
+``model_state_dict.pt`` is the VLM configs' frozen ``TimmModel.checkpoint``.
 
 ``upcycle`` turns a dense student's export (``fit`` + ``export`` of a dense ``LlavaComposition``)
 into the export of the same model with MoE layers (experts = copies of the dense FFN, fresh routers,
 seeded), which a MoE config loads with ``init_from`` (stage 1's common start).
 
-:class:`DigitVQAMetrics` is the held-out evaluation as a callback: answer accuracy per question
-type, POPE presence metrics and the log-probabilities of the chosen and rejected answers of the
-held-out preference pairs, logged at every validation (so ``metrics.csv`` holds trajectories).
+:class:`DigitVQAMetrics` is the held-out evaluation as a callback (answer accuracy per question type,
+POPE, log p of the held-out pairs; trajectories); :func:`teacher_gap` the student-teacher KL per type.
 
 ``make-pairs`` builds preference pairs the way LLaVA-MoD's stage 2 can: for every prompt the
 *student* proposes answers (its candidates ranked by its own likelihood when the record lists
@@ -142,47 +141,31 @@ def vision_tower() -> nn.Module:
     return TimmModel("resnet18", num_classes=10, model_kwargs=dict(VISION_KWARGS), hooks=["layer3"])
 
 
-def pretrain_vision(num_scenes: int = 6000, steps: int = 1000, lr: float = 1e-3, batch_size: int = 64,
-                    seed: int = 0, num_val: int = 200) -> tuple[nn.Module, dict[str, float]]:
-    """Train :func:`vision_tower` to predict the set of digits in a scene (BCE over 10 labels).
+class DigitPresenceMetrics(Callback):
+    """Held-out metrics of the vision tower's pretraining (``tiny-vision_presence.yaml``) from the
+    student's ``[B, 10]`` logits and the multi-hot ``labels`` (:mod:`datamodules.digit_presence`):
+    ``val/label_acc`` (digit labels right, "present" iff the logit > 0) and ``val/exact_set_acc``
+    (scenes whose whole digit set is right), summed over processes."""
 
-    Training scenes come from the ``train`` handwriting pool (seed ``seed + 1``, not the VQA
-    scenes' seed), the reported metrics from ``num_val`` scenes of the held-out pool; images are
-    normalised as :class:`datamodules.vlm.VLMDataModule` does by default (mean = std = 0.5).
+    def __init__(self) -> None:
+        self._counts: Tensor | None = None  # [labels right, labels, scenes right, scenes]
 
-    Returns:
-        The trained tower (eval mode) and ``{"label_acc", "exact_set_acc"}`` on held-out scenes.
-    """
-    from datamodules.digit_scenes import digit_pool, make_scenes
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._counts = None
 
-    def tensors(split: str, count: int, scene_seed: int) -> tuple[Tensor, Tensor]:
-        scenes = make_scenes(count, digit_pool(split), scene_seed, canvas_size=64)
-        images = (torch.stack([s.image for s in scenes]) - 0.5) / 0.5
-        targets = torch.zeros(count, 10)
-        for i, scene in enumerate(scenes):
-            targets[i, [o.digit for o in scene.objects]] = 1.0
-        return images, targets
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        logits, labels = outputs["student"].logits, batch["labels"]
+        right = ((logits > 0) == labels.bool()).float()  # [B, 10]
+        counts = torch.stack([right.sum(), right.new_tensor(right.numel()), right.min(dim=1).values.sum(),
+                              right.new_tensor(right.shape[0])])
+        self._counts = counts if self._counts is None else self._counts + counts
 
-    images, targets = tensors("train", num_scenes, seed + 1)
-    torch.manual_seed(seed)
-    tower = vision_tower()
-    optimizer = torch.optim.AdamW(tower.parameters(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps,
-                                                   pct_start=min(0.5, max(0.1, 3 / steps)))
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(0, num_scenes, (batch_size,), generator=gen)
-        loss = nn.functional.binary_cross_entropy_with_logits(tower(pixel_values=images[idx]).logits, targets[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    tower.eval()
-    val_images, val_targets = tensors("val", num_val, seed + 7919)
-    with torch.no_grad():
-        pred = tower(pixel_values=val_images).logits > 0
-    right = pred == val_targets.bool()
-    return tower, {"label_acc": float(right.float().mean()), "exact_set_acc": float(right.all(dim=1).float().mean())}
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._counts is None or trainer.sanity_checking:
+            return
+        counts = trainer.strategy.reduce(self._counts, reduce_op="sum")
+        pl_module.log("val/label_acc", counts[0] / counts[1])
+        pl_module.log("val/exact_set_acc", counts[2] / counts[3])
 
 
 @torch.no_grad()
@@ -279,6 +262,43 @@ class DigitVQAMetrics(Callback):
             pl_module.log(f"val/{key}", value)
 
 
+@torch.no_grad()
+def teacher_gap(student: nn.Module, teacher: nn.Module, data: VLMDataModule, pairs_path: str,
+                batch_size: int = 128) -> dict[str, float]:
+    """How far the student's answers are from the teacher's on held-out questions, per question type.
+
+    For every question of the held-out preference file (chosen rows only: the prompt and the
+    reference answer), at the position that predicts the answer's first token: KL(teacher ‖ student)
+    over the whole vocabulary, and whether the student's greedy token is the teacher's.
+
+    Args:
+        student, teacher: VLMs taking ``input_ids``, ``pixel_values``, ``attention_mask``.
+        data: gives the tokenizer, images and collation; pairs_path: the held-out preference JSON.
+        batch_size: questions per forward.
+
+    Returns:
+        ``{"kl_<type>", "agree_<type>"}`` (means) for ``type`` in ``all`` and each question type.
+    """
+    student.eval()
+    teacher.eval()
+    samples, _ = data.build_samples(pairs_path, "teacher_gap.pairs_path")
+    kinds = [rec["meta"]["type"] for rec in read_json_records(pairs_path, "teacher_gap.pairs_path")[0]]
+    kl, agree = [], []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        batch = data.collate(chunk)
+        inputs = {key: value[:len(chunk)] for key, value in batch["inputs"].items()}  # the chosen rows
+        rows = torch.arange(len(chunk))
+        first = batch["response_mask"][:len(chunk)].float().argmax(dim=1)
+        log_s = student(**inputs).logits[rows, first].float().log_softmax(-1)  # [P, V]
+        log_t = teacher(**inputs).logits[rows, first].float().log_softmax(-1)
+        kl.append((log_t.exp() * (log_t - log_s)).sum(-1))
+        agree.append((log_s.argmax(-1) == log_t.argmax(-1)).float())
+    values = {"kl": torch.cat(kl), "agree": torch.cat(agree)}
+    return {f"{name}_{kind}": float(value[torch.tensor([kind in ("all", k) for k in kinds])].mean())
+            for kind in ["all", *sorted(set(kinds))] for name, value in values.items()}
+
+
 def answer_statistics(logits: Tensor, labels: Tensor, mask: Tensor, yes: int, no: int) -> dict[str, Tensor]:
     """Per-pair statistics of a preference batch (``P`` chosen rows, then the ``P`` rejected ones).
 
@@ -321,16 +341,17 @@ def vqa_metrics(values: dict[str, Tensor], meta: list[dict]) -> dict[str, float]
     return out
 
 
-def _load_model(ckpt: str) -> nn.Module:
+def load_model(ckpt: str | Path) -> nn.Module:
+    """The student of a ``fit`` checkpoint (a VLM of this recipe), rebuilt from its config."""
     from lit_distill.export import build_student
 
     if not Path(ckpt).is_file():
-        raise ConfigError(f"make-pairs: no checkpoint file '{ckpt}'")
+        raise ConfigError(f"no checkpoint file '{ckpt}' (give a last.ckpt written by fit)")
     return build_student(torch.load(ckpt, map_location="cpu", weights_only=False))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m recipes.llava_mod {make-data, pretrain-vision, upcycle, make-pairs} ...``."""
+    """``python -m recipes.llava_mod {make-data, upcycle, make-pairs} ...``."""
     parser = argparse.ArgumentParser(prog="python -m recipes.llava_mod", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -339,12 +360,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     data_p.add_argument("--train-scenes", type=int, default=800, help="training scenes")
     data_p.add_argument("--val-scenes", type=int, default=200, help="validation scenes")
     data_p.add_argument("--seed", type=int, default=0, help="random seed of the scenes")
-    vision_p = sub.add_parser("pretrain-vision", help="pretrain the tiny configs' vision tower")
-    vision_p.add_argument("--out", required=True, help="state-dict file for TimmModel.checkpoint")
-    vision_p.add_argument("--scenes", type=int, default=6000, help="training scenes")
-    vision_p.add_argument("--steps", type=int, default=1000, help="optimizer steps")
-    vision_p.add_argument("--val-scenes", type=int, default=200, help="held-out scenes for the metrics")
-    vision_p.add_argument("--seed", type=int, default=0, help="random seed")
     up_p = sub.add_parser("upcycle", help="sparse-upcycle a dense student's export (stage 1's start)")
     up_p.add_argument("--dense", required=True, help="export directory of the dense student")
     up_p.add_argument("--out", required=True, help="export directory of the MoE student")
@@ -369,18 +384,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         paths = write_digit_vqa(args.out, args.train_scenes, args.val_scenes, args.seed)
         print(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
         return
-    if args.command == "pretrain-vision":
-        tower, metrics = pretrain_vision(args.scenes, args.steps, seed=args.seed, num_val=args.val_scenes)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(tower.module.state_dict(), args.out)
-        print(f"saved the vision tower to {args.out}; held-out {metrics}")
-        return
     if args.command == "upcycle":
         print(f"wrote {upcycle_export(args.dense, args.out, json.loads(args.moe), args.seed)}")
         return
     data = VLMDataModule(args.tokenizer, args.data, args.data, num_image_tokens=args.num_image_tokens,
                          image_size=args.image_size)
-    pairs = make_pairs(_load_model(args.student_ckpt), _load_model(args.teacher_ckpt), data, args.data,
+    pairs = make_pairs(load_model(args.student_ckpt), load_model(args.teacher_ckpt), data, args.data,
                        num_samples=args.num_samples, seed=args.seed)
     Path(args.out).write_text(json.dumps(pairs, indent=1))
     print(f"wrote {len(pairs)} pairs to {args.out}")

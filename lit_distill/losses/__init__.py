@@ -17,6 +17,8 @@ one module per family; the ``LossTerm`` classes wrap them for YAML.
   token, and DeiT-LT's effective-number class weights.
 - :mod:`lit_distill.losses.long_tail`: logit-adjusted cross-entropy (balanced softmax) for
   long-tail-aware teachers.
+- :mod:`lit_distill.losses.multilabel`: ``MultiLabelBCE``, binary cross-entropy per class against
+  multi-hot targets (multi-label classification).
 - :mod:`lit_distill.losses.feature`: ``FeatureMSE``, intermediate features (hidden states,
   feature maps) through a learned projector when the widths differ.
 - :mod:`lit_distill.losses.relation`: TRG, token-level relationship graphs between
@@ -70,6 +72,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "lit_distill.losses.fused_terms": ["FusedCrossEntropy", "FusedForwardKL", "FusedReverseKL"],
     "lit_distill.losses.fused_sparse": ["FusedSparseForwardKL", "fused_sparse_forward_kl"],
     "lit_distill.losses.multi_teacher": ["EnsembleKD", "ensemble_kd"],
+    "lit_distill.losses.multilabel": ["MultiLabelBCE", "multilabel_bce"],
     "lit_distill.losses.adaspec": ["AdaSPEC"],
     "lit_distill.losses.preference": ["DPO", "MoEAuxLoss", "dpo_loss", "sequence_logprobs"],
     "lit_distill.losses.relation": ["TRG", "contextual_relation", "global_contrastive", "local_graph_kl"],

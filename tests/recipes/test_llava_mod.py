@@ -14,7 +14,7 @@ from lit_distill.export import build_student, export_checkpoint
 from lit_distill.losses import DPO, MoEAuxLoss
 from lit_distill.models.moe import MoEFeedForward
 from recipes.llava_mod import main as recipe_main
-from recipes.llava_mod import make_pairs
+from recipes.llava_mod import make_pairs, vision_tower
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs/vlm/llava_mod"
@@ -44,8 +44,8 @@ def fit_steps(config, tmp: Path, *extra: str) -> Path:
 @pytest.mark.slow
 def test_stage_switch_and_both_stages_run(tmp_path):
     vqa = write_digit_vqa(tmp_path / "data", num_train=4, num_val=2)
-    vision = tmp_path / "vision.pt"
-    recipe_main(["pretrain-vision", "--out", str(vision), "--scenes", "8", "--steps", "1", "--val-scenes", "4"])
+    vision = tmp_path / "vision.pt"  # an untrained tower: its pretraining fit is tests/recipes/test_llava_mod_vision.py's
+    torch.save(vision_tower().module.state_dict(), vision)
     pretrained = [f"--model.init_args.student.init_args.vision.init_args.checkpoint={vision}"]
     teacher_ckpt = fit_steps(TEACHER, tmp_path / "teacher_run", *data_args(vqa), *pretrained)
     export_checkpoint(str(teacher_ckpt), str(tmp_path / "teacher"))
@@ -132,14 +132,14 @@ def test_help_lists_every_command_with_its_options(capsys):
         recipe_main(["--help"])
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
-    for option in ("make-data", "--train-scenes", "pretrain-vision", "--steps", "make-pairs", "--student-ckpt",
+    for option in ("make-data", "--train-scenes", "upcycle", "--moe", "make-pairs", "--student-ckpt",
                    "--teacher-ckpt", "--num-samples", "--tokenizer"):
         assert option in out, option
+    assert "pretrain-vision" not in out  # the tower is pretrained by fit (tiny-vision_presence.yaml)
 
 
 def _tiny_composition(data: VLMDataModule, **kwargs):
     from lit_distill.models import LlavaComposition
-    from recipes.llava_mod import vision_tower
 
     lm = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
           "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64}
@@ -219,3 +219,30 @@ def test_digit_vqa_metrics_callback_logs_every_metric(tmp_path):
     assert counts and logged["val/acc_count"] * counts == pytest.approx(round(logged["val/acc_count"] * counts))
     with pytest.raises(Exception, match="no preference pairs"):
         DigitVQAMetrics(str(vqa["val"])).on_validation_epoch_end(trainer, module)
+
+
+def test_teacher_gap_is_zero_against_itself_and_the_answer_position_kl_otherwise(tmp_path):
+    from recipes.llava_mod import teacher_gap
+
+    vqa = write_digit_vqa(tmp_path / "data", num_train=1, num_val=3)
+    data = VLMDataModule(str(vqa["tokenizer"]), str(vqa["val"]), str(vqa["val"]))
+    torch.manual_seed(0)
+    student, teacher = _tiny_composition(data).eval(), _tiny_composition(data).eval()
+    same = teacher_gap(teacher, teacher, data, str(vqa["val_pairs"]), batch_size=2)
+    kinds = {r["meta"]["type"] for r in json.loads(vqa["val"].read_text())}
+    assert set(same) == {f"{m}_{k}" for m in ("kl", "agree") for k in ["all", *kinds]}
+    assert all(abs(same[f"kl_{k}"]) < 1e-6 and same[f"agree_{k}"] == 1.0 for k in ["all", *kinds])
+    gap = teacher_gap(student, teacher, data, str(vqa["val_pairs"]), batch_size=2)
+    assert gap["kl_all"] > 0 and 0.0 <= gap["agree_all"] <= 1.0
+    first = json.loads(vqa["val_pairs"].read_text())[0]
+    one = tmp_path / "one.json"  # the first question alone: its KL, computed here directly
+    one.write_text(json.dumps([{**first, "image": str(vqa["val_pairs"].parent / first["image"])}]))
+    batch = data.collate(data.build_samples(str(one), "one")[0])
+    inputs = {k: v[:1] for k, v in batch["inputs"].items()}
+    position = int(batch["response_mask"][0].float().argmax())
+    with torch.no_grad():
+        log_s, log_t = (m(**inputs).logits[0, position].log_softmax(-1) for m in (student, teacher))
+    direct = float((log_t.exp() * (log_t - log_s)).sum())
+    alone = teacher_gap(student, teacher, data, str(one))
+    assert alone["kl_all"] == pytest.approx(direct, rel=1e-5) == alone[f"kl_{first['meta']['type']}"]
+    assert alone["agree_all"] == float(log_s.argmax() == log_t.argmax())

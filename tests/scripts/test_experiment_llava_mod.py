@@ -1,4 +1,4 @@
-"""scripts/experiment_llava_mod.py: the teacher check, and equal budgets for the continuations."""
+"""scripts/experiment_llava_mod.py: the teacher check, equal budgets for the continuations, the tower through fit."""
 
 from __future__ import annotations
 
@@ -13,6 +13,12 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "experiment_llava_mod
 
 def test_a_teacher_that_beats_every_student_baseline_passes(exp):
     assert exp.teacher_check({"acc_all": 0.55}, [{"acc_all": 0.37}, {"acc_all": 0.41}]) is None
+    assert exp.teacher_check({"acc_all": 0.55}, [{"acc_all": 0.52}], margin=0.02) is None
+
+
+def test_a_teacher_within_the_margin_of_a_baseline_fails(exp):
+    message = exp.teacher_check({"acc_all": 0.53}, [{"acc_all": 0.40}, {"acc_all": 0.52}], margin=0.02)
+    assert message is not None and "\n" not in message and "0.530" in message and "0.520" in message
 
 
 @pytest.mark.parametrize("teacher", [0.37, 0.30])
@@ -41,4 +47,22 @@ def test_every_continuation_has_the_same_budget_and_constant_schedule(exp, tmp_p
     assert {flag(run, "--model.init_args.student.init_args.init_from") for run in runs if run.seed == 1} == {str(starts[1])}
     dpo = [run for run in runs if run.name == "mimic → DPO"]
     assert all("train_pairs.json" in flag(run, "--data.init_args.train_path") for run in dpo)
-    assert all("DigitVQAMetrics" in flag(run, "--trainer.callbacks+") for run in runs)
+    assert all(any("DigitVQAMetrics" in o for o in run.overrides if o.startswith("--trainer.callbacks+=")) for run in runs)
+
+
+def test_the_vision_tower_is_a_fit_run_of_its_config_exported(exp, tmp_path):
+    ns = SimpleNamespace(vision_steps=1000, vision_scenes=6000)
+    run = exp.vision_run(ns)
+    assert run.configs == (exp.VISION,) and run.export and run.group == "vision"
+    assert "--trainer.max_steps=1000" in run.overrides and "--data.init_args.train_scenes=6000" in run.overrides
+    assert "--model.init_args.scheduler.init_args.total_steps=1000" in run.overrides
+
+
+def test_mimic_runs_log_the_kl_gradient_share_and_ce_runs_have_no_teacher(exp, tmp_path):
+    ns = SimpleNamespace(work=tmp_path, seeds=[0], mimic_steps=150, lr=1e-3, evals=4, tower=tmp_path / "v.pt",
+                         cont_steps=100, cont_lr=1e-4)
+    mimic, ce = exp.stage_n(ns, "mimic", tmp_path / "t"), exp.stage_n(ns, "ce", tmp_path / "t")
+    assert exp.GRADIENT_SHARE in mimic.overrides and exp.NO_TEACHER not in mimic.overrides
+    assert exp.NO_TEACHER in ce.overrides and exp.GRADIENT_SHARE not in ce.overrides
+    (cont,) = exp.continuation(ns, "mimic (→ mimic)", "mimic", {0: tmp_path / "s0"}, tmp_path / "t")
+    assert exp.GRADIENT_SHARE in cont.overrides

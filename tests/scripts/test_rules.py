@@ -10,8 +10,8 @@ script is longer than ~400 lines. The scan is syntactic (AST):
   ``run_cli(`` call, or ``.fit(`` on a trainer;
 - ``long``: more than ``MAX_LINES`` lines.
 
-``ALLOWED`` lists today's offenders with the issue that removes each. The list only shrinks:
-a new offence fails, and so does an allowed one that has gone (delete its entry).
+Every offence fails; the last offenders (issue 15's speech loops and LLaVA-MoD's vision
+pretraining) were ported to ``fit`` on 2026-12-04.
 """
 
 from __future__ import annotations
@@ -24,11 +24,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_LINES = 400
-
-# path -> (issue that removes the offences, the offences)
-ALLOWED: dict[str, tuple[int, frozenset[str]]] = {
-    "recipes/llava_mod.py": (15, frozenset({"loop"})),
-}
 
 
 def _called_name(call: ast.Call) -> str | None:
@@ -66,20 +61,10 @@ def scanned_files() -> dict[str, Path]:
     return {str(p.relative_to(REPO)): p for folder in ("scripts", "recipes") for p in sorted((REPO / folder).rglob("*.py"))}
 
 
-def test_no_new_training_outside_fit():
-    new = {name: sorted(found - ALLOWED.get(name, (0, frozenset()))[1])
-           for name, path in scanned_files().items() if (found := offences(path))}
-    new = {name: kinds for name, kinds in new.items() if kinds}
-    assert not new, (f"hand-written training or over-long scripts {new}: launch runs with lit_distill.experiment "
+def test_no_training_outside_fit():
+    found = {name: sorted(kinds) for name, path in scanned_files().items() if (kinds := offences(path))}
+    assert not found, (f"hand-written training or over-long scripts {found}: launch runs with lit_distill.experiment "
                      "(python -m lit_distill fit) and split scripts over 400 lines (README, Experiments)")
-
-
-@pytest.mark.parametrize("name", sorted(ALLOWED))
-def test_allowed_offenders_still_offend(name):
-    issue, allowed = ALLOWED[name]
-    path = REPO / name
-    gone = sorted(allowed - offences(path)) if path.exists() else sorted(allowed)
-    assert not gone, f"{name} no longer has {gone} (issue {issue}): remove it from ALLOWED in {Path(__file__).name}"
 
 
 @pytest.mark.parametrize("snippet, expected", [
