@@ -206,6 +206,8 @@ EXAMPLES: dict[str, Example] = {
                                    {"mel_weight": 0.5, "waveform_weight": 1.0, "stft_weight": 1.0},
                                    built_in=("sample_rate", "n_mels")),
     "CTC": Example({}, ctc_inputs, {"blank": 4}),
+    "MultiLabelBCE": Example({}, lambda: {"logits": torch.randn(2, 5, generator=generator()),
+                                          "targets": (torch.rand(2, 5, generator=generator()) > 0.5).float()}),
     "Commitment": Example({}, lambda: {"commit_loss": torch.tensor(0.3)}),
     "FeatureMSE": Example({}, lambda: {"student_features": torch.randn(2, 3, 4, generator=generator()),
                                        "teacher_features": torch.randn(2, 3, 4)},
