@@ -164,12 +164,17 @@ def init(path: str | Path) -> str:
     return f"--model.init_args.student.init_args.init_from={path}"
 
 
+def clip(ns) -> list[str]:
+    """The Trainer flag that clips the gradient norm at ``--clip`` (the authors' HF Trainer: 1.0), or none."""
+    return [] if ns.clip is None else [f"--trainer.gradient_clip_val={ns.clip}"]
+
+
 def stage_n(ns, name: str, teacher: Path) -> Run:
     """N steps (OneCycle) of CE or mimic from the upcycled common start (init_from brings the tower too)."""
     loss = "ce" if name == "ce" else "mimic"
     return Run(name, [STAGE1], [*data_flags(ns.work), *teacher_flags(teacher), *schedule(ns.mimic_steps, ns.lr, ns.evals),
                                 tower_flag(ns), init(ns.work / "upcycled/seed{seed}"), f"--model.init_args.losses={LOSSES[loss]}",
-                                *([NO_TEACHER] if loss == "ce" else [GRADIENT_SHARE])], group="stage_n", export=True)
+                                *([NO_TEACHER] if loss == "ce" else [GRADIENT_SHARE]), *clip(ns)], group="stage_n", export=True)
 
 
 def continuation(ns, name: str, loss: str, starts: dict, teacher: Path) -> list[Run]:
@@ -177,7 +182,7 @@ def continuation(ns, name: str, loss: str, starts: dict, teacher: Path) -> list[
     config, pairs = (STAGE2, True) if loss == "dpo" else (STAGE1, False)
     flags = [*data_flags(ns.work, pairs), *teacher_flags(teacher), *schedule(ns.cont_steps, ns.cont_lr, ns.evals, False),
              "--model.init_args.optimizer.init_args.weight_decay=0.01", f"--model.init_args.losses={LOSSES[loss]}",
-             *({"ce": [NO_TEACHER], "mimic": [GRADIENT_SHARE]}.get(loss, []))]
+             *({"ce": [NO_TEACHER], "mimic": [GRADIENT_SHARE]}.get(loss, [])), *clip(ns)]
     if config == STAGE1:
         flags.append(tower_flag(ns))
     return [Run(name, [config], [*flags, init(starts[seed])], seed=seed, group="continuation") for seed in ns.seeds]
@@ -353,6 +358,7 @@ def main() -> None:
     add("--lr", type=float, default=1e-3, help="dense SFT and stage N (OneCycle)")
     add("--cont-lr", type=float, default=1e-4, help="every continuation (constant)")
     add("--evals", type=int, default=4, help="validations during stage N and the continuation")
+    add("--clip", type=float, default=None, help="gradient-norm clip of stage N and every continuation")
     add("--workers", type=int, default=1, help="runs at once")
     add("--threads", type=int, default=1, help="torch threads per run")
     add("--out", type=Path, default=REPO / "docs/experiments")
