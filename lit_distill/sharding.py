@@ -38,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+import torch
 from torch import nn
 
 from lit_distill.errors import ConfigError
@@ -229,7 +230,9 @@ def shard_distillation_module(module: ShardableDistillation, mesh: DeviceMesh, c
     teacher = module.teacher
     if teacher is not None and config.shard_teacher:
         teacher_names = config.teacher_blocks if config.teacher_blocks is not None else config.blocks
-        # The teacher's own dtype setting (Teacher.dtype) wins over param_dtype.
+        # The teacher's own dtype setting (Teacher.dtype) wins over param_dtype; "auto" is
+        # settled here for the mesh's devices, before its weights become shards.
+        teacher.resolve_auto_dtype(torch.device(mesh.device_type))
         teacher_config = config if teacher.dtype is None else replace(config, param_dtype=None)
         blocks = find_blocks(teacher.model.model, teacher_names, f"{_FIELD}.teacher_blocks")
         shard_model(teacher.model, blocks, dp_mesh, teacher_config)

@@ -13,8 +13,11 @@ from lit_distill.errors import ConfigError
 from lit_distill.sources import OutputSpec
 
 
-def parse_dtype(name: str | None, field: str = "dtype") -> torch.dtype | None:
-    """Turn ``"bfloat16"``/``"bf16"``/``"float32"``/... into a torch dtype (None stays None)."""
+def parse_dtype(name: str | None, field: str = "dtype", also_valid: str = "") -> torch.dtype | None:
+    """Turn ``"bfloat16"``/``"bf16"``/``"float32"``/... into a torch dtype (None stays None).
+
+    ``also_valid`` names the field's own extra choices in the error (e.g. ``", auto"``).
+    """
     if name is None:
         return None
     aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
@@ -22,7 +25,7 @@ def parse_dtype(name: str | None, field: str = "dtype") -> torch.dtype | None:
     dtype = getattr(torch, aliases.get(name, name), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ConfigError(f"{field}: '{name}' is not a floating dtype "
-                          "(valid: float32, bfloat16, float16, float64)")
+                          f"(valid: float32, bfloat16, float16, float64{also_valid})")
     return dtype
 
 

@@ -253,10 +253,14 @@ def test_fused_config_trains_like_the_dense_quickstart(tmp_path, text_dir, token
     """configs/text/kd/quickstart-student_from_quickstart-teacher_fused.yaml: 2 steps give the dense config's losses and weights."""
     from lit_distill.cli import run_cli
 
-    fused = run_cli(_fit_args(REPO / "configs/text/kd/quickstart-student_from_quickstart-teacher_fused.yaml", tmp_path / "f",
-                              text_dir, tokenizer_dir, teacher_dir))
-    dense = run_cli(_fit_args(REPO / "configs/text/kd/quickstart-student_from_quickstart-teacher.yaml", tmp_path / "d",
-                              text_dir, tokenizer_dir, teacher_dir))
+    # Both teachers in float32: the configs' dtype "auto" picks bfloat16 on CPUs with bf16
+    # instructions, where the dense head rounds the teacher's logits to bf16 and the fused one
+    # multiplies the bf16 hidden states in float32; this test compares the loss paths.
+    float32 = "--model.init_args.teacher.init_args.dtype=float32"
+    fused = run_cli([*_fit_args(REPO / "configs/text/kd/quickstart-student_from_quickstart-teacher_fused.yaml", tmp_path / "f",
+                                text_dir, tokenizer_dir, teacher_dir), float32])
+    dense = run_cli([*_fit_args(REPO / "configs/text/kd/quickstart-student_from_quickstart-teacher.yaml", tmp_path / "d",
+                                text_dir, tokenizer_dir, teacher_dir), float32])
     assert fused.model.student.output_size == dense.model.student.output_size
     f_metrics, d_metrics = fused.trainer.callback_metrics, dense.trainer.callback_metrics
     for key in ("train/kd", "train/ce", "val/kd", "val/ce", "val/loss"):
