@@ -4,8 +4,8 @@ Every codec here is trained by ``python -m lit_distill fit`` through :mod:`lit_d
 
 1. Corpus and SM teacher from ``scripts/experiment_speech.py`` (called, not copied): the espeak-ng
    corpus (512 sentences, 448 training / 64 held-out) and the tiny HuBERT trained with CTC on
-   characters on the training split. That teacher training is a hand-written CTC loop in that
-   script (CTC on a Hugging Face model is no ``fit`` recipe); it stays there.
+   characters on the training split, by ``fit`` too (``configs/speech/ctc/hubert-ctc-tiny_synth.yaml``
+   through ``speech_teachers``). Both are skipped when the work directory already holds them.
 2. ``pretrain``: one codec WITHOUT distillation (``configs/speech/codec/codec_synth.yaml``),
    seed 0, exported once and shared by every arm and seed (the issue's "cached codec").
 3. Teacher check: the teacher's held-out CER and a CTC probe on k-means units of its distilled
