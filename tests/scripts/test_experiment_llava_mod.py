@@ -30,7 +30,8 @@ def test_a_teacher_not_above_a_student_baseline_fails_with_one_line(exp, teacher
 
 def test_every_continuation_has_the_same_budget_and_constant_schedule(exp, tmp_path):
     """The fairness the experiment rests on: same steps, LR, weight decay and no scheduler in every arm."""
-    ns = SimpleNamespace(work=tmp_path, seeds=[0, 1, 2], cont_steps=100, cont_lr=1e-4, evals=4, tower=tmp_path / "v.pt")
+    ns = SimpleNamespace(work=tmp_path, seeds=[0, 1, 2], cont_steps=100, cont_lr=1e-4, evals=4, tower=tmp_path / "v.pt",
+                         clip=None)
     starts = {seed: tmp_path / f"s{seed}" for seed in ns.seeds}
     arms = [*exp.ARMS, (exp.SFT_ONLY, "ce")]
     runs = [run for name, loss in arms for run in exp.continuation(ns, name, loss, starts, tmp_path / "teacher")]
@@ -60,9 +61,25 @@ def test_the_vision_tower_is_a_fit_run_of_its_config_exported(exp, tmp_path):
 
 def test_mimic_runs_log_the_kl_gradient_share_and_ce_runs_have_no_teacher(exp, tmp_path):
     ns = SimpleNamespace(work=tmp_path, seeds=[0], mimic_steps=150, lr=1e-3, evals=4, tower=tmp_path / "v.pt",
-                         cont_steps=100, cont_lr=1e-4)
+                         cont_steps=100, cont_lr=1e-4, clip=None)
     mimic, ce = exp.stage_n(ns, "mimic", tmp_path / "t"), exp.stage_n(ns, "ce", tmp_path / "t")
     assert exp.GRADIENT_SHARE in mimic.overrides and exp.NO_TEACHER not in mimic.overrides
     assert exp.NO_TEACHER in ce.overrides and exp.GRADIENT_SHARE not in ce.overrides
     (cont,) = exp.continuation(ns, "mimic (→ mimic)", "mimic", {0: tmp_path / "s0"}, tmp_path / "t")
     assert exp.GRADIENT_SHARE in cont.overrides
+    assert not any(o.startswith("--trainer.gradient_clip_val") for o in [*mimic.overrides, *ce.overrides, *cont.overrides])
+
+
+def test_clip_reaches_every_stage_n_and_continuation_run_alike(exp, tmp_path):
+    """--clip is part of the shared schedule: every arm of both stages gets the same flag, the
+    tower, teacher and dense runs (the common start) none."""
+    ns = SimpleNamespace(work=tmp_path, seeds=[0, 1], mimic_steps=150, lr=1e-3, evals=4, tower=tmp_path / "v.pt",
+                         cont_steps=100, cont_lr=1e-4, clip=1.0, dense_steps=200, teacher_steps=3000,
+                         teacher_lr=1e-3, teacher_evals=6)
+    starts = {seed: tmp_path / f"s{seed}" for seed in ns.seeds}
+    runs = [exp.stage_n(ns, "mimic", tmp_path / "t"), exp.stage_n(ns, "ce", tmp_path / "t"),
+            *[run for name, loss in [*exp.ARMS, (exp.SFT_ONLY, "ce")]
+              for run in exp.continuation(ns, name, loss, starts, tmp_path / "t")]]
+    assert all(run.overrides.count("--trainer.gradient_clip_val=1.0") == 1 for run in runs)
+    common = [exp.dense_run(ns), exp.teacher_run(ns)]
+    assert not any(o.startswith("--trainer.gradient_clip_val") for run in common for o in run.overrides)
