@@ -1,0 +1,233 @@
+"""Measurement (issue 15): which loss term's gradient drives LM-SPT's semantic input to one direction.
+
+No training. For each codec, on the held-out utterances of the corpus split the experiment uses (one
+utterance per batch, full length, so every frame is real audio), the DistillationModule's own loss
+objects are evaluated (``compute_losses``, as in training) and each term ``w_i * L_i`` is
+differentiated with respect to ``u`` (``[F, 8]``, the output of the semantic quantiser's ``W_in``,
+captured by a forward hook, before any centring): ``G_i [F, 8]`` per utterance. Per term, pooled over
+the utterances:
+
+- ``share``: ``|G_i|_F / Σ_j |G_j|_F`` (as ``GradientShare`` does on parameters);
+- ``varying``: ``|G_i − mean_t G_i|²_F / |G_i|²_F`` (the frame-varying part's share of it);
+- ``rank``: participation rank of ``G_i``'s frame-varying part (the function of the remedy table's rank
+  column, :func:`speech_probes.participation_rank`) and ``top1``: its first direction's share of the
+  variance;
+- ``cos_u``: ``|cos|`` between that first direction and the first direction of ``u``'s varying part.
+
+And for ``u`` itself (and the 64-dim latent ``z`` that ``W_in`` reads): rank and ``top1``. Codecs:
+the step-0 codec built as ``experiment_lm_spt.step0_state`` builds it (PyTorch default and zero-bias
+initialisation, seeds 0 1 2) and the last checkpoints of the remedy runs. Codecs run in eval mode (all
+acoustic quantisers, no quantiser dropout: deterministic; training drops some in half the batches).
+
+    python scripts/lm_spt_gradients.py --work-dir artifacts/speech/lmspt15b [--utterances 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]
+import experiment_lm_spt as lm  # noqa: E402
+from speech_probes import participation_rank  # noqa: E402
+
+KEY = "lm_spt_gradients"
+BEGIN, END = f"<!-- {KEY}: begin -->", f"<!-- {KEY}: end -->"
+BEFORE = lm.MARKERS["compare"][0]  # the block goes right before the comparison's
+INITS = (("PyTorch default", {}), ("zero biases (DAC's)", {"zero_bias_init": True}))
+SEEDS = (0, 1, 2)
+
+
+def build_losses(config: dict, root: Path) -> dict:
+    """The ``losses`` of a module config (class paths, as a checkpoint's hyper-parameters hold them),
+    built as the CLI builds them; a relative encoder ``path`` is resolved against ``root`` (the
+    checkout the runs were made from)."""
+    from jsonargparse import ArgumentParser
+
+    from lit_distill.contracts import LossTerm
+
+    config = json.loads(json.dumps(config))
+    for term in config.values():
+        encoder = term.get("init_args", {}).get("encoder", {}).get("init_args", {})
+        if encoder.get("path") and not Path(encoder["path"]).is_absolute():
+            encoder["path"] = str(root / encoder["path"])
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--losses", type=dict[str, LossTerm])
+    return parser.instantiate_classes(parser.parse_object({"losses": config})).losses
+
+
+def module_of(student, losses: dict):
+    """A ``DistillationModule`` of ``student`` and ``losses`` (no teacher), in eval mode."""
+    from lit_distill import DistillationModule
+
+    return DistillationModule(student=student, losses=losses).eval()
+
+
+def term_gradients(module, batch: dict) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Each term's gradient with respect to the semantic quantiser's input on one batch.
+
+    Returns:
+        ``u [B, F, d]`` (``W_in z``), ``z [B, F, D]`` (the latent ``W_in`` reads), both detached, and
+        ``{term: d(w_term * L_term)/du [B, F, d]}`` (zeros for a term that does not reach ``u``).
+    """
+    seen = {}
+    hook = module.student.semantic_quantizer.project_in.register_forward_hook(
+        lambda _m, args, out: seen.update(u=out, z=args[0]))
+    try:
+        student_out, _ = module(batch, run_teacher=False)
+    finally:
+        hook.remove()
+    _, values = module.compute_losses(batch, student_out, None)
+    u, grads = seen["u"], {}
+    for name, value in values.items():
+        weighted = module.losses[name].weight * value
+        grad = torch.autograd.grad(weighted, u, retain_graph=True, allow_unused=True)[0] \
+            if weighted.requires_grad else None
+        grads[name] = torch.zeros_like(u) if grad is None else grad.detach()
+    return u.detach(), seen["z"].detach(), grads
+
+
+def varying(parts: list[Tensor]) -> Tensor:
+    """Per-utterance ``[F, d]`` rows minus their time mean, pooled: ``[ΣF, d]`` (as ``semantic_input``)."""
+    return torch.cat([p - p.mean(0) for p in parts])
+
+
+def leading(centred: Tensor) -> tuple[Tensor, float]:
+    """First principal direction ``[d]`` of ``centred [N, d]`` and its share of the variance."""
+    eig, vec = torch.linalg.eigh(centred.T.double() @ centred.double())
+    return vec[:, -1], float(eig[-1] / eig.sum().clamp_min(1e-300))
+
+
+def measure(module, waves: list[Tensor], texts: list[str]) -> dict:
+    """The per-term statistics of the module docstring over the utterances ``waves`` (``[T]`` each)."""
+    from datamodules.speech import collate_speech
+
+    us, zs, grads = [], [], {}
+    for wave, text in zip(waves, texts, strict=True):
+        u, z, g = term_gradients(module, collate_speech([(wave, text)]))
+        us.append(u[0])
+        zs.append(z[0])
+        for name, value in g.items():
+            grads.setdefault(name, []).append(value[0])
+    grads["total"] = [sum(parts) for parts in zip(*grads.values(), strict=True)]
+    u_var = varying(us)
+    u_dir, u_top = leading(u_var)
+    norms = {name: float(torch.cat(parts).norm()) for name, parts in grads.items()}
+    summed = sum(v for k, v in norms.items() if k != "total")
+    terms = {}
+    for name, parts in grads.items():
+        g_var, full = varying(parts), torch.cat(parts)
+        moving = float(g_var.norm()) > 1e-12 * max(float(full.norm()), 1e-30) and float(g_var.norm()) > 0
+        g_dir, g_top = leading(g_var) if moving else (None, float("nan"))
+        terms[name] = {"norm": norms[name], "share": norms[name] / summed if summed else float("nan"),
+                       "varying": float(g_var.pow(2).sum() / full.pow(2).sum()) if norms[name] else float("nan"),
+                       "rank": participation_rank(g_var) if moving else float("nan"), "top1": g_top,
+                       "cos_u": abs(float(g_dir @ u_dir)) if moving else float("nan")}
+    return {"u_rank": participation_rank(u_var), "u_top1": u_top, "z_rank": participation_rank(varying(zs)),
+            "frames": int(u_var.shape[0]), "utterances": len(waves), "terms": terms}
+
+
+def codecs(work: Path, root: Path):
+    """``(label, seed, module)``: the step-0 codecs (as ``step0_state`` builds them), then the remedy
+    runs' last checkpoints."""
+    import yaml
+
+    from lit_distill.experiment import last_checkpoint
+    from lit_distill.export import build_student, load_checkpoint_file
+    from lit_distill.models import LMSPTCodec
+
+    model = yaml.safe_load((work / "lm_spt.yaml").read_text())["model"]["init_args"]
+    for label, settings in INITS:
+        for seed in SEEDS:
+            torch.manual_seed(seed)
+            args = {**model["student"]["init_args"], "channels": lm.dm.sizes(False)["channels"], **settings}
+            yield f"step 0, {label}", seed, module_of(LMSPTCodec(**args), build_losses(model["losses"], root))
+    for name, _ in lm.REMEDY:
+        directory = lm.Run(name, [], seed=0, group="remedy").directory(work / "runs")
+        checkpoint = load_checkpoint_file(str(last_checkpoint(directory)), "checkpoint")
+        student = build_student(checkpoint)
+        label = f"{name}, step {checkpoint['global_step']}"
+        yield label, 0, module_of(student, build_losses(checkpoint["hyper_parameters"]["losses"], root))
+
+
+def report(rows: list[dict], command: str, n: int) -> str:
+    """Markdown: u's ranks per codec, then the per-term table (mean ± std over seeds where > 1)."""
+    from lit_distill.experiment import markdown_table, mean_std
+
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["codec"], []).append(row)
+    cell = lambda rs, get, d: mean_std(get(r) for r in rs).cell(d) if len(rs) > 1 else f"{get(rs[0]):.{d}f}"  # noqa: E731
+    head = markdown_table(["codec", "seeds", "u varying rank (of 8)", "its top-1 share", "z varying rank (of 64)"], [
+        [c, " ".join(str(r["seed"]) for r in rs), cell(rs, lambda r: r["u_rank"], 2), cell(rs, lambda r: r["u_top1"], 3),
+         cell(rs, lambda r: r["z_rank"], 2)] for c, rs in groups.items()])
+    body = []
+    for codec, rs in groups.items():
+        for term in rs[0]["terms"]:
+            get = lambda key, t=term: (lambda r: r["terms"][t][key])  # noqa: E731
+            body.append([codec, term, *(cell(rs, get(k), 3) for k in ("share", "varying")),
+                         *(cell(rs, get(k), 2) for k in ("rank",)), *(cell(rs, get(k), 3) for k in ("top1", "cos_u"))])
+    table = markdown_table(["codec", "term", "|G| share", "varying share of |G|²", "rank of varying G (of 8)",
+                            "its top-1 share", "|cos| to u's top direction"], body)
+    return "\n".join([
+        "## What drives u to one direction: the loss terms' gradients on u", "",
+        f"Reproduce: `{command}`. No training: forward and one gradient per term (weighted as in training) on the "
+        f"first {n} held-out utterances, one per batch, codecs in eval mode; method in the script's docstring. "
+        "Step-0 rows: mean ± std over the seeds; remedy rows: one run each (seed 0), its last checkpoint. "
+        "`total` is the sum of the terms (the training gradient before clipping and normalisation); "
+        "`share` divides by the sum of the terms' norms (as `grad_share`). NaN: a term with no gradient on u.", "",
+        head, "", table, ""])
+
+
+def write(out: Path, text: str, numbers: dict) -> None:
+    """The block between this script's markers in ``lm_spt.md`` (first time: right before the comparison's
+    block) and the ``lm_spt_gradients`` key of ``lm_spt.json``; everything else stays."""
+    md = out / "lm_spt.md"
+    old, block = md.read_text(), f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in old:
+        new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+    else:
+        new = old.replace(BEFORE, block + "\n\n" + BEFORE, 1)
+    md.write_text(new)
+    path = out / "lm_spt.json"
+    data = json.loads(path.read_text())
+    data[KEY] = numbers
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work-dir", default="artifacts/speech/lmspt15b",
+                        help="the remedy runs' work directory (corpus, teachers, lm_spt.yaml, runs/remedy)")
+    parser.add_argument("--utterances", type=int, default=64, help="first N held-out utterances")
+    parser.add_argument("--out", default=str(REPO / "docs" / "experiments"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    work = Path(args.work_dir).resolve()
+    root = work.parents[2]  # <checkout>/artifacts/speech/<name>: relative paths in the configs start there
+    heldout = lm.speech.load_split(work)["heldout"][:args.utterances]
+    waves, texts = lm.speech.load_waveforms(heldout), [it["text"] for it in heldout]
+    rows = []
+    for label, seed, module in codecs(work, root):
+        start = time.time()
+        rows.append({"codec": label, "seed": seed, **measure(module, waves, texts)})
+        print(f"[{KEY}] {label} seed {seed}: u rank {rows[-1]['u_rank']:.2f} ({time.time() - start:.0f} s)", flush=True)
+    command = "python scripts/lm_spt_gradients.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = report(rows, command.strip(), len(waves))
+    write(Path(args.out), text, {"rows": rows, "utterances": len(waves), "command": command.strip(),
+                                 "seeds_step0": list(SEEDS), "mean_over_seeds": {
+                                     c: {"u_rank": statistics.fmean(r["u_rank"] for r in rows if r["codec"] == c)}
+                                     for c in dict.fromkeys(r["codec"] for r in rows)}})
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
