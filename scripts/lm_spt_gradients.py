@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -71,16 +70,16 @@ def module_of(student, losses: dict):
     return DistillationModule(student=student, losses=losses).eval()
 
 
-def term_gradients(module, batch: dict) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+def term_gradients(module, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
     """Each term's gradient with respect to the semantic quantiser's input on one batch.
 
     Returns:
-        ``u [B, F, d]`` (``W_in z``), ``z [B, F, D]`` (the latent ``W_in`` reads), both detached, and
-        ``{term: d(w_term * L_term)/du [B, F, d]}`` (zeros for a term that does not reach ``u``).
+        ``u [B, F, d]`` (detached) and ``{term: d(w_term * L_term)/du [B, F, d]}`` (zeros for a term that
+        does not reach ``u``).
     """
     seen = {}
     hook = module.student.semantic_quantizer.project_in.register_forward_hook(
-        lambda _m, args, out: seen.update(u=out, z=args[0]))
+        lambda _m, _args, out: seen.update(u=out))
     try:
         student_out, _ = module(batch, run_teacher=False)
     finally:
@@ -92,7 +91,7 @@ def term_gradients(module, batch: dict) -> tuple[Tensor, Tensor, dict[str, Tenso
         grad = torch.autograd.grad(weighted, u, retain_graph=True, allow_unused=True)[0] \
             if weighted.requires_grad else None
         grads[name] = torch.zeros_like(u) if grad is None else grad.detach()
-    return u.detach(), seen["z"].detach(), grads
+    return u.detach(), grads
 
 
 def varying(parts: list[Tensor]) -> Tensor:
@@ -106,15 +105,30 @@ def leading(centred: Tensor) -> tuple[Tensor, float]:
     return vec[:, -1], float(eig[-1] / eig.sum().clamp_min(1e-300))
 
 
+def depth_ranks(encoder, waves: list[Tensor]) -> list[list[float]]:
+    """``[channels, participation rank of the time-varying part]`` of each convolution's output along the
+    semantic encoder (stem, each strided one, the last: ``z``, which ``W_in`` reads), on padded ``waves``."""
+    convs = [m for m in encoder if isinstance(m, torch.nn.Conv1d)]
+    outs: dict[int, list[Tensor]] = {i: [] for i in range(len(convs))}
+    hooks = [c.register_forward_hook(lambda _m, _a, out, i=i: outs[i].append(out[0].T)) for i, c in enumerate(convs)]
+    try:
+        with torch.no_grad():
+            for wave in waves:
+                encoder(wave[None, None])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [[c.out_channels, participation_rank(varying(outs[i]))] for i, c in enumerate(convs)]
+
+
 def measure(module, waves: list[Tensor], texts: list[str]) -> dict:
     """The per-term statistics of the module docstring over the utterances ``waves`` (``[T]`` each)."""
     from datamodules.speech import collate_speech
 
-    us, zs, grads = [], [], {}
+    us, grads = [], {}
     for wave, text in zip(waves, texts, strict=True):
-        u, z, g = term_gradients(module, collate_speech([(wave, text)]))
+        u, g = term_gradients(module, collate_speech([(wave, text)]))
         us.append(u[0])
-        zs.append(z[0])
         for name, value in g.items():
             grads.setdefault(name, []).append(value[0])
     grads["total"] = [sum(parts) for parts in zip(*grads.values(), strict=True)]
@@ -131,7 +145,9 @@ def measure(module, waves: list[Tensor], texts: list[str]) -> dict:
                        "varying": float(g_var.pow(2).sum() / full.pow(2).sum()) if norms[name] else float("nan"),
                        "rank": participation_rank(g_var) if moving else float("nan"), "top1": g_top,
                        "cos_u": abs(float(g_dir @ u_dir)) if moving else float("nan")}
-    return {"u_rank": participation_rank(u_var), "u_top1": u_top, "z_rank": participation_rank(varying(zs)),
+    padded = [module.student._pad(w[None, None])[0, 0] for w in waves]
+    return {"u_rank": participation_rank(u_var), "u_top1": u_top,
+            "depth_ranks": depth_ranks(module.student.semantic_encoder, padded),
             "frames": int(u_var.shape[0]), "utterances": len(waves), "terms": terms}
 
 
@@ -166,9 +182,11 @@ def report(rows: list[dict], command: str, n: int) -> str:
     for row in rows:
         groups.setdefault(row["codec"], []).append(row)
     cell = lambda rs, get, d: mean_std(get(r) for r in rs).cell(d) if len(rs) > 1 else f"{get(rs[0]):.{d}f}"  # noqa: E731
-    head = markdown_table(["codec", "seeds", "u varying rank (of 8)", "its top-1 share", "z varying rank (of 64)"], [
+    widths = [int(c) for c, _ in rows[0]["depth_ranks"]]
+    head = markdown_table(["codec", "seeds", "u varying rank (of 8)", "its top-1 share",
+                           *(f"conv {i} (of {w})" for i, w in enumerate(widths[:-1])), f"z (of {widths[-1]})"], [
         [c, " ".join(str(r["seed"]) for r in rs), cell(rs, lambda r: r["u_rank"], 2), cell(rs, lambda r: r["u_top1"], 3),
-         cell(rs, lambda r: r["z_rank"], 2)] for c, rs in groups.items()])
+         *(cell(rs, lambda r, i=i: r["depth_ranks"][i][1], 2) for i in range(len(widths)))] for c, rs in groups.items()])
     body = []
     for codec, rs in groups.items():
         for term in rs[0]["terms"]:
@@ -223,9 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python scripts/lm_spt_gradients.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(rows, command.strip(), len(waves))
     write(Path(args.out), text, {"rows": rows, "utterances": len(waves), "command": command.strip(),
-                                 "seeds_step0": list(SEEDS), "mean_over_seeds": {
-                                     c: {"u_rank": statistics.fmean(r["u_rank"] for r in rows if r["codec"] == c)}
-                                     for c in dict.fromkeys(r["codec"] for r in rows)}})
+                                 "seeds_step0": list(SEEDS)})
     print(text)
 
 

@@ -37,8 +37,8 @@ def _batch(seconds: float = 1.5, seed: int = 0) -> dict:
 
 def test_the_terms_gradients_sum_to_the_gradient_of_the_summed_loss_on_u(exp, module):
     batch = _batch()
-    u, z, grads = exp.term_gradients(module, batch)
-    assert set(grads) == set(module.losses) and u.shape[-1] == 8 and z.shape[-1] == 64
+    u, grads = exp.term_gradients(module, batch)
+    assert set(grads) == set(module.losses) and u.shape[-1] == 8
     # independently: retain_grad on W_in's output, backward of the module's weighted total
     seen = {}
 
@@ -61,7 +61,7 @@ def test_the_terms_gradients_sum_to_the_gradient_of_the_summed_loss_on_u(exp, mo
 
 def test_u_is_the_input_that_the_experiment_measures(exp, module):
     batch = _batch(seconds=1.0, seed=1)
-    u, _, _ = exp.term_gradients(module, batch)
+    u, _ = exp.term_gradients(module, batch)
     codec = module.student
     with torch.no_grad():
         direct = codec.semantic_quantizer.project_in(codec.semantic_encoder(codec._pad(batch["waveform"])).transpose(1, 2))
@@ -76,6 +76,9 @@ def test_measure_reports_u_rank_as_semantic_input_does_and_shares_sum_to_one(exp
     assert sum(v["share"] for v in terms.values()) == pytest.approx(1.0)
     assert all(v != v for v in (terms["semantic_codebook"]["rank"], terms["semantic_codebook"]["cos_u"]))  # NaN
     assert 1.0 <= stats["terms"]["total"]["rank"] <= 8.0 and 0 <= stats["terms"]["total"]["cos_u"] <= 1
+    # stem, five strided convolutions, the last one (z): their widths at 8 channels, each rank within it
+    assert [c for c, _ in stats["depth_ranks"]] == [8, 16, 32, 64, 64, 64, 64]
+    assert all(1.0 <= r <= c for c, r in stats["depth_ranks"])
 
 
 def test_varying_leading_and_rank_on_known_matrices(exp):
