@@ -1,20 +1,19 @@
 """Measurement (issue 15): which loss term's gradient drives LM-SPT's semantic input to one direction.
 
-No training. For each codec, on the held-out utterances of the corpus split the experiment uses (one
-utterance per batch, full length, so every frame is real audio), the DistillationModule's own loss
-objects are evaluated (``compute_losses``, as in training) and each term ``w_i * L_i`` is
-differentiated with respect to ``u`` (``[F, 8]``, the output of the semantic quantiser's ``W_in``,
-captured by a forward hook, before any centring): ``G_i [F, 8]`` per utterance. Per term, pooled over
-the utterances:
+No training. On the held-out utterances of the experiment's corpus split (one per batch, full length:
+every frame is real audio) the DistillationModule's own loss objects are evaluated (``compute_losses``)
+and each term ``w_i * L_i`` is differentiated with respect to ``u`` (the semantic quantiser's ``W_in``
+output, caught by a forward hook, before any centring): ``G_i [F, 8]``. Per term, pooled over frames:
 
 - ``share``: ``|G_i|_F / Σ_j |G_j|_F`` (as ``GradientShare`` does on parameters);
 - ``varying``: ``|G_i − mean_t G_i|²_F / |G_i|²_F`` (the frame-varying part's share of it);
-- ``rank``: participation rank of ``G_i``'s frame-varying part (the function of the remedy table's rank
-  column, :func:`speech_probes.participation_rank`) and ``top1``: its first direction's share of the
-  variance;
+- ``rank``: participation rank of ``G_i``'s frame-varying part (the remedy table's rank column,
+  :func:`speech_probes.participation_rank`) and ``top1``: its first direction's share of the variance;
 - ``cos_u``: ``|cos|`` between that first direction and the first direction of ``u``'s varying part.
 
-And for ``u`` itself (and the 64-dim latent ``z`` that ``W_in`` reads): rank and ``top1``. Codecs:
+And for ``u`` itself: rank and ``top1``; along the semantic encoder (each convolution's output, the
+last one ``z``, which ``W_in`` reads): the rank of the time-varying part and the time-constant share
+``|mean_t h|² / mean_t |h_t|²`` (mean over utterances, as ``u_offset_share``). Codecs:
 the step-0 codec built as ``experiment_lm_spt.step0_state`` builds it (PyTorch default and zero-bias
 initialisation, seeds 0 1 2) and the last checkpoints of the remedy runs. Codecs run in eval mode (all
 acoustic quantisers, no quantiser dropout: deterministic; training drops some in half the batches).
@@ -46,9 +45,8 @@ SEEDS = (0, 1, 2)
 
 
 def build_losses(config: dict, root: Path) -> dict:
-    """The ``losses`` of a module config (class paths, as a checkpoint's hyper-parameters hold them),
-    built as the CLI builds them; a relative encoder ``path`` is resolved against ``root`` (the
-    checkout the runs were made from)."""
+    """The ``losses`` of a module config (class paths, as in a checkpoint's hyper-parameters), built as the
+    CLI builds them; a relative encoder ``path`` is resolved against ``root`` (where the runs ran)."""
     from jsonargparse import ArgumentParser
 
     from lit_distill.contracts import LossTerm
@@ -80,16 +78,13 @@ def term_gradients(module, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
     seen = {}
     hook = module.student.semantic_quantizer.project_in.register_forward_hook(
         lambda _m, _args, out: seen.update(u=out))
-    try:
-        student_out, _ = module(batch, run_teacher=False)
-    finally:
-        hook.remove()
+    student_out, _ = module(batch, run_teacher=False)
+    hook.remove()
     _, values = module.compute_losses(batch, student_out, None)
     u, grads = seen["u"], {}
     for name, value in values.items():
         weighted = module.losses[name].weight * value
-        grad = torch.autograd.grad(weighted, u, retain_graph=True, allow_unused=True)[0] \
-            if weighted.requires_grad else None
+        grad = torch.autograd.grad(weighted, u, retain_graph=True, allow_unused=True)[0]
         grads[name] = torch.zeros_like(u) if grad is None else grad.detach()
     return u.detach(), grads
 
@@ -105,20 +100,20 @@ def leading(centred: Tensor) -> tuple[Tensor, float]:
     return vec[:, -1], float(eig[-1] / eig.sum().clamp_min(1e-300))
 
 
-def depth_ranks(encoder, waves: list[Tensor]) -> list[list[float]]:
-    """``[channels, participation rank of the time-varying part]`` of each convolution's output along the
-    semantic encoder (stem, each strided one, the last: ``z``, which ``W_in`` reads), on padded ``waves``."""
+def depth_stats(encoder, waves: list[Tensor]) -> list[list[float]]:
+    """``[channels, rank of the time-varying part, time-constant share]`` of each convolution's output along
+    the semantic encoder (stem, each strided one, the last: ``z``, which ``W_in`` reads), on padded ``waves``."""
     convs = [m for m in encoder if isinstance(m, torch.nn.Conv1d)]
     outs: dict[int, list[Tensor]] = {i: [] for i in range(len(convs))}
     hooks = [c.register_forward_hook(lambda _m, _a, out, i=i: outs[i].append(out[0].T)) for i, c in enumerate(convs)]
-    try:
-        with torch.no_grad():
-            for wave in waves:
-                encoder(wave[None, None])
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return [[c.out_channels, participation_rank(varying(outs[i]))] for i, c in enumerate(convs)]
+    with torch.no_grad():
+        for wave in waves:
+            encoder(wave[None, None])
+    for hook in hooks:
+        hook.remove()
+    const = lambda h: float(h.mean(0).pow(2).sum() / h.pow(2).sum(-1).mean())  # noqa: E731
+    return [[c.out_channels, participation_rank(varying(outs[i])), sum(map(const, outs[i])) / len(outs[i])]
+            for i, c in enumerate(convs)]
 
 
 def measure(module, waves: list[Tensor], texts: list[str]) -> dict:
@@ -139,7 +134,7 @@ def measure(module, waves: list[Tensor], texts: list[str]) -> dict:
     terms = {}
     for name, parts in grads.items():
         g_var, full = varying(parts), torch.cat(parts)
-        moving = float(g_var.norm()) > 1e-12 * max(float(full.norm()), 1e-30) and float(g_var.norm()) > 0
+        moving = bool(g_var.abs().max() > 0)  # a term with no gradient on u has no direction
         g_dir, g_top = leading(g_var) if moving else (None, float("nan"))
         terms[name] = {"norm": norms[name], "share": norms[name] / summed if summed else float("nan"),
                        "varying": float(g_var.pow(2).sum() / full.pow(2).sum()) if norms[name] else float("nan"),
@@ -147,13 +142,12 @@ def measure(module, waves: list[Tensor], texts: list[str]) -> dict:
                        "cos_u": abs(float(g_dir @ u_dir)) if moving else float("nan")}
     padded = [module.student._pad(w[None, None])[0, 0] for w in waves]
     return {"u_rank": participation_rank(u_var), "u_top1": u_top,
-            "depth_ranks": depth_ranks(module.student.semantic_encoder, padded),
+            "depth": depth_stats(module.student.semantic_encoder, padded),
             "frames": int(u_var.shape[0]), "utterances": len(waves), "terms": terms}
 
 
 def codecs(work: Path, root: Path):
-    """``(label, seed, module)``: the step-0 codecs (as ``step0_state`` builds them), then the remedy
-    runs' last checkpoints."""
+    """``(label, seed, module)``: the step-0 codecs (built as ``step0_state`` does), the remedy runs' last ones."""
     import yaml
 
     from lit_distill.experiment import last_checkpoint
@@ -169,40 +163,47 @@ def codecs(work: Path, root: Path):
     for name, _ in lm.REMEDY:
         directory = lm.Run(name, [], seed=0, group="remedy").directory(work / "runs")
         checkpoint = load_checkpoint_file(str(last_checkpoint(directory)), "checkpoint")
-        student = build_student(checkpoint)
-        label = f"{name}, step {checkpoint['global_step']}"
-        yield label, 0, module_of(student, build_losses(checkpoint["hyper_parameters"]["losses"], root))
+        yield f"{name}, step {checkpoint['global_step']}", 0, module_of(
+            build_student(checkpoint), build_losses(checkpoint["hyper_parameters"]["losses"], root))
 
 
 def report(rows: list[dict], command: str, n: int) -> str:
     """Markdown: u's ranks per codec, then the per-term table (mean ± std over seeds where > 1)."""
     from lit_distill.experiment import markdown_table, mean_std
 
-    groups: dict[str, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(row["codec"], []).append(row)
-    cell = lambda rs, get, d: mean_std(get(r) for r in rs).cell(d) if len(rs) > 1 else f"{get(rs[0]):.{d}f}"  # noqa: E731
-    widths = [int(c) for c, _ in rows[0]["depth_ranks"]]
-    head = markdown_table(["codec", "seeds", "u varying rank (of 8)", "its top-1 share",
-                           *(f"conv {i} (of {w})" for i, w in enumerate(widths[:-1])), f"z (of {widths[-1]})"], [
-        [c, " ".join(str(r["seed"]) for r in rs), cell(rs, lambda r: r["u_rank"], 2), cell(rs, lambda r: r["u_top1"], 3),
-         *(cell(rs, lambda r, i=i: r["depth_ranks"][i][1], 2) for i in range(len(widths)))] for c, rs in groups.items()])
+    groups = {c: [r for r in rows if r["codec"] == c] for c in dict.fromkeys(r["codec"] for r in rows)}
+
+    def cell(rs, get, d):
+        values = [get(r) for r in rs]
+        return "–" if all(v != v for v in values) else mean_std(values).cell(d) if len(rs) > 1 else f"{values[0]:.{d}f}"
+
+    last = len(rows[0]["depth"]) - 1
+    convs = [f"{'z' if i == last else f'conv {i}'} (of {int(c)})" for i, (c, *_) in enumerate(rows[0]["depth"])]
+    seeds = {c: " ".join(str(r["seed"]) for r in rs) for c, rs in groups.items()}
+    head = markdown_table(["codec", "seeds", "u: varying rank (of 8)", "its top-1 share", *convs], [
+        [c, seeds[c], cell(rs, lambda r: r["u_rank"], 2), cell(rs, lambda r: r["u_top1"], 3),
+         *(cell(rs, lambda r, i=i: r["depth"][i][1], 2) for i in range(len(convs)))] for c, rs in groups.items()])
+    const = markdown_table(["codec", "seeds", *convs], [[c, seeds[c], *(
+        cell(rs, lambda r, i=i: r["depth"][i][2], 3) for i in range(len(convs)))] for c, rs in groups.items()])
     body = []
     for codec, rs in groups.items():
         for term in rs[0]["terms"]:
             get = lambda key, t=term: (lambda r: r["terms"][t][key])  # noqa: E731
             body.append([codec, term, *(cell(rs, get(k), 3) for k in ("share", "varying")),
-                         *(cell(rs, get(k), 2) for k in ("rank",)), *(cell(rs, get(k), 3) for k in ("top1", "cos_u"))])
-    table = markdown_table(["codec", "term", "|G| share", "varying share of |G|²", "rank of varying G (of 8)",
-                            "its top-1 share", "|cos| to u's top direction"], body)
+                         cell(rs, get("rank"), 2), *(cell(rs, get(k), 3) for k in ("top1", "cos_u"))])
+    table = markdown_table(["codec", "term", "norm share", "varying share of the squared norm",
+                            "rank of varying G (of 8)", "its top-1 share", "abs cos to u's top direction"], body)
     return "\n".join([
         "## What drives u to one direction: the loss terms' gradients on u", "",
         f"Reproduce: `{command}`. No training: forward and one gradient per term (weighted as in training) on the "
         f"first {n} held-out utterances, one per batch, codecs in eval mode; method in the script's docstring. "
         "Step-0 rows: mean ± std over the seeds; remedy rows: one run each (seed 0), its last checkpoint. "
         "`total` is the sum of the terms (the training gradient before clipping and normalisation); "
-        "`share` divides by the sum of the terms' norms (as `grad_share`). NaN: a term with no gradient on u.", "",
-        head, "", table, ""])
+        "`norm share` divides by the sum of the terms' norms (as `grad_share`); –: a term with no gradient on u.",
+        "", "u and, along the semantic encoder, the participation rank of each convolution's time-varying output "
+        "(conv 0: the stem, 1-5: the strided ones; z: the last, what W_in reads):", "", head, "",
+        "The time-constant share of the same outputs (1: one vector at every time step):", "", const, "",
+        "Each term's gradient on u, pooled over the utterances' frames:", "", table, ""])
 
 
 def write(out: Path, text: str, numbers: dict) -> None:
@@ -240,8 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{KEY}] {label} seed {seed}: u rank {rows[-1]['u_rank']:.2f} ({time.time() - start:.0f} s)", flush=True)
     command = "python scripts/lm_spt_gradients.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = report(rows, command.strip(), len(waves))
-    write(Path(args.out), text, {"rows": rows, "utterances": len(waves), "command": command.strip(),
-                                 "seeds_step0": list(SEEDS)})
+    write(Path(args.out), text, {"rows": rows, "utterances": len(waves), "command": command.strip(), "seeds_step0": list(SEEDS)})
     print(text)
 
 

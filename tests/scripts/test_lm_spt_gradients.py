@@ -77,8 +77,8 @@ def test_measure_reports_u_rank_as_semantic_input_does_and_shares_sum_to_one(exp
     assert all(v != v for v in (terms["semantic_codebook"]["rank"], terms["semantic_codebook"]["cos_u"]))  # NaN
     assert 1.0 <= stats["terms"]["total"]["rank"] <= 8.0 and 0 <= stats["terms"]["total"]["cos_u"] <= 1
     # stem, five strided convolutions, the last one (z): their widths at 8 channels, each rank within it
-    assert [c for c, _ in stats["depth_ranks"]] == [8, 16, 32, 64, 64, 64, 64]
-    assert all(1.0 <= r <= c for c, r in stats["depth_ranks"])
+    assert [c for c, _, _ in stats["depth"]] == [8, 16, 32, 64, 64, 64, 64]
+    assert all(1.0 <= r <= c and 0 <= const <= 1 for c, r, const in stats["depth"])
 
 
 def test_varying_leading_and_rank_on_known_matrices(exp):
