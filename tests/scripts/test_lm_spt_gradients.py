@@ -23,7 +23,7 @@ def module(exp):
     model = yaml.safe_load(CONFIG.read_text())["model"]["init_args"]
     torch.manual_seed(0)
     codec = LMSPTCodec(**{**model["student"]["init_args"], "channels": 8})
-    return exp.module_of(codec, exp.build_losses(model["losses"], REPO))
+    return exp.DistillationModule(student=codec, losses=exp.build_losses(model["losses"], REPO)).eval()
 
 
 def _batch(seconds: float = 1.5, seed: int = 0) -> dict:
@@ -106,3 +106,29 @@ def test_write_places_its_block_before_the_comparison_and_keeps_the_rest(exp, tm
     text = (tmp_path / "lm_spt.md").read_text()
     assert "v1" not in text and "v2" in text and "hand reading" in text and text.count(exp.BEGIN) == 1
     assert json.loads((tmp_path / "lm_spt.json").read_text()) == {"remedy": {"a": 1}, exp.KEY: {"x": 2}}
+
+
+def test_depth_stats_reads_a_rank_one_update_along_the_mean_input(exp, module):
+    import copy
+
+    init = module.student.semantic_encoder
+    waves = [_batch(seconds=1.0, seed=i)["waveform"][0, 0] for i in range(2)]
+    last = [m for m in init if isinstance(m, torch.nn.Conv1d)][-1]
+    inputs = []
+    hook = last.register_forward_hook(lambda _m, args, _out: inputs.append(args[0][0].mean(-1)))
+    with torch.no_grad():
+        for wave in waves:
+            init(wave[None, None])
+    hook.remove()
+    # ΔW = a ⊗ (mean input tiled over the kernel taps) on the last convolution only
+    xbar = torch.stack(inputs).mean(0).repeat_interleave(last.kernel_size[0])
+    delta = torch.outer(torch.randn(last.out_channels, generator=torch.Generator().manual_seed(0)), xbar)
+    trained = copy.deepcopy(init)
+    with torch.no_grad():
+        [m for m in trained if isinstance(m, torch.nn.Conv1d)][-1].weight += 0.3 * delta.reshape(last.weight.shape)
+    stats = exp.depth_stats(trained, waves, init)[-1]
+    w0 = last.weight.detach().flatten(1).double()
+    d = 0.3 * delta.double()
+    assert stats[3] == pytest.approx(float(d.norm() / w0.norm()), rel=1e-5)
+    assert stats[4] == pytest.approx(float(torch.linalg.svdvals(d)[0] / torch.linalg.svdvals(w0)[0]), rel=1e-5)
+    assert stats[5] == pytest.approx(1.0, abs=1e-6) and stats[6] == pytest.approx(1.0, abs=1e-6)
