@@ -168,7 +168,7 @@ def codecs(work: Path, root: Path):
 
 
 def report(rows: list[dict], command: str, n: int) -> str:
-    """Markdown: u's ranks per codec, then the per-term table (mean ± std over seeds where > 1)."""
+    """Markdown: ranks along the encoder, constant shares, weight updates, per-term gradients (mean ± std if seeds > 1)."""
     from lit_distill.experiment import markdown_table, mean_std
 
     groups = {c: [r for r in rows if r["codec"] == c] for c in dict.fromkeys(r["codec"] for r in rows)}
