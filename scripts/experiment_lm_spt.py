@@ -139,6 +139,8 @@ def semantic_input(codec, waves: list) -> dict:
     ``semantic_bias_abs``: the mean |b| over the semantic encoder's convolutions and ``W_in``, and
     ``u_varying_rank``: the participation ratio ``(Σλ)² / Σλ²`` of the frame-varying part's covariance
     (1: it varies along one direction, ``d``: along all alike)."""
+    from speech_probes import participation_rank
+
     from lit_distill.callbacks.codec_metrics import code_counts, codebook_stats
 
     codec = codec.eval()
@@ -156,14 +158,13 @@ def semantic_input(codec, waves: list) -> dict:
             codec.semantic_encoder(torch.zeros(1, 1, codec.hop_length * 25)).transpose(1, 2))[0].mean(0)
     usage, perplexity = codebook_stats(counts)
     mean, centred = torch.cat(us).mean(0), torch.cat(varying)
-    eig = torch.linalg.eigvalsh(centred.T.double() @ centred.double())
     biases = [m.bias for m in [*codec.semantic_encoder.modules(), codec.semantic_quantizer.project_in]
               if isinstance(m, torch.nn.Conv1d | torch.nn.Linear) and m.bias is not None]
     return {"semantic_bias_abs": float(torch.cat([b.detach().flatten() for b in biases]).abs().mean()),
             "silence_to_mean": float(silence.norm() / mean.norm()),
             "silence_mean_cosine": float(torch.nn.functional.cosine_similarity(silence, mean, 0)),
             "u_offset_share": statistics.fmean(shares), "u_rms": float(torch.cat(us).pow(2).mean().sqrt()),
-            "u_varying_rms": float(centred.pow(2).mean().sqrt()), "u_varying_rank": float(eig.sum() ** 2 / eig.pow(2).sum()),
+            "u_varying_rms": float(centred.pow(2).mean().sqrt()), "u_varying_rank": participation_rank(centred),
             "cb0_usage": float(usage[0]), "cb0_perplexity": float(perplexity[0])}
 
 

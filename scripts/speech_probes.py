@@ -117,6 +117,13 @@ def codebook_stats(tokens: Sequence[Tensor], vocab: int) -> dict[str, float]:
     return {"usage": float((counts > 0).double().mean()), "perplexity": math.exp(entropy)}
 
 
+def participation_rank(centred: Tensor) -> float:
+    """The participation ratio ``(Σλ)² / Σλ²`` of the covariance of ``centred [N, d]`` (rows whose mean
+    was removed): 1 when they vary along one direction, ``d`` when along all alike."""
+    eig = torch.linalg.eigvalsh(centred.T.double() @ centred.double())
+    return float(eig.sum() ** 2 / eig.pow(2).sum())
+
+
 def kmeans(x: Tensor, k: int, iters: int, seed: int = 0) -> Tensor:
     """Lloyd's k-means on ``x [N, D]`` from ``k`` distinct random rows; returns centroids ``[k, D]``
     (an empty cluster keeps its previous centroid)."""
