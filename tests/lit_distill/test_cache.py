@@ -32,8 +32,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cache_args(out, text_dir, tokenizer_dir, teacher_dir, *extra: str) -> list[str]:
-    """cache-teacher on configs/text/kd/quickstart-student_from_quickstart-teacher.yaml pointed at the tiny test assets."""
+    """cache-teacher on configs/text/kd/quickstart-student_from_quickstart-teacher.yaml pointed at the tiny test assets.
+
+    The teacher runs in float32 (the config's ``dtype: auto`` is bfloat16 on CPUs with bf16
+    instructions): the tests compare the cache with the float32 teacher run on its own.
+    """
     return ["--config", str(REPO / "configs/text/kd/quickstart-student_from_quickstart-teacher.yaml"), "--out", str(out), "--top-k", "8",
+            "--model.init_args.teacher.init_args.dtype=float32",
             "--samples-per-shard", "16", "--batch-size", "5", "--no-progress",
             f"--data.init_args.tokenizer={tokenizer_dir}",
             f"--data.init_args.train_path={text_dir / 'train.txt'}",
