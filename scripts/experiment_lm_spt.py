@@ -18,7 +18,8 @@ probes and report helpers are those of ``scripts/experiment_dm_codec.py`` (same 
   training: the time-constant share of that projection's output and the codes it picks at step 0.
 - ``--stage remedy``: the same short runs for what the diagnosis points to: zero-bias init at the
   authors' lr and at lr / 10 (the AdamW-drift control: the semantic biases' mean |b| against
-  ``steps x lr``) and codes looked up from ``u`` minus its time mean.
+  ``steps x lr``), codes looked up from ``u`` minus its time mean, and that plus ``semantic_encoder_center``
+  (with and without zero-bias init: the test of the rank-one weight updates ``lm_spt_gradients`` measured).
 - ``--stage compare`` (default): the two arms at the config's setting (``--student`` overrides both);
   codebook usage and validation metrics as trajectories (``CodecMetrics``), and at the end the
   held-out reconstruction, the probes on the FIRST codebook (LM-SPT's semantic one) and the
@@ -28,8 +29,7 @@ probes and report helpers are those of ``scripts/experiment_dm_codec.py`` (same 
 Each writes its tables between its markers in ``docs/experiments/lm_spt.md`` and its numbers under its
 key in ``lm_spt.json`` (everything else stays).
 
-    python scripts/experiment_lm_spt.py --stage diagnose [--seeds 0] [--steps 100] [--workers 2]
-    python scripts/experiment_lm_spt.py --stage remedy [--seeds 0] [--steps 100] [--workers 1]
+    python scripts/experiment_lm_spt.py --stage diagnose|remedy [--seeds 0] [--steps 100] [--workers 1]
     python scripts/experiment_lm_spt.py [--seeds 0 1 2] [--steps 300] [--workers 2]
 """
 
@@ -76,13 +76,16 @@ DIAGNOSIS = (("authors' setting (learned, cosine, dropout 0.5)", ()),
              ("semantic commitment weight 0", ("--model.init_args.losses.semantic_commit.init_args.weight=0.0",)))
 ZERO_BIAS = (f"{STUDENT}zero_bias_init=true",)
 CENTER = (f"{STUDENT}semantic_center=true",)
+LAYERS = (f"{STUDENT}semantic_encoder_center=true",)  # every semantic conv reads its input minus its time mean
 REMEDY = (("zero-bias init, lr 2e-4 (the authors')", ZERO_BIAS),
           ("zero-bias init, lr 2e-5 (AdamW-drift control)", (*ZERO_BIAS, "--model.init_args.optimizer.init_args.lr=2e-5")),
-          ("centred u (time mean removed)", CENTER))
+          ("centred u (time mean removed)", CENTER), ("centred u + centred encoder layers", (*CENTER, *LAYERS)),
+          ("zero-bias init + centred u + centred encoder layers", (*ZERO_BIAS, *CENTER, *LAYERS)))
 # step-0 measurements (codec settings over the config's) each stage reports
 STEP0 = {"diagnose": (("PyTorch default", {}), ("zero biases (DAC's)", {"zero_bias_init": True})),
          "remedy": (("PyTorch default", {}), ("PyTorch default, centred u", {"semantic_center": True}),
-                    ("zero biases (DAC's)", {"zero_bias_init": True}))}
+                    ("zero biases (DAC's)", {"zero_bias_init": True}),
+                    ("PyTorch default, centred u and layers", {"semantic_center": True, "semantic_encoder_center": True}))}
 TITLES = {"diagnose": "Why the semantic codebook collapses: diagnosis runs",
           "remedy": "Keeping the semantic codebook alive: remedy runs"}
 MARKERS = {stage: (f"<!-- experiment_lm_spt {stage}: begin -->", f"<!-- experiment_lm_spt {stage}: end -->")
@@ -117,8 +120,7 @@ def callbacks(size: dict) -> str:
 def arms(work: Path, size: dict, config: Path, student: tuple[str, ...] = ()) -> list[Run]:
     """LM-SPT and its control: the same config, budget and data; only the semantic weight differs.
 
-    ``student``: ``name=value`` settings of the codec for both arms (e.g. ``codebook=ema``).
-    """
+    ``student``: ``name=value`` settings of the codec for both arms (e.g. ``codebook=ema``)."""
     base = [*dm.common(work, size, size["steps"], size["val_every"]), callbacks(size),
             *(f"{STUDENT}{setting}" for setting in student)]
     return [Run("LM-SPT (semantic distillation, weight 500)", [str(config)], base, group="lm_spt"),
@@ -143,8 +145,7 @@ def semantic_input(codec, waves: list) -> dict:
 
     from lit_distill.callbacks.codec_metrics import code_counts, codebook_stats
 
-    codec = codec.eval()
-    shares, us, varying = [], [], []
+    codec, shares, us, varying = codec.eval(), [], [], []
     counts = torch.zeros(1, codec.semantic_quantizer.codebook_size, dtype=torch.long)
     with torch.no_grad():
         for wave in waves:

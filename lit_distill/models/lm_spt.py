@@ -36,7 +36,10 @@ input varies with the speech. Training rebuilds the constant from the biases wit
 (~40 biases of ~1e-3 summed through the residual units); two default-off options act on the
 lookup instead: ``semantic_center`` looks codes up from ``u`` minus its time mean over the
 utterance, ``semantic_dead_code_steps`` restarts learned entries no frame selected for that many
-batches. The measurements of each are in ``docs/experiments/lm_spt.md``.
+batches. The measurements of each are in ``docs/experiments/lm_spt.md``. They found a third route:
+with a ~constant input ``x_t ≈ x̄``, a convolution's weight gradient ``Σ_t δ_t x_tᵀ ≈ (Σ_t δ_t) x̄ᵀ`` is
+rank one, and the semantic encoder's updates collapse u's varying part to one direction;
+``semantic_encoder_center`` (default off) removes each semantic convolution's input time mean.
 
 Codes are ``[B, 1 + Q, F]``: the semantic code first, then the acoustic ones; ``F =
 ceil(T / hop)``, ``hop = prod(strides)``, frame rate ``sample_rate / hop`` (16 kHz with strides
@@ -66,6 +69,38 @@ from lit_distill.models.codec import (
     nearest_code,
 )
 from lit_distill.sources import OutputSpec
+
+
+class TimeCenteredConv1d(nn.Conv1d):
+    """A ``Conv1d`` that reads its input minus the input's per-channel time mean.
+
+    ``x [B, C, L]`` → ``conv(x − mean_L x)``: a time-constant part of ``x`` cannot reach the output,
+    and the weight gradient is ``Σ_t δ_t (x_t − x̄)ᵀ``, with no rank-one term along the mean input
+    ``x̄``. The mean is over all ``L`` steps (padding included). A subclass rather than a module
+    in front, so the parameter names and ``isinstance(m, nn.Conv1d)`` stay those of the plain one.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x - x.mean(-1, keepdim=True))
+
+    @classmethod
+    def wrap(cls, conv: nn.Conv1d) -> TimeCenteredConv1d:
+        """The same convolution (its own parameters, shared, not copied) reading centred inputs."""
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                  dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                  padding_mode=conv.padding_mode, device="meta")  # meta: no init, no draw from the RNG
+        new.weight, new.bias = conv.weight, conv.bias
+        return new
+
+
+def center_conv_inputs(module: nn.Module) -> None:
+    """Replace every ``nn.Conv1d`` inside ``module`` (in place, at any depth) by its
+    :class:`TimeCenteredConv1d`; transposed convolutions are not ``Conv1d`` and stay."""
+    for name, child in module.named_children():
+        if type(child) is nn.Conv1d:
+            setattr(module, name, TimeCenteredConv1d.wrap(child))
+        else:
+            center_conv_inputs(child)
 
 
 class SemanticQuantizer(nn.Module):
@@ -193,6 +228,12 @@ class LMSPTCodec(FramedCodec):
             :class:`SemanticQuantizer`; off by default, a deviation from the authors).
         semantic_dead_code_steps: restart semantic-codebook entries unused for this many training
             batches (``codebook: learned`` only; 0 = off, the authors').
+        semantic_encoder_center: every ``Conv1d`` of the semantic encoder (stem, residual units,
+            strided, last) reads its input minus that input's per-channel time mean over the
+            utterance's frames at its own resolution (:class:`TimeCenteredConv1d`); the mean includes
+            the padded tail of shorter utterances in a batch and the zeros up to a multiple of the
+            hop. Weights and biases are initialised as without it (same RNG draws). Off by default
+            (a deviation from the authors); the acoustic encoder and decoders are unchanged.
     """
 
     def __init__(self, sample_rate: int = 16000, strides: Sequence[int] = (4, 4, 5, 8, 2), channels: int = 32,
@@ -203,7 +244,7 @@ class LMSPTCodec(FramedCodec):
                  kmeans_init: bool = False, threshold_ema_dead_code: float = 2.0,
                  acoustic_codebook_dim: int | None = 8, codebook: str = "ema", cosine: bool = False,
                  commitment: str = "sum_all", zero_bias_init: bool = False, semantic_center: bool = False,
-                 semantic_dead_code_steps: int = 0) -> None:
+                 semantic_dead_code_steps: int = 0, semantic_encoder_center: bool = False) -> None:
         super().__init__()
         strides = [int(s) for s in strides]
         if not strides or any(s < 1 for s in strides):
@@ -231,6 +272,8 @@ class LMSPTCodec(FramedCodec):
         self.aux_decoder = build_decoder(strides, aux_channels, max_channels, dim, dilations)
         if zero_bias_init:
             self._zero_biases()
+        if semantic_encoder_center:
+            center_conv_inputs(self.semantic_encoder)
 
     def _zero_biases(self) -> None:
         """Biases of every ``Conv1d`` (not the transposed ones, as DAC) and quantiser projection to 0."""
@@ -324,4 +367,4 @@ class LMSPTCodec(FramedCodec):
             return self.aux_decoder(s)
 
 
-__all__ = ["LMSPTCodec", "SemanticQuantizer"]
+__all__ = ["LMSPTCodec", "SemanticQuantizer", "TimeCenteredConv1d", "center_conv_inputs"]

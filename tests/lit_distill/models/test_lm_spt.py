@@ -7,7 +7,7 @@ import torch
 
 from lit_distill.errors import ConfigError
 from lit_distill.models.codec import ResidualQuantizer
-from lit_distill.models.lm_spt import LMSPTCodec, SemanticQuantizer
+from lit_distill.models.lm_spt import LMSPTCodec, SemanticQuantizer, TimeCenteredConv1d
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -263,3 +263,71 @@ def test_semantic_options_reach_the_codec_and_default_to_the_authors():
         assert layer.dead_code_steps == 0
     with pytest.raises(ConfigError, match="dead_code_steps needs codebook: learned"):
         tiny(semantic_dead_code_steps=5)
+
+
+def _participation_rank(matrix: torch.Tensor) -> float:
+    """``(Σσ²)² / Σσ⁴`` of ``matrix``'s singular values: 1 for a rank-one matrix."""
+    power = torch.linalg.svdvals(matrix.double()).pow(2)
+    return float(power.sum() ** 2 / power.pow(2).sum())
+
+
+def test_semantic_encoder_center_ignores_a_time_constant_input_at_every_layer():
+    torch.manual_seed(0)
+    codec = tiny(semantic_encoder_center=True).eval()
+    convs = [m for m in codec.semantic_encoder.modules() if isinstance(m, torch.nn.Conv1d)]
+    assert convs and all(type(m) is TimeCenteredConv1d for m in convs)  # stem, residual units, strided, last
+    for conv in convs:  # a per-channel constant added to any layer's input does not reach its output
+        x = torch.randn(2, conv.in_channels, 24)
+        with torch.no_grad():
+            torch.testing.assert_close(conv(x + 3.0 * torch.randn(2, conv.in_channels, 1)), conv(x))
+    wave, offset = torch.randn(2, 1, 2 * codec.hop_length) * 0.1, torch.tensor([2.0, -3.0]).view(2, 1, 1)
+    with torch.no_grad():
+        base, moved = codec(waveform=wave).features, codec(waveform=wave + offset).features
+    gap = (moved["semantic_latent"] - base["semantic_latent"]).abs().max()
+    torch.testing.assert_close(moved["semantic_latent"], base["semantic_latent"])
+    assert torch.equal(moved["semantic_codes"], base["semantic_codes"])
+    plain = tiny().eval()  # without the option the same offset moves the semantic latent
+    plain.load_state_dict(codec.state_dict())
+    with torch.no_grad():
+        shift = plain(waveform=wave + offset).features["semantic_latent"] - plain(waveform=wave).features[
+            "semantic_latent"]
+    assert shift.abs().max() > 1e-3 > 100 * gap
+
+
+def test_semantic_encoder_center_gives_a_conv_weight_gradient_of_more_than_rank_one_on_a_constant_input():
+    torch.manual_seed(0)
+    on = tiny(semantic_encoder_center=True)
+    off = tiny()
+    off.load_state_dict(on.state_dict())
+    last = lambda codec: codec.semantic_encoder[-1]  # noqa: E731 - the conv W_in reads: widths[-1] -> dim
+    conv = last(off)
+    x = 5.0 * torch.randn(1, conv.in_channels, 1) + 0.05 * torch.randn(3, conv.in_channels, 40)
+    delta = torch.randn(3, conv.out_channels, 40)  # a full-rank upstream gradient
+    ranks = []
+    for codec in (off, on):
+        last(codec)(x).mul(delta).sum().backward()
+        ranks.append(_participation_rank(last(codec).weight.grad.flatten(1)))
+    assert ranks[0] < 1.05  # Σ_t δ_t x_tᵀ ≈ (Σ_t δ_t) x̄ᵀ: rank one along the constant
+    assert ranks[1] > 3.0  # Σ_t δ_t (x_t − x̄)ᵀ: the noise's directions
+
+
+def test_semantic_encoder_center_off_is_the_default_codec_and_on_changes_only_the_semantic_encoder():
+    torch.manual_seed(0)
+    default = tiny()
+    after_default = torch.rand(4)
+    torch.manual_seed(0)
+    off = tiny(semantic_encoder_center=False)
+    torch.manual_seed(0)
+    on = tiny(semantic_encoder_center=True)
+    after_on = torch.rand(4)
+    assert torch.equal(after_on, after_default)  # the wrapping draws nothing from the RNG
+    assert not any(isinstance(m, TimeCenteredConv1d) for m in [*default.modules(), *off.modules()])
+    for other in (off, on):  # same parameter names and values: a checkpoint loads either way
+        assert list(other.state_dict()) == list(default.state_dict())
+        assert all(torch.equal(v, default.state_dict()[k]) for k, v in other.state_dict().items())
+    assert not any(isinstance(m, TimeCenteredConv1d) for m in
+                   [*on.acoustic_encoder.modules(), *on.decoder.modules(), *on.aux_decoder.modules()])
+    wave = torch.randn(2, 1, 3 * default.hop_length) * 0.1
+    with torch.no_grad():
+        a, b = default.eval()(waveform=wave).features, off.eval()(waveform=wave).features
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
