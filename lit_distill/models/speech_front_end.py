@@ -82,6 +82,13 @@ def build_speech_model(auto_class: str, config: dict[str, Any], field: str, dtyp
     return getattr(transformers, auto_class).from_config(hf_config, **({} if dtype is None else {"dtype": dtype}))
 
 
+def hidden_state_count(config: Any, layers_field: str, output_hidden_states: bool) -> int | None:
+    """How many hidden states a speech encoder returns: 0 when not asked, ``layers + 1`` (the
+    input of the first layer, then each layer's output), None when ``config`` does not say."""
+    layers = getattr(config, layers_field, None)
+    return (None if layers is None else int(layers) + 1) if output_hidden_states else 0
+
+
 class SpeechEncoderFrontEnd(nn.Module):
     """Waveform in, the last hidden state (and, when asked, every layer's) out, for a speech encoder.
 
@@ -122,8 +129,7 @@ class SpeechEncoderFrontEnd(nn.Module):
 
     def declared_outputs(self, config: Any, output_hidden_states: bool) -> OutputSpec:
         """``features.last_hidden_state`` and, when asked, every layer's hidden states (CNN features first)."""
-        layers = getattr(config, "num_hidden_layers", None)
-        hidden = (None if layers is None else int(layers) + 1) if output_hidden_states else 0
+        hidden = hidden_state_count(config, "num_hidden_layers", output_hidden_states)
         return OutputSpec(logits=False, hidden_states=hidden, features=frozenset({"last_hidden_state"}), closed=True)
 
     def run(self, module: nn.Module, output_hidden_states: bool, waveform: Tensor,
@@ -189,8 +195,7 @@ class SpeechCTCFrontEnd(SpeechEncoderFrontEnd):
     def declared_outputs(self, config: Any, output_hidden_states: bool) -> OutputSpec:
         """``logits``, ``features.last_hidden_state`` / ``features.frame_mask`` and, when asked,
         every layer's hidden states."""
-        layers = getattr(config, "num_hidden_layers", None)
-        hidden = (None if layers is None else int(layers) + 1) if output_hidden_states else 0
+        hidden = hidden_state_count(config, "num_hidden_layers", output_hidden_states)
         return OutputSpec(logits=True, hidden_states=hidden,
                           features=frozenset({"last_hidden_state", "frame_mask"}), closed=True)
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from lit_distill.contracts import ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.models.hf_loading import load_pretrained_checked
-from lit_distill.models.speech_front_end import mono
+from lit_distill.models.speech_front_end import hidden_state_count, mono
 from lit_distill.sources import OutputSpec
 
 WHISPER_SAMPLE_RATE = 16000
@@ -194,8 +194,7 @@ class WhisperFrontEnd(nn.Module):
     def declared_outputs(self, config: Any, output_hidden_states: bool) -> OutputSpec:
         """``features.last_hidden_state`` and ``features.frame_mask``; every layer's hidden
         states when ``output_hidden_states``."""
-        layers = getattr(config, "encoder_layers", None)
-        hidden = (None if layers is None else int(layers) + 1) if output_hidden_states else 0
+        hidden = hidden_state_count(config, "encoder_layers", output_hidden_states)
         return OutputSpec(logits=False, hidden_states=hidden,
                           features=frozenset({"last_hidden_state", "frame_mask"}), closed=True)
 
