@@ -163,11 +163,16 @@ class DistillationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def forward(self, batch: dict[str, Any], run_teacher: bool = True) -> tuple[ModelOutput, ModelOutput | None]:
-        """Run the student (and the teacher when asked and present) on a batch."""
-        student_out = self.student(**side_inputs(batch, "student"))
+        """Run the teacher (when asked and present), then the student, on a batch.
+
+        The teacher goes first so its forward's temporaries are freed before the student's
+        activations are built and its logits are still in cache for the loss (measured 1–2 %
+        of a CPU step faster than the other order, ``bench/overhead.py``).
+        """
         teacher_out = None
         if run_teacher and self.teacher is not None:
             teacher_out = self.teacher(**side_inputs(batch, "teacher"))
+        student_out = self.student(**side_inputs(batch, "student"))
         return student_out, teacher_out
 
     def compute_losses(self, batch: dict[str, Any], student_out: ModelOutput,
