@@ -17,6 +17,15 @@ around the same kernel). ``cpu_time_ratio`` is the same
 ratio on the process's CPU time (``time.process_time``): on a machine shared with other jobs
 wall time mostly measures the neighbours, CPU time much less so.
 
+Whole runs differ by 10–25 % on this machine, more than the gaps being measured, so the bench
+also interleaves the contenders **step by step** in one Trainer run (``interleaved`` in the JSON):
+after each lit_distill step, a callback runs one hand-loop step and one step of the hand loop with
+our kernel on the same batch (their own copies of the models and optimizers; the two alternate
+which goes first). A lit_distill step is everything from the end of one callback to the start of
+the next (the Trainer's whole cycle: data, hooks, logging, progress bar, its own step), so
+``interleaved.time_ratio`` is the median over steps of lit_distill / hand on neighbouring steps,
+which drift and interference hit alike.
+
     python bench/overhead.py [--steps 60 --warmup 10 --repeats 3 --batch 8 --seq 128]
 """
 
@@ -113,6 +122,80 @@ def run_lit(student, teacher, batches, warmup: int, root: str) -> Seconds:
     return timer.interval
 
 
+class HandLoop:
+    """A hand-written training loop advanced one step at a time: own model copies and AdamW."""
+
+    def __init__(self, student, teacher, loss_fn) -> None:
+        self.student = copy.deepcopy(student).train()
+        self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=1e-3)
+        self.loss_fn = loss_fn
+
+    def step(self, batch: dict) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = self.teacher(**batch["inputs"]).logits
+        student_logits = self.student(**batch["inputs"]).logits
+        loss = self.loss_fn(student_logits, teacher_logits, batch["labels"], batch["loss_mask"])
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+
+class Interleaved(L.Callback):
+    """After each lit_distill step, one step of each hand loop on the same batch, timed apart.
+
+    ``times[name]`` holds each timed step's (wall, CPU) seconds, one per batch after ``warmup``
+    (the same batches for all three): the hand loops' from their own step, lit_distill's from
+    the end of the previous batch's hand steps to the start of this batch's (the Trainer's
+    whole cycle). ``last_loss[name]`` is each hand loop's loss on the last batch.
+    """
+
+    def __init__(self, loops: dict[str, HandLoop], warmup: int) -> None:
+        self.loops, self.warmup = loops, warmup
+        self.times: dict[str, list[Seconds]] = {"lit_distill": [], **{name: [] for name in loops}}
+        self.last_loss: dict[str, float] = {}
+        self.watch = Stopwatch()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        lit = self.watch.read()
+        names = list(self.loops) if batch_idx % 2 == 0 else list(reversed(self.loops))
+        for name in names:
+            watch = Stopwatch()
+            loss = self.loops[name].step(batch)
+            if batch_idx > self.warmup:
+                self.times[name].append(watch.read())
+            self.last_loss[name] = loss.item()
+        if batch_idx > self.warmup:  # the interval for batch ``warmup`` began inside warm-up
+            self.times["lit_distill"].append(lit)
+        self.watch.start()
+
+
+def run_interleaved(student, teacher, batches, warmup: int, root: str) -> Interleaved:
+    """lit_distill, the plain hand loop and the hand loop with our kernel, alternating step by step;
+    returns the callback (its ``times`` and ``last_loss``)."""
+    module = DistillationModule(student=copy.deepcopy(student), teacher=copy.deepcopy(teacher),
+                                losses={"kd": ForwardKL(weight=0.5), "ce": CrossEntropy(weight=0.5)},
+                                optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+    loops = {"hand": HandLoop(student, teacher, plain_kd_loss),
+             "hand_with_lit_kernel": HandLoop(student, teacher, lit_kernel_loss)}
+    timer = Interleaved(loops, warmup)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), enable_checkpointing=False,
+                        enable_model_summary=False, default_root_dir=root, callbacks=[timer])
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.fit(module, DataLoader(batches, batch_size=None))
+    return timer
+
+
+def step_ratios(times: dict[str, list[Seconds]], over: str, under: str) -> dict[str, float]:
+    """Median, quartiles and CPU-time median of per-step ``over / under`` on the same batches."""
+    a, b = times[over], times[under]
+    walls = sorted(x.wall / y.wall for x, y in zip(a, b, strict=True))
+    q1, median, q3 = statistics.quantiles(walls, n=4)
+    return {"median": median, "q1": q1, "q3": q3,
+            "cpu_median": statistics.median(x.cpu / y.cpu for x, y in zip(a, b, strict=True))}
+
+
 def plain_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                   mask: torch.Tensor) -> torch.Tensor:
     """0.5 · forward KL + 0.5 · CE as a user would write them in plain PyTorch (no lit_distill code)."""
@@ -133,23 +216,15 @@ def lit_kernel_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 
 def run_loop(student, teacher, batches, warmup: int, loss_fn=plain_kd_loss) -> tuple[Seconds, float, dict]:
     """A hand-written loop with ``loss_fn`` (default: plain PyTorch losses, so it measures our kernels
-    too); returns (time after warm-up, last loss, last-batch logits)."""
-    student, teacher = copy.deepcopy(student), copy.deepcopy(teacher).eval().requires_grad_(False)
-    student.train()
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
-    watch, loss = Stopwatch(), torch.zeros(())
+    too); returns (time after warm-up, last loss, ``{"teacher": last-batch teacher logits}``)."""
+    loop, watch, loss = HandLoop(student, teacher, loss_fn), Stopwatch(), torch.zeros(())
     for i, batch in enumerate(batches):
         if i == warmup:
             watch.start()
-        with torch.no_grad():
-            teacher_logits = teacher(**batch["inputs"]).logits
-        student_logits = student(**batch["inputs"]).logits
-        loss = loss_fn(student_logits, teacher_logits, batch["labels"], batch["loss_mask"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    last = {"student": student_logits.detach(), "teacher": teacher_logits}
+        loss = loop.step(batch)
     elapsed = watch.read()
+    with torch.no_grad():
+        last = {"teacher": loop.teacher(**batch["inputs"]).logits}
     return elapsed, loss.item(), last
 
 
@@ -161,42 +236,64 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--interleaved-repeats", type=int, default=3,
+                        help="Trainer runs of the step-by-step interleaved measurement (0: skip it)")
+    parser.add_argument("--skip-runs", action="store_true",
+                        help="only the interleaved measurement, not the whole-run repeats")
     ns = parser.parse_args()
     torch.manual_seed(0)
     student, teacher = llama(128, 2, ns.vocab), llama(256, 4, ns.vocab)
     batches = make_batches(ns.warmup + ns.steps, ns.batch, ns.seq, ns.vocab)
     lit, hand, kernel = [], [], []
+    steps: dict[str, list[Seconds]] = {"lit_distill": [], "hand": [], "hand_with_lit_kernel": []}
     with tempfile.TemporaryDirectory() as root:
-        for repeat in range(ns.repeats):  # rotate the order so drift hits every contender alike
+        for _ in range(ns.interleaved_repeats):
+            for name, times in run_interleaved(student, teacher, batches, ns.warmup, root).times.items():
+                steps[name] += times
+        for repeat in range(0 if ns.skip_runs else ns.repeats):  # rotate the order so drift hits every contender alike
             runs = [(hand, lambda: run_loop(student, teacher, batches, ns.warmup)[0]),
                     (lit, lambda: run_lit(student, teacher, batches, ns.warmup, root)),
                     (kernel, lambda: run_loop(student, teacher, batches, ns.warmup, lit_kernel_loss)[0])]
             for times, run in runs[repeat % 3:] + runs[:repeat % 3]:
                 times.append(run())
+    result = {"bench": "overhead", "device": "cpu", "threads": torch.get_num_threads(), "steps_timed": ns.steps,
+              "batch": ns.batch, "seq": ns.seq, "vocab": ns.vocab}
+    if steps["hand"]:
+        result["interleaved"] = {
+            "steps_paired": len(steps["hand"]),
+            **{f"{name}_seconds_per_step": statistics.median(t.wall for t in times) for name, times in steps.items()},
+            "time_ratio": step_ratios(steps, "lit_distill", "hand"),
+            "kernel_time_ratio": step_ratios(steps, "hand_with_lit_kernel", "hand"),
+            "framework_time_ratio": step_ratios(steps, "lit_distill", "hand_with_lit_kernel"),
+        }
+    if hand:
+        result.update(whole_runs(lit, hand, kernel, ns.steps))
+    print(json.dumps(result, indent=2))
+
+
+def whole_runs(lit: list[Seconds], hand: list[Seconds], kernel: list[Seconds], steps: int) -> dict:
+    """The whole-run measurement's keys: medians over repeats of paired run-time ratios."""
     walls = {"hand": [t.wall for t in hand], "lit_distill": [t.wall for t in lit]}
     cpus = {"hand": [t.cpu for t in hand], "lit_distill": [t.cpu for t in lit]}
-    result = {
-        "bench": "overhead", "device": "cpu", "threads": torch.get_num_threads(), "steps_timed": ns.steps,
-        "batch": ns.batch, "seq": ns.seq, "vocab": ns.vocab,
-        "hand_seconds_per_step": statistics.median(walls["hand"]) / ns.steps,
-        "lit_distill_seconds_per_step": statistics.median(walls["lit_distill"]) / ns.steps,
+    return {
+        "hand_seconds_per_step": statistics.median(walls["hand"]) / steps,
+        "lit_distill_seconds_per_step": statistics.median(walls["lit_distill"]) / steps,
         "time_ratio": statistics.median(a.wall / b.wall for a, b in zip(lit, hand, strict=True)),
         "time_ratio_of_minima": min(walls["lit_distill"]) / min(walls["hand"]),
         "cpu_time_ratio": statistics.median(a.cpu / b.cpu for a, b in zip(lit, hand, strict=True)),
         "overhead_ms_per_step": 1000 * (statistics.median(walls["lit_distill"]) - statistics.median(walls["hand"]))
-        / ns.steps,
+        / steps,
         "repeats": walls, "cpu_repeats": cpus,
         # The hand loop with lit_distill's fused KL + CE kernel instead of the plain losses: splits the
         # gap into the kernel's share (hand_with_lit_kernel / hand) and the framework's (lit_distill /
         # hand_with_lit_kernel: Lightning and the module around the same kernel).
-        "hand_with_lit_kernel_seconds_per_step": statistics.median(t.wall for t in kernel) / ns.steps,
+        "hand_with_lit_kernel_seconds_per_step": statistics.median(t.wall for t in kernel) / steps,
         "kernel_time_ratio": statistics.median(a.wall / b.wall for a, b in zip(kernel, hand, strict=True)),
         "kernel_cpu_time_ratio": statistics.median(a.cpu / b.cpu for a, b in zip(kernel, hand, strict=True)),
         "framework_time_ratio": statistics.median(a.wall / b.wall for a, b in zip(lit, kernel, strict=True)),
         "framework_cpu_time_ratio": statistics.median(a.cpu / b.cpu for a, b in zip(lit, kernel, strict=True)),
         "hand_with_lit_kernel_repeats": [t.wall for t in kernel],
     }
-    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
