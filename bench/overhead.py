@@ -19,9 +19,10 @@ wall time mostly measures the neighbours, CPU time much less so.
 
 Whole runs differ by 10–25 % on this machine, more than the gaps being measured, so the bench
 also interleaves the contenders **step by step** in one Trainer run (``interleaved`` in the JSON):
-after each lit_distill step, a callback runs one hand-loop step and one step of the hand loop with
-our kernel on the same batch (their own copies of the models and optimizers; the two alternate
-which goes first). A lit_distill step is everything from the end of one callback to the start of
+after each lit_distill step, a callback runs one step of the hand loop, of the hand loop with our
+kernel, and of lit_distill's module in a plain loop without a Trainer, on the same batch (each with
+its own copies of the models and optimizer; they rotate which goes first). The last splits the
+framework's share into the module's and Lightning's. A lit_distill step is everything from the end of one callback to the start of
 the next (the Trainer's whole cycle: data, hooks, logging, progress bar, its own step), so
 ``interleaved.time_ratio`` is the median over steps of lit_distill / hand on neighbouring steps,
 which drift and interference hit alike.
@@ -110,10 +111,15 @@ class StepTimer(L.Callback):
             self.interval = self.watch.read()
 
 
+def distillation_module(student, teacher) -> DistillationModule:
+    """lit_distill's module for the bench's objective (0.5 · forward KL + 0.5 · CE, AdamW), on copies."""
+    return DistillationModule(student=copy.deepcopy(student), teacher=copy.deepcopy(teacher),
+                              losses={"kd": ForwardKL(weight=0.5), "ce": CrossEntropy(weight=0.5)},
+                              optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+
+
 def run_lit(student, teacher, batches, warmup: int, root: str) -> Seconds:
-    module = DistillationModule(student=copy.deepcopy(student), teacher=copy.deepcopy(teacher),
-                                losses={"kd": ForwardKL(weight=0.5), "ce": CrossEntropy(weight=0.5)},
-                                optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+    module = distillation_module(student, teacher)
     timer = StepTimer(warmup, len(batches) - 1)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), enable_checkpointing=False,
                         enable_model_summary=False, default_root_dir=root, callbacks=[timer])
@@ -142,16 +148,35 @@ class HandLoop:
         return loss.detach()
 
 
+class ModuleLoop:
+    """lit_distill's module stepped by a plain loop, without a Trainer: its ``distillation_loss``
+    (teacher wrapper, term inputs, fused kernel, valid count), backward of the mean, AdamW.
+    Beside the Trainer run it splits the framework's share into the module's and Lightning's."""
+
+    def __init__(self, student, teacher) -> None:
+        self.module = distillation_module(student, teacher)
+        self.module.student.train()
+        self.optimizer = torch.optim.AdamW(self.module.student.parameters(), lr=1e-3)
+
+    def step(self, batch: dict) -> torch.Tensor:
+        result = self.module.distillation_loss(batch)
+        self.module._window_count = None  # the Trainer's gradient rescale would consume it
+        self.optimizer.zero_grad()
+        result.total.backward()
+        self.optimizer.step()
+        return result.total.detach()
+
+
 class Interleaved(L.Callback):
-    """After each lit_distill step, one step of each hand loop on the same batch, timed apart.
+    """After each lit_distill step, one step of each loop on the same batch, timed apart.
 
     ``times[name]`` holds each timed step's (wall, CPU) seconds, one per batch after ``warmup``
-    (the same batches for all three): the hand loops' from their own step, lit_distill's from
-    the end of the previous batch's hand steps to the start of this batch's (the Trainer's
-    whole cycle). ``last_loss[name]`` is each hand loop's loss on the last batch.
+    (the same batches for every contender): the loops' from their own step, lit_distill's from
+    the end of the previous batch's loop steps to the start of this batch's (the Trainer's
+    whole cycle). ``last_loss[name]`` is each loop's loss on the last batch.
     """
 
-    def __init__(self, loops: dict[str, HandLoop], warmup: int) -> None:
+    def __init__(self, loops: dict[str, HandLoop | ModuleLoop], warmup: int) -> None:
         self.loops, self.warmup = loops, warmup
         self.times: dict[str, list[Seconds]] = {"lit_distill": [], **{name: [] for name in loops}}
         self.last_loss: dict[str, float] = {}
@@ -159,7 +184,8 @@ class Interleaved(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         lit = self.watch.read()
-        names = list(self.loops) if batch_idx % 2 == 0 else list(reversed(self.loops))
+        shift = batch_idx % len(self.loops)  # rotate which loop goes first
+        names = list(self.loops)[shift:] + list(self.loops)[:shift]
         for name in names:
             watch = Stopwatch()
             loss = self.loops[name].step(batch)
@@ -172,13 +198,12 @@ class Interleaved(L.Callback):
 
 
 def run_interleaved(student, teacher, batches, warmup: int, root: str) -> Interleaved:
-    """lit_distill, the plain hand loop and the hand loop with our kernel, alternating step by step;
-    returns the callback (its ``times`` and ``last_loss``)."""
-    module = DistillationModule(student=copy.deepcopy(student), teacher=copy.deepcopy(teacher),
-                                losses={"kd": ForwardKL(weight=0.5), "ce": CrossEntropy(weight=0.5)},
-                                optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+    """lit_distill, the plain hand loop, the hand loop with our kernel and the module without a
+    Trainer, step by step; returns the callback (its ``times`` and ``last_loss``)."""
+    module = distillation_module(student, teacher)
     loops = {"hand": HandLoop(student, teacher, plain_kd_loss),
-             "hand_with_lit_kernel": HandLoop(student, teacher, lit_kernel_loss)}
+             "hand_with_lit_kernel": HandLoop(student, teacher, lit_kernel_loss),
+             "module_without_trainer": ModuleLoop(student, teacher)}
     timer = Interleaved(loops, warmup)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), enable_checkpointing=False,
                         enable_model_summary=False, default_root_dir=root, callbacks=[timer])
@@ -245,7 +270,8 @@ def main() -> None:
     student, teacher = llama(128, 2, ns.vocab), llama(256, 4, ns.vocab)
     batches = make_batches(ns.warmup + ns.steps, ns.batch, ns.seq, ns.vocab)
     lit, hand, kernel = [], [], []
-    steps: dict[str, list[Seconds]] = {"lit_distill": [], "hand": [], "hand_with_lit_kernel": []}
+    steps: dict[str, list[Seconds]] = {"lit_distill": [], "hand": [], "hand_with_lit_kernel": [],
+                                       "module_without_trainer": []}
     with tempfile.TemporaryDirectory() as root:
         for _ in range(ns.interleaved_repeats):
             for name, times in run_interleaved(student, teacher, batches, ns.warmup, root).times.items():
@@ -265,6 +291,9 @@ def main() -> None:
             "time_ratio": step_ratios(steps, "lit_distill", "hand"),
             "kernel_time_ratio": step_ratios(steps, "hand_with_lit_kernel", "hand"),
             "framework_time_ratio": step_ratios(steps, "lit_distill", "hand_with_lit_kernel"),
+            # the framework's share split: the module's own work, then Lightning's around it
+            "module_time_ratio": step_ratios(steps, "module_without_trainer", "hand_with_lit_kernel"),
+            "trainer_time_ratio": step_ratios(steps, "lit_distill", "module_without_trainer"),
         }
     if hand:
         result.update(whole_runs(lit, hand, kernel, ns.steps))

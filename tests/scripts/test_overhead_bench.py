@@ -25,12 +25,13 @@ def test_interleaved_hand_loops_train_like_whole_runs(exp):
     with tempfile.TemporaryDirectory() as root:
         timer = exp.run_interleaved(student, teacher, batches, warmup=1, root=root)
     assert {name: len(t) for name, t in timer.times.items()} == {"lit_distill": 3, "hand": 3,
-                                                                 "hand_with_lit_kernel": 3}
+                                                                 "hand_with_lit_kernel": 3, "module_without_trainer": 3}
     assert all(t.wall > 0 and t.cpu >= 0 for ts in timer.times.values() for t in ts)
     for name, loss_fn in (("hand", exp.plain_kd_loss), ("hand_with_lit_kernel", exp.lit_kernel_loss)):
         _, whole_run_last, _ = exp.run_loop(student, teacher, batches, 1, loss_fn)
         assert timer.last_loss[name] == pytest.approx(whole_run_last, rel=1e-5)
     assert timer.last_loss["hand"] == pytest.approx(timer.last_loss["hand_with_lit_kernel"], rel=1e-4)
+    assert timer.last_loss["module_without_trainer"] == pytest.approx(timer.last_loss["hand_with_lit_kernel"], rel=1e-5)
 
 
 def test_step_ratios_pair_the_same_batches(exp):
@@ -51,6 +52,6 @@ def test_overhead_bench_prints_both_measurements():
     result = json.loads(done.stdout[done.stdout.index("{"):])
     inter = result["interleaved"]
     assert inter["steps_paired"] == 2  # batches after warm-up, the first one's lit interval excluded
-    for key in ("time_ratio", "kernel_time_ratio", "framework_time_ratio"):
+    for key in ("time_ratio", "kernel_time_ratio", "framework_time_ratio", "module_time_ratio", "trainer_time_ratio"):
         assert inter[key]["q1"] <= inter[key]["median"] <= inter[key]["q3"] and inter[key]["cpu_median"] > 0
     assert result["time_ratio"] > 0 and len(result["repeats"]["hand"]) == 1
