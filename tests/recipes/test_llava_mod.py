@@ -62,7 +62,7 @@ def test_stage_switch_and_both_stages_run(tmp_path):
     # stage 2 starts from stage 1's export exactly, and optimises DPO (+ aux) against the teacher
     stage2_args = ["--config", str(STAGE2), *data_args(vqa, pairs=True), *teacher_args(tmp_path / "teacher"),
                    f"--model.init_args.student.init_args.init_from={tmp_path / 'stage1'}", *QUIET,
-                   "--trainer.fast_dev_run=true"]
+                   "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path / 'stage2_run'}"]
     cli = run_cli(stage2_args, run=False)
     module = cli.model
     assert {k: type(v) for k, v in module.losses.items()} == {"dpo": DPO, "aux": MoEAuxLoss}
