@@ -216,7 +216,7 @@ def step_ratios(times: dict[str, list[Seconds]], over: str, under: str) -> dict[
     """Median, quartiles and CPU-time median of per-step ``over / under`` on the same batches."""
     a, b = times[over], times[under]
     walls = sorted(x.wall / y.wall for x, y in zip(a, b, strict=True))
-    q1, median, q3 = statistics.quantiles(walls, n=4)
+    q1, median, q3 = statistics.quantiles(walls, n=4) if len(walls) > 1 else walls * 3
     return {"median": median, "q1": q1, "q3": q3,
             "cpu_median": statistics.median(x.cpu / y.cpu for x, y in zip(a, b, strict=True))}
 

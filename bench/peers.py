@@ -28,7 +28,14 @@ over repeats), ratios to the hand loop, and the loss on the last batch (same for
 the runs are deterministic). Prints one JSON object; exits 1 if a loss disagrees with the hand
 loop's by more than ``--rtol``.
 
+``<objective>.interleaved``: the same contenders step by step instead of whole runs (as
+bench/overhead.py does: this machine's run-to-run noise, 10–25 %, exceeds the gaps). After each
+lit_distill step in one Trainer run, a callback steps each plain-loop contender (hand, TRL's loss,
+torchtune's loss) on the same batch. It reports each one's median s/step, lit_distill over each
+(median of per-step ratios, quartiles, CPU time), the fastest peer and each loop's last loss.
+
     python bench/peers.py [--steps 20 --warmup 5 --repeats 3 --batch 4 --seq 64 --vocab 2048]
+                          [--interleaved-repeats 2] [--skip-runs]
 """
 
 from __future__ import annotations
@@ -50,7 +57,17 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loss_memory import MB, _PeakRSS, _release_freed_memory  # noqa: E402
-from overhead import Seconds, StepTimer, llama, make_batches, plain_kd_loss, run_loop  # noqa: E402
+from overhead import (  # noqa: E402
+    HandLoop,
+    Interleaved,
+    Seconds,
+    StepTimer,
+    llama,
+    make_batches,
+    plain_kd_loss,
+    run_loop,
+    step_ratios,
+)
 
 from lit_distill import DistillationModule  # noqa: E402
 from lit_distill.losses import CrossEntropy, ForwardKL, GeneralizedJSD  # noqa: E402
@@ -74,14 +91,20 @@ def plain_fkl_loss(student_logits, teacher_logits, labels, mask) -> torch.Tensor
     return (kl * mask).sum() / mask.sum().clamp_min(1)
 
 
+PLAIN_LOSSES = {"fkl_ce": plain_kd_loss, "jsd": plain_jsd_loss, "fkl": plain_fkl_loss}
+
+
 def trl_loss(objective: str):
+    """TRL's GKD divergence (β = 0: forward KL, β = 0.5: JSD) in a plain loop, plus 0.5 · CE except for ``fkl``."""
     from trl.experimental.gkd.gkd_trainer import GKDTrainer
 
-    beta = 0.0 if objective == "fkl_ce" else 0.5
+    beta = 0.5 if objective == "jsd" else 0.0
 
     def loss(student_logits, teacher_logits, labels, mask):
         div = GKDTrainer.generalized_jsd_loss(student_logits.float(), teacher_logits.float(), labels=labels,
                                               beta=beta, reduction="batchmean")
+        if objective == "fkl":
+            return div
         ce = F.cross_entropy(student_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         return 0.5 * div + 0.5 * ce
     return loss
@@ -115,7 +138,8 @@ class LastLoss(L.Callback):
         self.value = float(loss) / int(batch["loss_mask"].sum())
 
 
-def run_lit(student, teacher, batches, warmup: int, root: str, objective: str) -> tuple[Seconds, float, dict]:
+def run_lit(student, teacher, batches, warmup: int, root: str, objective: str,
+            callbacks: tuple[L.Callback, ...] = ()) -> tuple[Seconds, float, dict]:
     losses = ({"kd": ForwardKL(weight=1.0)} if objective == "fkl" else
               {"kd": ForwardKL(weight=0.5) if objective == "fkl_ce" else GeneralizedJSD(beta=0.5, weight=0.5),
                "ce": CrossEntropy(weight=0.5)})
@@ -124,7 +148,7 @@ def run_lit(student, teacher, batches, warmup: int, root: str, objective: str) -
     timer, last = StepTimer(warmup, len(batches) - 1), LastLoss()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), enable_checkpointing=False,
                         enable_model_summary=False, enable_progress_bar=False, logger=False,
-                        default_root_dir=root, callbacks=[timer, last])
+                        default_root_dir=root, callbacks=[timer, last, *callbacks])
     with contextlib.redirect_stdout(sys.stderr):
         trainer.fit(module, DataLoader(batches, batch_size=None))
     return timer.interval, last.value, {}
@@ -142,8 +166,42 @@ def available_peers() -> dict[str, str | None]:
     return out
 
 
+def interleaved(objective, student, teacher, batches, ns, root, peers) -> dict:
+    """lit_distill's Trainer run with the plain-loop contenders stepped right after each of its steps.
+
+    The loops (hand, TRL's loss, torchtune's loss; bench/overhead.py's ``Interleaved``) run on the
+    same batch as the lit_distill step before them, so each ratio is a median over neighbouring
+    steps, which this machine's run-to-run drift hits alike. TRL is its loss in the plain loop
+    for every objective here (for ``fkl`` that is lighter than its ``GKDTrainer``).
+    """
+    times: dict[str, list[Seconds]] = {}
+    last: dict[str, float] = {}
+    for _ in range(ns.interleaved_repeats):
+        loops = {"hand": HandLoop(student, teacher, PLAIN_LOSSES[objective])}
+        if peers["trl"] is None:
+            loops["trl"] = HandLoop(student, teacher, trl_loss(objective))
+        if peers["torchtune"] is None and objective == "fkl_ce":
+            loops["torchtune"] = HandLoop(student, teacher, torchtune_loss())
+        timer = Interleaved(loops, ns.warmup)
+        run_lit(student, teacher, batches, ns.warmup, root, objective, callbacks=(timer,))
+        for name, steps in timer.times.items():
+            times.setdefault(name, []).extend(steps)
+        last = timer.last_loss
+    s_per_step = {name: statistics.median(t.wall for t in steps) for name, steps in times.items()}
+    result = {"steps_paired": len(times["hand"]), "s_per_step": s_per_step,
+              "lit_distill_over": {name: step_ratios(times, "lit_distill", name) for name in times
+                                   if name != "lit_distill"},
+              "last_loss": last}
+    peer_names = [name for name in times if name not in ("lit_distill", "hand")]
+    if peer_names:
+        fastest = min(peer_names, key=s_per_step.__getitem__)
+        result["fastest_peer"] = fastest
+        result["lit_distill_over_fastest_peer"] = result["lit_distill_over"][fastest]["median"]
+    return result
+
+
 def bench_objective(objective, student, teacher, batches, ns, root, peers) -> dict:
-    plain = {"fkl_ce": plain_kd_loss, "jsd": plain_jsd_loss, "fkl": plain_fkl_loss}[objective]
+    plain = PLAIN_LOSSES[objective]
     contenders = {"hand": lambda: run_loop(student, teacher, batches, ns.warmup, plain),
                   "lit_distill": lambda: run_lit(student, teacher, batches, ns.warmup, root, objective)}
     if peers["trl"] is None and objective == "fkl":
@@ -205,6 +263,9 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64, help="student width (teacher: twice)")
     parser.add_argument("--rtol", type=float, default=1e-4, help="allowed relative loss difference to hand")
     parser.add_argument("--no-peers", action="store_true", help="only lit_distill and hand (no TRL/torchtune)")
+    parser.add_argument("--interleaved-repeats", type=int, default=2,
+                        help="Trainer runs of the step-by-step interleaved measurement (0: skip it)")
+    parser.add_argument("--skip-runs", action="store_true", help="only the interleaved measurement")
     ns = parser.parse_args()
     torch.manual_seed(0)
     student, teacher = llama(ns.hidden, 2, ns.vocab), llama(2 * ns.hidden, 2, ns.vocab)
@@ -215,8 +276,12 @@ def main() -> None:
            "left_out": {k: v for k, v in peers.items() if v is not None}, "rtol": ns.rtol}
     with tempfile.TemporaryDirectory() as root:
         for objective in ("fkl_ce", "jsd", "fkl"):
-            out[objective] = bench_objective(objective, student, teacher, batches, ns, root, peers)
-    worst = max(r["loss_rel_diff_to_hand"] for obj in ("fkl_ce", "jsd", "fkl") for r in out[obj].values())
+            out[objective] = {} if ns.skip_runs else bench_objective(objective, student, teacher, batches, ns, root,
+                                                                     peers)
+            if ns.interleaved_repeats:
+                out[objective]["interleaved"] = interleaved(objective, student, teacher, batches, ns, root, peers)
+    worst = max((r["loss_rel_diff_to_hand"] for obj in ("fkl_ce", "jsd", "fkl") for name, r in out[obj].items()
+                 if name != "interleaved"), default=0.0)
     out["max_loss_rel_diff_to_hand"], out["losses_agree"] = worst, worst <= ns.rtol
     print(json.dumps(out, indent=2))
     sys.exit(0 if out["losses_agree"] else 1)
