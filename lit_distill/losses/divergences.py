@@ -155,6 +155,19 @@ def _tvd_value_grad(lp: Tensor, lq: Tensor, out: Tensor) -> Tensor:
 _EXACT_ON_EQUAL_ROWS = (_kl_value_grad, _reverse_kl_value_grad, _tvd_value_grad)
 
 
+def _fill_rows(x: Tensor, rows: Tensor, value: float) -> None:
+    """Set the rows of ``x`` ``[n, V]`` where the bool ``rows`` ``[n]`` is True to ``value``, in place.
+
+    On the CPU a broadcast ``masked_fill_`` walks all of ``[n, V]``, slowly (2–4 ms for
+    ``[1024, 4096]`` at two threads); filling the selected rows by index takes 0.06 ms. On an
+    accelerator the index would need a host sync (``nonzero``), so the broadcast fill stays.
+    """
+    if x.device.type == "cpu":
+        x.index_fill_(0, rows.nonzero().squeeze(1), value)
+    else:
+        x.masked_fill_(rows.unsqueeze(-1), value)
+
+
 def _fast_log_probs(logits: Tensor, mask: Tensor | None, temperature: float, dtype: torch.dtype) -> Tensor:
     """:func:`_log_probs` without autograd, allocating only its ``[n, V]`` output (plus ``logits / T``
     when ``T != 1``): the floor and the mask are applied to the log-probs in place.
@@ -168,7 +181,7 @@ def _fast_log_probs(logits: Tensor, mask: Tensor | None, temperature: float, dty
         x = x / temperature
     out = torch.log_softmax(x, dim=-1).clamp_min_(_LOGIT_FLOOR)
     if mask is not None:
-        out.masked_fill_(~mask.unsqueeze(-1), -math.log(out.shape[-1]))
+        _fill_rows(out, ~mask, -math.log(out.shape[-1]))
     return out
 
 
@@ -240,7 +253,7 @@ def _analytic_loop(value_grad: ValueAndGrad, s: Tensor, t: Tensor, mask: Tensor 
         if m_c is not None:  # their rows were zeroed: equal distributions
             per_row = torch.where(m_c, per_row, 0.0)
             if value_grad not in _EXACT_ON_EQUAL_ROWS:  # rounding of log-mixtures: mask the gradient
-                out.masked_fill_(~m_c.unsqueeze(-1), 0.0)
+                _fill_rows(out, ~m_c, 0.0)
         total = total + per_row.sum()
         del lp, lq, out, per_row
     return total

@@ -27,6 +27,7 @@ from lit_distill.losses.divergences import (
     _LOGIT_FLOOR,
     _check,
     _fast_log_probs,
+    _fill_rows,
     _kl_value_grad,
     forward_kl,
 )
@@ -55,7 +56,7 @@ class _KLAndCrossEntropy(torch.autograd.Function):
         kl_rows = _kl_value_grad(log_p, log_q, q_minus_p)  # log_q now holds q
         if mask is not None:
             kl_rows = torch.where(mask, kl_rows, 0.0)
-            q_minus_p.masked_fill_(~mask.unsqueeze(-1), 0.0)
+            _fill_rows(q_minus_p, ~mask, 0.0)
         ctx.save_for_backward(log_q, q_minus_p, valid, safe_labels)
         ctx.student_dtype = s.dtype
         return kl_rows.sum(), ce_sum

@@ -100,3 +100,15 @@ def test_fast_path_supports_retained_graphs():
     (first,) = torch.autograd.grad(value, student, retain_graph=True)
     value.backward()
     torch.testing.assert_close(student.grad, first)
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.lists(st.booleans(), min_size=1, max_size=12), vocab=st.integers(1, 9), value=st.floats(-5, 5))
+def test_fill_rows_equals_a_broadcast_masked_fill(rows, vocab, value):
+    """The CPU row fill writes exactly the selected rows, NaN and inf entries included."""
+    x = torch.randn(len(rows), vocab, dtype=torch.float64)
+    x[0, 0], x[-1, -1] = math.nan, -math.inf
+    chosen = torch.tensor(rows)
+    expected = x.masked_fill(chosen.unsqueeze(-1), value)
+    divergences._fill_rows(x, chosen, value)
+    torch.testing.assert_close(x, expected, rtol=0, atol=0, equal_nan=True)
