@@ -17,8 +17,11 @@ def parse_dtype(name: str | None, field: str = "dtype", also_valid: str = "") ->
     """Turn ``"bfloat16"``/``"bf16"``/``"float32"``/... into a torch dtype (None stays None).
 
     ``also_valid`` names the field's own extra choices in the error (e.g. ``", auto"``).
+    The strings ``"None"`` and ``"null"`` also mean None: jsonargparse passes ``dtype=null`` given on
+    the command line for a class nested in another class's ``init_args`` (``--model.init_args.
+    teacher.init_args.dtype=null``) as the string ``"None"``.
     """
-    if name is None:
+    if name is None or name in ("None", "null"):
         return None
     aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
                "float": "float32", "fp64": "float64", "double": "float64"}

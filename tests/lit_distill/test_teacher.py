@@ -51,3 +51,26 @@ def test_native_bf16_on_this_cpu_matches_its_instruction_set():
 def test_a_dtype_that_is_neither_auto_nor_floating_is_refused_in_one_line():
     with pytest.raises(ConfigError, match=r"Teacher.dtype: 'int8' is not a floating dtype \(valid: .*, auto\)"):
         linear_teacher("int8")
+
+
+class _Holder:
+    """Stands for DistillationModule's signature: a teacher typed as any module."""
+
+    def __init__(self, teacher: nn.Module | None = None) -> None:
+        self.teacher = teacher
+
+
+def test_dtype_null_on_the_command_line_for_a_nested_teacher_keeps_the_models_dtype(tmp_path):
+    """jsonargparse hands ``...teacher.init_args.dtype=null`` to a nested class as the string 'None'."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"holder:\n  class_path: {__name__}._Holder\n  init_args:\n    teacher:\n"
+                      "      class_path: lit_distill.Teacher\n      init_args:\n        dtype: bfloat16\n"
+                      "        model: {class_path: torch.nn.Linear, init_args: {in_features: 8, out_features: 5}}\n")
+    parser = ArgumentParser()
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_argument("--holder", type=_Holder)
+    cfg = parser.parse_args(["--config", str(config), "--holder.init_args.teacher.init_args.dtype=null"])
+    teacher = parser.instantiate_classes(cfg).holder.teacher
+    assert teacher.dtype is None and all(p.dtype == torch.float32 for p in teacher.parameters())
