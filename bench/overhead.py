@@ -22,10 +22,10 @@ also interleaves the contenders **step by step** in one Trainer run (``interleav
 after each lit_distill step, a callback runs one step of the hand loop, of the hand loop with our
 kernel, and of lit_distill's module in a plain loop without a Trainer, on the same batch (each with
 its own copies of the models and optimizer; they rotate which goes first). The last splits the
-framework's share into the module's and Lightning's. A lit_distill step is everything from the end of one callback to the start of
-the next (the Trainer's whole cycle: data, hooks, logging, progress bar, its own step), so
-``interleaved.time_ratio`` is the median over steps of lit_distill / hand on neighbouring steps,
-which drift and interference hit alike.
+framework's share into the module's and Lightning's. A lit_distill step is everything from the
+end of one callback to the start of the next (the Trainer's whole cycle: data, hooks, logging,
+progress bar, its own step), so ``interleaved.time_ratio`` is the median over steps of
+lit_distill / hand on neighbouring steps, which drift and interference hit alike.
 
     python bench/overhead.py [--steps 60 --warmup 10 --repeats 3 --batch 8 --seq 128]
 """

@@ -50,6 +50,7 @@ def test_peers_bench_with_trl_and_torchtune():
         inter = result[objective]["interleaved"]
         assert inter["fastest_peer"] in inter["s_per_step"] and inter["lit_distill_over_fastest_peer"] > 0
         assert inter["last_loss"]["trl"] == pytest.approx(inter["last_loss"]["hand"], rel=1e-4)
+        assert set(inter["loss_rel_diff_to_hand"]) == {"trl"}
     # torchtune's term is the teacher cross-entropy: it equals our KL once 0.5·H(teacher) is removed
     tune = result["fkl_ce"]["torchtune"]
     assert tune["final_loss"] - tune["final_loss_as_kl"] == pytest.approx(0.5 * tune["teacher_entropy_last_batch"])
