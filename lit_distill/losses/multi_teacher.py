@@ -27,7 +27,6 @@ and :class:`EnsembleKD` refuses another ``T`` (it reads the member's ``cache_tem
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -36,6 +35,7 @@ from torch import Tensor
 
 from lit_distill.contracts import LossTerm
 from lit_distill.errors import ConfigError
+from lit_distill.losses.cache_check import check_cached_teacher
 from lit_distill.losses.divergences import forward_kl
 
 
@@ -133,17 +133,6 @@ class EnsembleKD(LossTerm):
                               f"{sorted(k for k in teacher_features if k.endswith('.logits'))})")
         logits = [teacher_features[f"{name}.logits"] for name in self.teachers]
         for name, member_logits in zip(self.teachers, logits, strict=True):
-            self._check_cached(name, teacher_features, member_logits.shape[-1])
+            check_cached_teacher("EnsembleKD", self.temperature, teacher_features, name, member_logits.shape[-1])
         return ensemble_kd(student_logits, logits, mask, self.temperature, self.combine, self.weighting,
                            self.weight_temperature, labels if self.weighting == "gold" else None)
-
-    def _check_cached(self, name: str, teacher_features: dict[str, Any], vocab_size: int) -> None:
-        """Refuse a truncated cached teacher (k < V) read at another temperature than it was written at."""
-        cached_t = teacher_features.get(f"{name}.cache_temperature")
-        k = teacher_features.get(f"{name}.cache_top_k")
-        if cached_t is None or k is None or k >= vocab_size or math.isclose(cached_t, self.temperature):
-            return
-        raise ConfigError(f"EnsembleKD.temperature: {self.temperature}, but teacher '{name}' is a top-{k} cache "
-                          f"(of V = {vocab_size}) written at temperature {cached_t}, whose tail is known only there; "
-                          f"set temperature: {cached_t}, or rewrite the cache with cache-teacher --temperature "
-                          f"{self.temperature} (or --top-k {vocab_size})")

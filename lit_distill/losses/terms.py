@@ -9,15 +9,16 @@ by default the logit divergences compare ``student.logits`` with
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_distill.contracts import LossTerm
+from lit_distill.contracts import LossTerm, ModelOutput
 from lit_distill.errors import ConfigError
 from lit_distill.losses import divergences
+from lit_distill.losses.cache_check import check_cached_teacher
 
 _LOGIT_SOURCES = {"student_logits": "student.logits", "teacher_logits": "teacher.logits",
                   "mask": "batch.loss_mask"}
@@ -57,6 +58,20 @@ class LogitDivergence(LossTerm):
         self.chunk_size = chunk_size
         if "temperature" in self.hyperparameters:
             self.temperature = 1.0 if temperature is None else temperature
+
+    def gather(self, student: ModelOutput, teacher: ModelOutput | None, batch: dict) -> dict[str, Any]:
+        """``LossTerm.gather``, refusing a truncated cached teacher read at another temperature."""
+        inputs = super().gather(student, teacher, batch)
+        source, logits = self.sources.get("teacher_logits"), inputs.get("teacher_logits")
+        if teacher is not None and source is not None and source.root == "teacher" and isinstance(logits, Tensor):
+            member = ""
+            if source.field == "features" and isinstance(source.key, str) and source.key.endswith(".logits"):
+                member = source.key.removesuffix(".logits")
+            elif source.field != "logits":
+                return inputs
+            check_cached_teacher(type(self).__name__, getattr(self, "temperature", 1.0), teacher.features, member,
+                                 logits.shape[-1])
+        return inputs
 
     def check_vocab(self, student_size: int | None, teacher_size: int | None, field: str) -> None:
         """Fail early (before training) when the two vocabularies cannot be compared."""

@@ -39,8 +39,9 @@ cached distribution (to the storage precision; the top-k log-probs are float16/b
   exactly what it gets from the live teacher;
 - at ``k < V`` a loss at ``T = T_c`` gets exactly the cached distribution, tail included. At
   another ``T`` the top-k entries keep their exact ratios ``exp((z_i − z_j) / T)`` but the tail's
-  mass at ``T`` is unknown (the cache holds it at ``T_c`` only): ``EnsembleKD`` refuses that
-  combination, reading the member's ``cache_temperature`` and ``cache_top_k`` features. Write the cache at the loss's temperature
+  mass at ``T`` is unknown (the cache holds it at ``T_c`` only): ``EnsembleKD`` and the logit
+  divergences (``ForwardKL``, ``GeneralizedJSD``, ...) refuse that combination, reading the
+  teacher's (or member's) ``cache_temperature`` and ``cache_top_k`` features. Write the cache at the loss's temperature
   (``cache-teacher --temperature T``) or with ``--top-k`` equal to the vocabulary.
 
 A probability 0 (tail 0 at ``k < V``, a ``-inf`` log-prob) gives the finite logit ``-1e30`` (its
