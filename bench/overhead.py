@@ -118,13 +118,17 @@ def distillation_module(student, teacher) -> DistillationModule:
                               optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
 
 
-def run_lit(student, teacher, batches, warmup: int, root: str) -> Seconds:
-    module = distillation_module(student, teacher)
-    timer = StepTimer(warmup, len(batches) - 1)
+def fit_lit(student, teacher, batches, root: str, callback: L.Callback) -> None:
+    """One lit_distill Trainer run over ``batches`` (logging and progress bar at their defaults)."""
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), enable_checkpointing=False,
-                        enable_model_summary=False, default_root_dir=root, callbacks=[timer])
+                        enable_model_summary=False, default_root_dir=root, callbacks=[callback])
     with contextlib.redirect_stdout(sys.stderr):  # the progress bar must not mix with the JSON
-        trainer.fit(module, DataLoader(batches, batch_size=None))
+        trainer.fit(distillation_module(student, teacher), DataLoader(batches, batch_size=None))
+
+
+def run_lit(student, teacher, batches, warmup: int, root: str) -> Seconds:
+    timer = StepTimer(warmup, len(batches) - 1)
+    fit_lit(student, teacher, batches, root, timer)
     return timer.interval
 
 
@@ -200,15 +204,11 @@ class Interleaved(L.Callback):
 def run_interleaved(student, teacher, batches, warmup: int, root: str) -> Interleaved:
     """lit_distill, the plain hand loop, the hand loop with our kernel and the module without a
     Trainer, step by step; returns the callback (its ``times`` and ``last_loss``)."""
-    module = distillation_module(student, teacher)
     loops = {"hand": HandLoop(student, teacher, plain_kd_loss),
              "hand_with_lit_kernel": HandLoop(student, teacher, lit_kernel_loss),
              "module_without_trainer": ModuleLoop(student, teacher)}
     timer = Interleaved(loops, warmup)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=len(batches), enable_checkpointing=False,
-                        enable_model_summary=False, default_root_dir=root, callbacks=[timer])
-    with contextlib.redirect_stdout(sys.stderr):
-        trainer.fit(module, DataLoader(batches, batch_size=None))
+    fit_lit(student, teacher, batches, root, timer)
     return timer
 
 

@@ -63,14 +63,16 @@ class LogitDivergence(LossTerm):
         """``LossTerm.gather``, refusing a truncated cached teacher read at another temperature."""
         inputs = super().gather(student, teacher, batch)
         source, logits = self.sources.get("teacher_logits"), inputs.get("teacher_logits")
-        if teacher is not None and source is not None and source.root == "teacher" and isinstance(logits, Tensor):
+        if teacher is None or source is None or source.root != "teacher" or not isinstance(logits, Tensor):
+            return inputs
+        if source.field == "logits":  # a CachedTopK teacher itself
             member = ""
-            if source.field == "features" and isinstance(source.key, str) and source.key.endswith(".logits"):
-                member = source.key.removesuffix(".logits")
-            elif source.field != "logits":
-                return inputs
-            check_cached_teacher(type(self).__name__, getattr(self, "temperature", 1.0), teacher.features, member,
-                                 logits.shape[-1])
+        elif source.field == "features" and isinstance(source.key, str) and source.key.endswith(".logits"):
+            member = source.key.removesuffix(".logits")  # teachers.<member>.logits of a MultiModel
+        else:
+            return inputs
+        check_cached_teacher(type(self).__name__, getattr(self, "temperature", 1.0), teacher.features, member,
+                             logits.shape[-1])
         return inputs
 
     def check_vocab(self, student_size: int | None, teacher_size: int | None, field: str) -> None:
