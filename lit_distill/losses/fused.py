@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lit_distill.losses.divergences import DivFn, _block_sum, _jsd, _kl, _log_probs, _skew_kl, _swap
+from lit_distill.losses.divergence_rows import DivFn, _jsd, _kl, _skew_kl, _swap
+from lit_distill.losses.divergences import _block_sum, _log_probs
 
 __all__ = ["fused_forward_kl", "fused_reverse_kl", "fused_generalized_jsd", "fused_skew_kl",
            "fused_skew_reverse_kl", "fused_cross_entropy", "fused_divergence"]
@@ -125,7 +126,7 @@ def _forward_kl_with_grad(z_s: Tensor, rows: slice, m: Tensor | None, need: bool
     log_p = _log_probs(teacher_logits(rows, m), m, temperature, z_s.dtype)
     log_q = _log_probs(z_s, m, temperature, z_s.dtype)
     p = log_p.exp()
-    # one dot product of p with (log p − log q), as divergences._kl: the two separate sums
+    # one dot product of p with (log p − log q), as divergence_rows._kl: the two separate sums
     # Σ p log p and Σ p log q are ~log V each and would cancel to a less accurate value
     per_row = torch.einsum("nv,nv->n", p, log_p.sub_(log_q))
     if m is not None:

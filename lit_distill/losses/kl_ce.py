@@ -23,12 +23,12 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from lit_distill.contracts import LossTerm
+from lit_distill.losses.divergence_rows import _kl_value_grad
 from lit_distill.losses.divergences import (
     _LOGIT_FLOOR,
     _check,
     _fast_log_probs,
     _fill_rows,
-    _kl_value_grad,
     forward_kl,
 )
 from lit_distill.losses.terms import CrossEntropy, ForwardKL, cross_entropy
